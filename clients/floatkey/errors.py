@@ -1,0 +1,118 @@
+"""Every error floatkey raises on purpose, in one hierarchy.
+
+Each error carries a machine-readable ``reason`` code (stable, used on the wire
+and in exit codes) and ``message``, a sentence a customer can act on.
+
+::
+
+    FloatkeyError
+    ├── ProductKeyError                  the product key was refused; nothing changed
+    │   ├── KeyMalformed                 malformed: wrong prefix, bad characters, truncated
+    │   ├── KeyMistyped                  mistyped: the checksum does not match
+    │   ├── UnknownKeyFormat             unknown_format: a key format this release cannot read
+    │   ├── KeyNotIssuedByVendor         bad_signature: not signed by the trusted vendor key
+    │   ├── WrongProductVersion          wrong_product_version: made for another major version
+    │   ├── LicenseeMismatch             licensee_mismatch: name or organization differ
+    │   ├── KeyExpired                   expired: the expiry date has passed
+    │   └── SeatsOutOfRange              seats_out_of_range: seats outside 1..100000
+    └── KeyFileError                     key_file: a key file is missing, unreadable or unsafe
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "FloatkeyError",
+    "KeyExpired",
+    "KeyFileError",
+    "KeyMalformed",
+    "KeyMistyped",
+    "KeyNotIssuedByVendor",
+    "LicenseeMismatch",
+    "ProductKeyError",
+    "SeatsOutOfRange",
+    "UnknownKeyFormat",
+    "WrongProductVersion",
+]
+
+
+class FloatkeyError(Exception):
+    """Base of every error floatkey raises on purpose.
+
+    ``reason`` is a stable code; ``message`` is the sentence shown to a person.
+    """
+
+    reason: ClassVar[str] = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProductKeyError(FloatkeyError):
+    """The product key was refused. Raised before anything is changed."""
+
+    reason: ClassVar[str] = "bad_key"
+
+
+class KeyMalformed(ProductKeyError):
+    """The text is not a floatkey product key at all (prefix, characters, length)."""
+
+    reason: ClassVar[str] = "malformed"
+
+
+class KeyMistyped(ProductKeyError):
+    """The key's checksum does not match: a character was mistyped or lost."""
+
+    reason: ClassVar[str] = "mistyped"
+
+
+class UnknownKeyFormat(ProductKeyError):
+    """The key uses a format version this release does not know."""
+
+    reason: ClassVar[str] = "unknown_format"
+
+
+class KeyNotIssuedByVendor(ProductKeyError):
+    """The key is well formed but its signature is not the trusted vendor's."""
+
+    reason: ClassVar[str] = "bad_signature"
+
+
+class WrongProductVersion(ProductKeyError):
+    """The key was issued for another product major version."""
+
+    reason: ClassVar[str] = "wrong_product_version"
+
+    def __init__(self, message: str, *, key_version: int, product_version: int) -> None:
+        super().__init__(message)
+        self.key_version = key_version
+        self.product_version = product_version
+
+
+class LicenseeMismatch(ProductKeyError):
+    """The name or organization entered is not the one the key was issued to."""
+
+    reason: ClassVar[str] = "licensee_mismatch"
+
+
+class KeyExpired(ProductKeyError):
+    """The key's expiry date has passed."""
+
+    reason: ClassVar[str] = "expired"
+
+
+class SeatsOutOfRange(ProductKeyError):
+    """The key's seat count is outside the range a license may grant."""
+
+    reason: ClassVar[str] = "seats_out_of_range"
+
+
+class KeyFileError(FloatkeyError):
+    """A signing key file is missing, unreadable, malformed or not private enough."""
+
+    reason: ClassVar[str] = "key_file"
