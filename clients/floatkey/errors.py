@@ -15,7 +15,8 @@ and in exit codes) and ``message``, a sentence a customer can act on.
     │   ├── LicenseeMismatch             licensee_mismatch: name or organization differ
     │   ├── KeyExpired                   expired: the expiry date has passed
     │   └── SeatsOutOfRange              seats_out_of_range: seats outside 1..100000
-    └── KeyFileError                     key_file: a key file is missing, unreadable or unsafe
+    ├── KeyFileError                     key_file: a key file is missing, unreadable or unsafe
+    └── ConfigError                      config: a configuration file is unreadable or wrong
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "ConfigError",
     "FloatkeyError",
     "KeyExpired",
     "KeyFileError",
@@ -116,3 +118,9 @@ class KeyFileError(FloatkeyError):
     """A signing key file is missing, unreadable, malformed or not private enough."""
 
     reason: ClassVar[str] = "key_file"
+
+
+class ConfigError(FloatkeyError):
+    """A configuration file cannot be read, or names an unknown key or a bad value."""
+
+    reason: ClassVar[str] = "config"

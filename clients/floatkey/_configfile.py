@@ -1,0 +1,30 @@
+"""Reading TOML configuration into typed structs, with errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
+
+from floatkey.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+T = TypeVar("T")
+
+
+def load_toml(path: Path, kind: type[T]) -> T:
+    """Read ``path`` as ``kind``; unknown keys and bad values raise ``ConfigError``."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the configuration file {path}: {exc.strerror}.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        # msgspec names the key: "Object contains unknown field `x` - at `$.broker`".
+        raise ConfigError(f"{path}: {exc}.") from None

@@ -1,0 +1,113 @@
+r"""Signed envelopes: how the daemon and administrators sign what they publish.
+
+::
+
+    {"v": 1, "kid": "<16 hex>", "body": "<base64url body>", "sig": "<base64url signature>"}
+
+The signature is Ed25519 over ``b"floatkey/v1\\n" + topic + b"\\n" + body``: the topic is
+inside what is signed, so a genuine message replayed on another topic (another client's
+reply topic, say) fails. Receivers open the envelope, and only then decode the body.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from floatkey.signing import b64url_decode, b64url_encode, key_id, verify_signature
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+__all__ = ["ENVELOPE_VERSION", "EnvelopeError", "Signer", "open_envelope"]
+
+ENVELOPE_VERSION = 1
+_CONTEXT = b"floatkey/v1\n"
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    v: int
+    kid: str
+    body: str
+    sig: str
+
+
+_decoder = msgspec.json.Decoder(_Envelope)
+_encoder = msgspec.json.Encoder()
+
+
+class EnvelopeError(Exception):
+    """An envelope was refused. ``reason`` says why, for the drop log and counters.
+
+    Reasons: ``not_envelope``, ``unknown_version``, ``unknown_key``, ``bad_signature``.
+    These are dropped silently on the wire (a forger learns nothing), so this is not a
+    ``FloatkeyError`` meant for people.
+    """
+
+    def __init__(self, reason: str, kid: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kid = kid
+
+
+def _signed_bytes(topic: str, body: bytes) -> bytes:
+    return _CONTEXT + topic.encode() + b"\n" + body
+
+
+class Signer:
+    """Signs bodies for topics with one private key, computing its key id once."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.kid = key_id(key.public_key())
+
+    def seal(self, topic: str, body: bytes) -> bytes:
+        """Return the envelope carrying ``body`` for publication on ``topic``."""
+        signature = self._key.sign(_signed_bytes(topic, body))
+        return _encoder.encode(
+            _Envelope(
+                v=ENVELOPE_VERSION,
+                kid=self.kid,
+                body=b64url_encode(body),
+                sig=b64url_encode(signature),
+            ),
+        )
+
+
+def peek_kid(payload: bytes) -> str | None:
+    """Return the key id an envelope claims, without trusting it (for refusal messages)."""
+    try:
+        return _decoder.decode(payload).kid
+    except msgspec.DecodeError:
+        return None
+
+
+def open_envelope(payload: bytes, topic: str, trusted: Mapping[str, Ed25519PublicKey]) -> bytes:
+    """Verify an envelope received on ``topic``; return the body bytes.
+
+    ``trusted`` maps key ids to the public keys whose signatures are accepted.
+    Raises ``EnvelopeError``.
+    """
+    try:
+        envelope = _decoder.decode(payload)
+    except msgspec.DecodeError:
+        raise EnvelopeError("not_envelope") from None
+    if envelope.v != ENVELOPE_VERSION:
+        raise EnvelopeError("unknown_version", envelope.kid)
+    key = trusted.get(envelope.kid)
+    if key is None:
+        raise EnvelopeError("unknown_key", envelope.kid)
+    try:
+        body = b64url_decode(envelope.body)
+        signature = b64url_decode(envelope.sig)
+    except ValueError:
+        raise EnvelopeError("not_envelope", envelope.kid) from None
+    if len(signature) != 64 or not verify_signature(key, signature, _signed_bytes(topic, body)):
+        raise EnvelopeError("bad_signature", envelope.kid)
+    return body

@@ -1,0 +1,372 @@
+"""Wire protocol v1: topics and message bodies (docs/PROTOCOL.md is the reference).
+
+Every body is a JSON object with a ``type`` tag. Untrusted bytes are decoded here, once,
+into typed structs (strict: unknown fields and wrong types are refused); the rest of
+floatkey works on these types only.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
+
+import msgspec
+
+__all__ = [
+    "MAX_PAYLOAD",
+    "AdminClients",
+    "AdminCommand",
+    "AdminRelease",
+    "AdminResult",
+    "AdminStatus",
+    "AdminUnlock",
+    "ClientRow",
+    "DaemonToClient",
+    "Event",
+    "Identity",
+    "LicenseInfo",
+    "SeatDenied",
+    "SeatGranted",
+    "SeatLost",
+    "SeatRelease",
+    "SeatRenew",
+    "SeatRenewed",
+    "SeatRequest",
+    "SeatRevoked",
+    "State",
+    "StatusReport",
+    "Topics",
+    "UnlockReport",
+    "decode",
+    "decode_admin_command",
+    "decode_to_client",
+    "encode",
+    "now_ms",
+]
+
+#: Inbound payloads above this size are dropped before any parsing (default; configurable).
+MAX_PAYLOAD: Final = 64 * 1024
+
+# A client id is used inside topics: no MQTT wildcards or separators, bounded length.
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+Status = Literal["unlicensed", "licensed", "expired"]
+EventName = Literal["license.activated", "license.expired"]
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds, as every body's ``ts``."""
+    return time.time_ns() // 1_000_000
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", kw_only=True):
+    ts: int = msgspec.field(default_factory=now_ms)
+
+
+# --- daemon -> all ------------------------------------------------------------------
+
+
+class Identity(_Body, tag="identity"):
+    """Retained, unsigned: the server's public key, for pinning on first use."""
+
+    server: str
+    public_key: str
+    kid: str
+
+
+class LicenseInfo(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The active license, as the state publishes it."""
+
+    licensee: str
+    organization: str
+    seats: int
+    features: list[str]
+    product_version: int
+    serial: str
+    issued: str
+    expires: str | None
+
+
+class State(_Body, tag="state"):
+    """Retained, signed: the license state. Not republished on seat changes."""
+
+    server: str
+    revision: int
+    generation: int
+    status: Status
+    license: LicenseInfo | None
+
+
+class Event(_Body, tag="event"):
+    """Signed: something every agent must react to."""
+
+    name: EventName
+    generation: int
+    revision: int
+    clients_told: int = 0
+
+
+# --- agent -> daemon (unsigned; the broker ACL binds the topic to the client) ---------
+
+
+class SeatRequest(_Body, tag="seat.request"):
+    """Ask for a seat."""
+
+    client: str
+    nonce: str
+    app: str = ""
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+
+
+class SeatRenew(_Body, tag="seat.renew"):
+    """Extend a lease before it expires."""
+
+    client: str
+    lease: str
+
+
+class SeatRelease(_Body, tag="seat.release"):
+    """Give the seat back. Also the agent's MQTT will, which cannot know the lease."""
+
+    client: str
+    lease: str | None = None
+
+
+AgentToDaemon = SeatRequest | SeatRenew | SeatRelease
+
+
+# --- daemon -> one agent (signed) ----------------------------------------------------
+
+
+class SeatGranted(_Body, tag="seat.granted"):
+    """A seat, or an unlicensed session (``licensed`` false, no features)."""
+
+    nonce: str
+    lease: str
+    generation: int
+    licensed: bool
+    features: list[str]
+    expires_at: int
+    renew_after_s: float
+
+
+class SeatDenied(_Body, tag="seat.denied"):
+    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``bad_request``."""
+
+    nonce: str
+    reason: Literal["seats_exhausted", "expired", "bad_request", "rate_limited"]
+    message: str
+    seats: int
+    in_use: int
+
+
+class SeatRenewed(_Body, tag="seat.renewed"):
+    """The lease now lasts until ``expires_at`` (Unix ms)."""
+
+    lease: str
+    expires_at: int
+
+
+class SeatLost(_Body, tag="seat.lost"):
+    """The daemon does not know this lease (expired, or lost): ask again."""
+
+    lease: str
+    message: str
+
+
+class SeatRevoked(_Body, tag="seat.revoked"):
+    """An administrator took the seat back: the application must stop."""
+
+    lease: str
+    reason: str
+    message: str
+
+
+DaemonToClient = SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked
+
+
+# --- admin <-> daemon (both signed) --------------------------------------------------
+
+
+class AdminUnlock(_Body, tag="admin.unlock"):
+    """Activate a product key."""
+
+    request_id: str
+    name: str
+    organization: str
+    key: str
+
+
+class AdminStatus(_Body, tag="admin.status"):
+    """Report the license and seat usage."""
+
+    request_id: str
+
+
+class AdminClients(_Body, tag="admin.clients"):
+    """List the connected clients."""
+
+    request_id: str
+
+
+class AdminRelease(_Body, tag="admin.release"):
+    """Free a client's seat."""
+
+    request_id: str
+    client: str
+
+
+AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease
+
+
+class UnlockReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What an unlock did."""
+
+    changed: bool
+    license: LicenseInfo
+    generation: int
+    clients_told: int
+
+
+class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The server's state for ``floatkeyctl status``."""
+
+    server: str
+    status: Status
+    license: LicenseInfo | None
+    generation: int
+    revision: int
+    seats_in_use: int
+    unlicensed_sessions: int
+    awaiting_release: int
+    fingerprint: str
+    broker: str
+
+
+class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One connected client for ``floatkeyctl clients``."""
+
+    client: str
+    app: str
+    user: str
+    host: str
+    pid: int
+    licensed: bool
+    generation: int
+    since: int
+    expires_at: int
+    revoked: bool
+
+
+class AdminResult(_Body, tag="admin.result"):
+    """The answer to an admin command; ``reason`` and ``message`` when refused."""
+
+    request_id: str
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    unlock: UnlockReport | None = None
+    status: StatusReport | None = None
+    clients: list[ClientRow] | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[object, msgspec.json.Decoder[object]] = {}
+
+
+def encode(body: msgspec.Struct) -> bytes:
+    """Serialise a body to JSON bytes."""
+    return _encoder.encode(body)
+
+
+T = TypeVar("T")
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    """Decode ``data`` as ``kind`` (a body type or union); raise ``msgspec.ValidationError``.
+
+    ``msgspec.DecodeError`` (its parent) covers malformed JSON too.
+    """
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder.decode(data)  # type: ignore[return-value]
+
+
+_admin_decoder: msgspec.json.Decoder[AdminCommand] = msgspec.json.Decoder(AdminCommand)
+_to_client_decoder: msgspec.json.Decoder[DaemonToClient] = msgspec.json.Decoder(DaemonToClient)
+
+
+def decode_admin_command(data: bytes) -> AdminCommand:
+    """Decode an admin command body; raise ``msgspec.DecodeError``."""
+    return _admin_decoder.decode(data)
+
+
+def decode_to_client(data: bytes) -> DaemonToClient:
+    """Decode a body the daemon sent to one agent; raise ``msgspec.DecodeError``."""
+    return _to_client_decoder.decode(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topics of one license server: everything under ``{prefix}/{server}``."""
+
+    prefix: str
+    server: str
+
+    @property
+    def root(self) -> str:
+        """``{prefix}/{server}``."""
+        return f"{self.prefix}/{self.server}"
+
+    @property
+    def identity(self) -> str:
+        """Retained server public key."""
+        return f"{self.root}/identity"
+
+    @property
+    def state(self) -> str:
+        """Retained signed license state."""
+        return f"{self.root}/state"
+
+    @property
+    def events(self) -> str:
+        """Signed broadcast events."""
+        return f"{self.root}/events"
+
+    @property
+    def admin_request(self) -> str:
+        """Admin commands."""
+        return f"{self.root}/admin/request"
+
+    def admin_reply(self, request_id: str) -> str:
+        """The daemon's answer to one admin command."""
+        return f"{self.root}/admin/reply/{request_id}"
+
+    def seat(self, client_id: str, action: Literal["request", "renew", "release"]) -> str:
+        """An agent's seat topic."""
+        return f"{self.root}/seats/{client_id}/{action}"
+
+    @property
+    def seats_wildcard(self) -> str:
+        """What the daemon subscribes to for every agent's seat messages."""
+        return f"{self.root}/seats/+/+"
+
+    def client(self, client_id: str) -> str:
+        """The daemon's messages to one agent."""
+        return f"{self.root}/clients/{client_id}"
+
+    def parse_seat(self, topic: str) -> tuple[str, str] | None:
+        """Return ``(client_id, action)`` for a seat topic of this server, else ``None``."""
+        parts = topic.split("/")
+        root = self.root.split("/")
+        if len(parts) != len(root) + 3 or parts[: len(root)] != root or parts[len(root)] != "seats":
+            return None
+        client_id, action = parts[-2], parts[-1]
+        if not CLIENT_ID.fullmatch(client_id) or action not in {"request", "renew", "release"}:
+            return None
+        return client_id, action

@@ -1,0 +1,112 @@
+"""``floatkeyd``: run the license daemon, and authorize admin keys on the server.
+
+Exit status: 0 stopped cleanly; 1 could not start (config, state, broker port); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from floatkey.errors import FloatkeyError
+from floatkey.protocol import now_ms
+from floatkey.signing import key_id, parse_public_key, public_key_text
+from floatkeyd.config import load_config
+from floatkeyd.logs import configure_logging
+from floatkeyd.service import DB_FILE, Daemon
+from floatkeyd.store import Store
+
+DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
+log = structlog.get_logger("floatkeyd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="floatkeyd", description="The floatkey license server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    admin = commands.add_parser("admin-key", help="manage the admin keys this server trusts")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    add = admin_commands.add_parser("add", help="authorize an admin public key")
+    add.add_argument("public_key", help="ed25519:... as printed by `floatkeyctl admin-key create`")
+    add.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    listing = admin_commands.add_parser("list", help="list the authorized admin keys")
+    listing.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    return parser
+
+
+async def _serve(config_path: Path) -> int:
+    loaded = load_config(config_path)
+    configure_logging(loaded.config.log_level, loaded.config.log_format)
+    daemon = Daemon(loaded)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_stop(signum: int) -> None:
+        if stop.is_set():
+            # A second signal: the operator wants out now.
+            log.warning("second signal; exiting at once", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("signal received; stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(daemon.reload_admin_keys(), name="reload-admin-keys")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await daemon.run(stop)
+    for task in reloads:
+        task.cancel()
+    return 0
+
+
+async def _admin_key(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config)
+    async with await Store.open(loaded.state_dir / DB_FILE) as store:
+        if args.admin_command == "list":
+            for text in [*loaded.config.admin_keys, *await store.admin_keys()]:
+                print(f"{key_id(parse_public_key(text))}  {text}")
+            return 0
+        try:
+            key = parse_public_key(args.public_key)
+        except ValueError as exc:
+            print(f"floatkeyd: {exc}", file=sys.stderr)
+            return 2
+        text = public_key_text(key)
+        added = await store.add_admin_key(key_id(key), text, now_ms())
+    print(
+        f"{'Authorized' if added else 'Already authorized:'} admin key {key_id(key)}."
+        " A running daemon picks it up at its next admin command (or on SIGHUP)."
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``floatkeyd``; return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return asyncio.run(_serve(args.config))
+        return asyncio.run(_admin_key(args))
+    except FloatkeyError as exc:
+        print(f"floatkeyd: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"floatkeyd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

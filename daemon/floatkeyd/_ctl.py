@@ -1,0 +1,320 @@
+"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, admin keys.
+
+``--config`` takes the daemon's own config file: the broker, the server name, the server's
+public key (from its state directory, when readable) and, in the development config,
+the admin key file all come from it.
+
+Exit status:
+
+== =====================================================================
+0  done
+1  other errors (configuration, key files, an unknown client)
+2  bad arguments
+3  the product key was refused (mistyped, not issued by the vendor, old version, ...)
+4  not authorized (admin key not trusted, clock too far off, replayed command)
+5  daemon unreachable (no broker, or no answer in time)
+6  timed out waiting for the clients of the old license to shut down
+== =====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from floatkey import protocol
+from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
+from floatkey.signing import create_private_key_file, load_private_key, public_key_text
+from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
+from floatkeyd.config import load_config
+
+if TYPE_CHECKING:
+    from floatkey.protocol import AdminResult, LicenseInfo
+
+DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_BAD_KEY, EXIT_NOT_AUTHORIZED, EXIT_UNREACHABLE, EXIT_TIMEOUT = 3, 4, 5, 6
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the daemon's config file (default {DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--admin-key", type=Path, help="admin private key (default: admin_key_file from the config)"
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the daemon's answer (default 10)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="floatkeyctl", description="Administer a floatkey license server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    unlock = commands.add_parser("unlock", parents=[common], help="activate a product key")
+    unlock.add_argument("--name", required=True, help="licensee name, as on the license")
+    unlock.add_argument("--organization", required=True, help="organization, as on the license")
+    unlock.add_argument("--key", required=True, help="the product key")
+    unlock.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait for old clients to shut down (default 60; 0: don't)",
+    )
+    unlock.add_argument("--json", action="store_true", help="print JSON")
+    for name, text in [
+        ("status", "show the license and seat usage"),
+        ("clients", "list connected clients"),
+    ]:
+        sub = commands.add_parser(name, parents=[common], help=text)
+        sub.add_argument("--json", action="store_true", help="print JSON")
+    release = commands.add_parser("release", parents=[common], help="free a client's seat")
+    release.add_argument("client_id")
+    release.add_argument("--json", action="store_true", help="print JSON")
+    admin = commands.add_parser("admin-key", help="admin keys")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    create = admin_commands.add_parser("create", help="create an admin key pair (0600)")
+    create.add_argument("--out", type=Path, required=True, help="private key file to create")
+    return parser
+
+
+_KEY_REASONS = frozenset(cls.reason for cls in ProductKeyError.__subclasses__())
+_AUTH_REASONS = frozenset({"not_authorized", "clock_skew", "replayed"})
+
+
+def _exit_code(reason: str) -> int:
+    if reason in _KEY_REASONS:
+        return EXIT_BAD_KEY
+    return EXIT_NOT_AUTHORIZED if reason in _AUTH_REASONS else EXIT_ERROR
+
+
+def _describe_license(info: LicenseInfo) -> list[tuple[str, str]]:
+    return [
+        ("Licensee", info.licensee),
+        ("Organization", info.organization),
+        ("Seats", str(info.seats)),
+        ("Features", ", ".join(info.features) or "(none)"),
+        ("Product version", str(info.product_version)),
+        ("Serial", info.serial),
+        ("Issued", info.issued),
+        ("Expires", info.expires or "never"),
+    ]
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(result: AdminResult) -> None:
+    print(json.dumps(msgspec.to_builtins(result), indent=2))
+
+
+async def _session(args: argparse.Namespace) -> AdminSession:
+    loaded = load_config(args.config)
+    key_path = args.admin_key or loaded.admin_key_file
+    if key_path is None:
+        raise ConfigError(
+            "No admin key: pass --admin-key FILE (create one with `floatkeyctl admin-key "
+            "create`), or set admin_key_file in the config.",
+        )
+    return AdminSession(
+        loaded.broker,
+        loaded.topics,
+        load_private_key(key_path),
+        base=loaded.base,
+        server_key=find_server_key(loaded.state_dir),
+        timeout=args.timeout,
+    )
+
+
+async def _wait_for_release(session: AdminSession, told: int, wait: float) -> bool:
+    """Poll until the old generation's clients released their seats; live count on a tty."""
+    deadline = time.monotonic() + wait
+    live = sys.stdout.isatty()
+    left = told
+    while time.monotonic() < deadline:
+        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        left = result.status.awaiting_release if result.status else left
+        if live:
+            print(
+                f"\rWaiting for clients to shut down: {told - left}/{told} done ",
+                end="",
+                flush=True,
+            )
+        if left == 0:
+            break
+        await asyncio.sleep(0.25)
+    if live:
+        print()
+    if left == 0:
+        print(
+            f"All {told} client{'s have' if told != 1 else ' has'} shut down; they can "
+            "restart under the new license."
+        )
+        return True
+    print(
+        f"{left} of {told} clients have not shut down after {wait:g} s. Their seats expire "
+        "on their own; `floatkeyctl clients` lists them."
+    )
+    return False
+
+
+async def _unlock(args: argparse.Namespace) -> int:
+    async with await _session(args) as session:
+        result = await session.send(
+            protocol.AdminUnlock(
+                request_id=session.request_id(),
+                name=args.name,
+                organization=args.organization,
+                key=args.key,
+            )
+        )
+        if args.json:
+            _print_json(result)
+        if not result.ok:
+            if not args.json:
+                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+            return _exit_code(result.reason)
+        report = result.unlock
+        if args.json or report is None:
+            return EXIT_OK
+        print(result.message)
+        print(_table(_describe_license(report.license)))
+        if not report.changed:
+            return EXIT_OK
+        print(f"Clients told to shut down: {report.clients_told}")
+        if report.clients_told == 0 or args.wait <= 0:
+            return EXIT_OK
+        done = await _wait_for_release(session, report.clients_told, args.wait)
+        return EXIT_OK if done else EXIT_TIMEOUT
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with await _session(args) as session:
+        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+    if args.json:
+        _print_json(result)
+    if not result.ok or result.status is None:
+        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+        return _exit_code(result.reason)
+    if args.json:
+        return EXIT_OK
+    status = result.status
+    seats = str(status.license.seats) if status.license else "-"
+    rows = [("Server", status.server), ("Status", status.status)]
+    if status.license:
+        rows += _describe_license(status.license)
+    rows += [
+        ("Seats in use", f"{status.seats_in_use}/{seats}"),
+        ("Unlicensed sessions", str(status.unlicensed_sessions)),
+        ("Awaiting shutdown", str(status.awaiting_release)),
+        ("Generation", str(status.generation)),
+        ("Revision", str(status.revision)),
+        ("Server fingerprint", status.fingerprint),
+        ("Broker", status.broker),
+    ]
+    print(_table(rows))
+    return EXIT_OK
+
+
+async def _clients(args: argparse.Namespace) -> int:
+    async with await _session(args) as session:
+        result = await session.send(protocol.AdminClients(request_id=session.request_id()))
+    if args.json:
+        _print_json(result)
+    if not result.ok or result.clients is None:
+        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+        return _exit_code(result.reason)
+    if args.json:
+        return EXIT_OK
+    if not result.clients:
+        print("No clients are connected.")
+        return EXIT_OK
+    header = ("CLIENT", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)", "LEASE EXPIRES (UTC)")
+    rows = [header] + [
+        (
+            c.client,
+            c.app,
+            c.user,
+            c.host,
+            "revoked" if c.revoked else ("licensed" if c.licensed else "unlicensed"),
+            _when(c.since),
+            _when(c.expires_at),
+        )
+        for c in result.clients
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return EXIT_OK
+
+
+async def _release(args: argparse.Namespace) -> int:
+    async with await _session(args) as session:
+        result = await session.send(
+            protocol.AdminRelease(request_id=session.request_id(), client=args.client_id),
+        )
+    if args.json:
+        _print_json(result)
+    elif result.ok:
+        print(result.message)
+    else:
+        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+    return EXIT_OK if result.ok else _exit_code(result.reason)
+
+
+def _create_admin_key(args: argparse.Namespace) -> int:
+    key = create_private_key_file(args.out)
+    print(
+        f"Wrote the admin private key to {args.out} (mode 0600). Authorize it on the "
+        "server with: floatkeyd admin-key add PUBLIC_KEY",
+        file=sys.stderr,
+    )
+    print(public_key_text(key.public_key()))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``floatkeyctl``; return the exit status."""
+    args = _parser().parse_args(argv)
+    runners = {"unlock": _unlock, "status": _status, "clients": _clients, "release": _release}
+    try:
+        if args.command == "admin-key":
+            return _create_admin_key(args)
+        return asyncio.run(runners[args.command](args))
+    except DaemonUnreachable as exc:
+        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ProductKeyError as exc:  # pragma: no cover - the daemon checks keys, not ctl
+        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
+        return EXIT_BAD_KEY
+    except FloatkeyError as exc:
+        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

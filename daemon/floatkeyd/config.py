@@ -1,0 +1,122 @@
+"""The daemon's configuration file (``floatkeyd.toml``).
+
+Relative paths in the file are taken from the directory the file is in, so the
+development config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from floatkey._configfile import load_toml
+from floatkey.broker import BrokerOptions
+from floatkey.protocol import Topics
+from floatkey.signing import parse_public_key
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = ["DaemonConfig", "EmbeddedBroker", "LoadedConfig", "load_config"]
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class EmbeddedBroker(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The in-process amqtt broker, used when the file has no ``[broker]`` table."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+
+class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything in ``floatkeyd.toml``."""
+
+    server: str
+    vendor_public_key: str
+    state_dir: str = "/var/lib/floatkeyd"
+    topic_prefix: str = "floatkey"
+    admin_keys: list[str] = msgspec.field(default_factory=list)
+    # Used by floatkeyctl on the server, never by the daemon.
+    admin_key_file: str | None = None
+    broker: BrokerOptions | None = None
+    embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
+    client_id: str | None = None
+    lease_seconds: int = 120
+    max_payload: int = 64 * 1024
+    max_requests_per_client: int = 20
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.server):
+            raise msgspec.ValidationError("server must be 1-64 letters, digits, '.', '_' or '-'")
+        if not _NAME.fullmatch(self.topic_prefix):
+            raise msgspec.ValidationError(
+                "topic_prefix must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if not 10 <= self.lease_seconds <= 86_400:
+            raise msgspec.ValidationError("lease_seconds must be between 10 and 86400")
+        if not 1024 <= self.max_payload <= 16 * 1024 * 1024:
+            raise msgspec.ValidationError("max_payload must be between 1024 and 16777216")
+        if not 1 <= self.max_requests_per_client <= 10_000:
+            raise msgspec.ValidationError("max_requests_per_client must be between 1 and 10000")
+        for field, text in [
+            ("vendor_public_key", self.vendor_public_key),
+            *(("admin_keys", k) for k in self.admin_keys),
+        ]:
+            try:
+                parse_public_key(text)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"{field}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A validated config and where it came from."""
+
+    path: Path
+    config: DaemonConfig
+
+    @property
+    def base(self) -> Path:
+        """The directory relative paths are taken from."""
+        return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the database and the server identity live."""
+        return self.base / self.config.state_dir
+
+    @property
+    def admin_key_file(self) -> Path | None:
+        """The admin private key floatkeyctl uses, if the config names one."""
+        return self.base / self.config.admin_key_file if self.config.admin_key_file else None
+
+    @property
+    def topics(self) -> Topics:
+        """This server's topics."""
+        return Topics(self.config.topic_prefix, self.config.server)
+
+    @property
+    def broker(self) -> BrokerOptions:
+        """Where to connect: the external broker, or the embedded one."""
+        if self.config.broker is not None:
+            return self.config.broker
+        embedded = self.config.embedded_broker
+        return BrokerOptions(host=embedded.host, port=embedded.port)
+
+    @property
+    def vendor_public_key(self) -> Ed25519PublicKey:
+        """The key product keys must be signed with."""
+        return parse_public_key(self.config.vendor_public_key)
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read and validate a daemon config file. Raises ``ConfigError``."""
+    path = Path(path).absolute()
+    return LoadedConfig(path=path, config=load_toml(path, DaemonConfig))

@@ -1,0 +1,206 @@
+"""The seat ledger: who holds a seat, under which license generation, until when.
+
+Pure and synchronous: the daemon feeds it requests and the clock, and persists what it
+decides. The one invariant it exists for: never more licensed leases than seats.
+
+A lease belongs to one generation of the license. Activating a new license revokes
+every lease of the old one: revoked leases hold no seat, and wait in ``revoked`` until
+their agent releases them (or they expire), so an administrator can watch the old
+clients go.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Denied", "Granted", "Lease", "LedgerMode", "SeatLedger"]
+
+LedgerMode = Literal["unlicensed", "licensed", "expired"]
+
+
+@dataclass(slots=True)
+class Lease:
+    """One client's seat (or, while unlicensed, its unlicensed session)."""
+
+    client: str
+    token: str
+    generation: int
+    licensed: bool
+    since: int
+    expires_at: int
+    app: str = ""
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """A seat was granted; ``fresh`` is false when the client already held it."""
+
+    lease: Lease
+    fresh: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """No seat, with the reason code and the sentence the client application shows."""
+
+    reason: Literal["seats_exhausted", "expired"]
+    message: str
+    seats: int
+    in_use: int
+
+
+@dataclass(slots=True)
+class SeatLedger:
+    """Leases of the current generation plus revoked ones awaiting release."""
+
+    mode: LedgerMode
+    seats: int
+    generation: int
+    lease_ms: int
+    leases: dict[str, Lease] = field(default_factory=dict)
+    revoked: dict[str, Lease] = field(default_factory=dict)
+    _licensed_in_use: int = 0
+    # (expires_at, client, token): entries go stale when a lease is renewed or
+    # released and are skipped when popped, which keeps every operation O(log n).
+    _expiry: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def in_use(self) -> int:
+        """Licensed seats held under the current generation."""
+        return self._licensed_in_use
+
+    def _add(self, lease: Lease) -> None:
+        old = self.leases.get(lease.client)
+        if old is not None and old.licensed:
+            self._licensed_in_use -= 1
+        self.leases[lease.client] = lease
+        if lease.licensed:
+            self._licensed_in_use += 1
+        heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
+
+    def _drop(self, lease: Lease) -> None:
+        if self.leases.get(lease.client) is lease:
+            del self.leases[lease.client]
+            if lease.licensed:
+                self._licensed_in_use -= 1
+        elif self.revoked.get(lease.client) is lease:
+            del self.revoked[lease.client]
+
+    def restore(self, lease: Lease) -> None:
+        """Put back a lease read from the database at start."""
+        if lease.revoked or lease.generation != self.generation:
+            lease.revoked = True
+            self.revoked[lease.client] = lease
+            heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
+        else:
+            self._add(lease)
+
+    def request(  # noqa: PLR0913 - the request's fields, as the wire carries them
+        self,
+        client: str,
+        now: int,
+        *,
+        app: str = "",
+        user: str = "",
+        host: str = "",
+        pid: int = 0,
+    ) -> Granted | Denied:
+        """Grant a seat, or say why not. A client asking again gets its lease back."""
+        held = self.leases.get(client)
+        if held is not None:
+            held.expires_at = now + self.lease_ms
+            heapq.heappush(self._expiry, (held.expires_at, client, held.token))
+            return Granted(held, fresh=False)
+        if self.mode == "expired":
+            return Denied(
+                "expired",
+                "The license on this server has expired; ask your administrator to enter "
+                "a new product key.",
+                self.seats,
+                self._licensed_in_use,
+            )
+        licensed = self.mode == "licensed"
+        if licensed and self._licensed_in_use >= self.seats:
+            return Denied(
+                "seats_exhausted",
+                f"All {self.seats} seats are in use. Close the application on another "
+                "computer, or ask your administrator for more seats.",
+                self.seats,
+                self._licensed_in_use,
+            )
+        lease = Lease(
+            client=client,
+            token=secrets.token_urlsafe(16),
+            generation=self.generation,
+            licensed=licensed,
+            since=now,
+            expires_at=now + self.lease_ms,
+            app=app,
+            user=user,
+            host=host,
+            pid=pid,
+        )
+        # A restarted client may still have a revoked lease from before the unlock.
+        self.revoked.pop(client, None)
+        self._add(lease)
+        return Granted(lease, fresh=True)
+
+    def renew(self, client: str, token: str, now: int) -> Lease | None:
+        """Extend a lease; ``None`` when the daemon does not hold it (it must ask again)."""
+        lease = self.leases.get(client)
+        if lease is None or not secrets.compare_digest(lease.token, token):
+            return None
+        lease.expires_at = now + self.lease_ms
+        heapq.heappush(self._expiry, (lease.expires_at, client, token))
+        return lease
+
+    def release(self, client: str, token: str | None = None) -> Lease | None:
+        """Free ``client``'s seat (current or revoked). With a token, only that lease."""
+        lease = self.leases.get(client) or self.revoked.get(client)
+        if lease is None or (token is not None and not secrets.compare_digest(lease.token, token)):
+            return None
+        self._drop(lease)
+        return lease
+
+    def expire(self, now: int) -> list[Lease]:
+        """Drop and return every lease whose time is up."""
+        gone: list[Lease] = []
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at, client, token = heapq.heappop(self._expiry)
+            lease = self.leases.get(client) or self.revoked.get(client)
+            if lease is not None and lease.token == token and lease.expires_at == expires_at:
+                self._drop(lease)
+                gone.append(lease)
+        return gone
+
+    def next_expiry(self) -> int | None:
+        """When the next lease may expire (Unix ms), to sleep until then."""
+        while self._expiry:
+            expires_at, client, token = self._expiry[0]
+            lease = self.leases.get(client) or self.revoked.get(client)
+            if lease is not None and lease.token == token and lease.expires_at == expires_at:
+                return expires_at
+            heapq.heappop(self._expiry)
+        return None
+
+    def change_license(self, mode: LedgerMode, seats: int, generation: int) -> list[Lease]:
+        """Switch to a new license generation; revoke and return every current lease."""
+        revoked = list(self.leases.values())
+        for lease in revoked:
+            lease.revoked = True
+            self.revoked[lease.client] = lease
+        self.leases.clear()
+        self._licensed_in_use = 0
+        self.mode, self.seats, self.generation = mode, seats, generation
+        return revoked
+
+    def set_mode(self, mode: LedgerMode) -> None:
+        """Change the mode without a new generation (expiry: current leases stay until released)."""
+        self.mode = mode

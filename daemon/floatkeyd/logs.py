@@ -1,0 +1,49 @@
+"""Logging through structlog: JSON lines for journald, a readable console on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+__all__ = ["configure_logging", "redact"]
+
+
+def redact(secret: str, keep: int = 6) -> str:
+    """Return ``secret`` shortened so a log line never holds it whole (product keys)."""
+    compact = secret.strip()
+    if len(compact) <= 2 * keep:
+        return "…"
+    return f"{compact[:keep]}…{compact[-4:]}"
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: Literal["auto", "json", "console"] = "auto",
+) -> None:
+    """Configure structlog for the daemon and command-line tools (logs go to stderr)."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()],
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # amqtt logs through the standard library; keep its chatter out of our journal.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

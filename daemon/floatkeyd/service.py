@@ -1,0 +1,891 @@
+"""The license daemon: the asyncio and MQTT shell around the store, ledger and key codec.
+
+One :class:`Daemon` owns one ``asyncio.TaskGroup`` of named tasks:
+
+``mqtt``            connect (reconnect with capped, jittered backoff), subscribe, publish
+                    identity and state, then handle messages one at a time
+``lease-expiry``    sleeps until the next lease runs out, then frees it
+``license-expiry``  a timer to the active key's expiry (and remembers the latest time seen)
+``lease-flush``     writes staged lease changes in one transaction per burst
+``watchdog``        ``WATCHDOG=1`` to systemd at half its timeout, from the event loop
+
+Messages are handled one at a time by the ``mqtt`` task, so the ledger needs no locks and
+a shutdown never interrupts a half-done unlock: the stop request is only looked at
+between messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import msgspec
+import structlog
+
+from floatkey import protocol
+from floatkey.broker import connect
+from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
+from floatkey.errors import ProductKeyError
+from floatkey.productkey import ProductKey, parse_product_key, verify_product_key
+from floatkey.protocol import (
+    AdminClients,
+    AdminCommand,
+    AdminRelease,
+    AdminResult,
+    AdminStatus,
+    AdminUnlock,
+    ClientRow,
+    LicenseInfo,
+    SeatDenied,
+    SeatGranted,
+    SeatLost,
+    SeatRelease,
+    SeatRenew,
+    SeatRenewed,
+    SeatRequest,
+    SeatRevoked,
+    StatusReport,
+    UnlockReport,
+)
+from floatkey.signing import key_id, parse_public_key, public_key_text
+from floatkeyd.embedded_broker import embedded_broker
+from floatkeyd.identity import load_or_create_identity
+from floatkeyd.ledger import Denied, LedgerMode, SeatLedger
+from floatkeyd.logs import redact
+from floatkeyd.sdnotify import Notifier
+from floatkeyd.store import AuditEntry, Store, StoredLicense
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from floatkeyd.config import LoadedConfig
+
+__all__ = ["DB_FILE", "Daemon"]
+
+log = structlog.get_logger("floatkeyd")
+
+DB_FILE = "floatkeyd.db"
+#: Admin commands whose ``ts`` is further than this from the daemon's clock are refused.
+MAX_CLOCK_SKEW_MS = 60_000
+_BACKOFF_START, _BACKOFF_CAP = 0.5, 30.0
+
+
+def _day(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
+
+
+def _expiry_instant_ms(key: ProductKey) -> int | None:
+    """The moment a key stops being valid: the start of the day after ``expires``, UTC."""
+    if key.expires is None:
+        return None
+    end = dt.datetime.combine(key.expires + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return int(end.timestamp() * 1000)
+
+
+def _license_info(key: ProductKey, licensee: str, organization: str) -> LicenseInfo:
+    return LicenseInfo(
+        licensee=licensee,
+        organization=organization,
+        seats=key.seats,
+        features=list(key.features),
+        product_version=key.product_version,
+        serial=key.serial,
+        issued=key.issued.isoformat(),
+        expires=key.expires.isoformat() if key.expires else None,
+    )
+
+
+class _Refused(Exception):
+    """An admin command was refused: reason code and sentence for the reply and audit."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Daemon:
+    """The floatkey license server. ``await Daemon(config).run(stop)`` until ``stop`` is set."""
+
+    def __init__(self, loaded: LoadedConfig, notifier: Notifier | None = None) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.topics = loaded.topics
+        self.notifier = notifier or Notifier()
+        self.drops: Counter[str] = Counter()
+        self._vendor_key = loaded.vendor_public_key
+        self._client: aiomqtt.Client | None = None
+        self._ready = asyncio.Event()
+        self._license_changed = asyncio.Event()
+        self._staged = asyncio.Event()
+        self._rate_window = 0
+        self._rate_counts: Counter[str] = Counter()
+        # Filled in by run(): nothing below is valid before the store is open.
+        self.store: Store
+        self.ledger: SeatLedger
+        self._signer: Signer
+        self._identity_body: bytes
+        self._admin_keys: dict[str, Ed25519PublicKey] = {}
+        self._status: LedgerMode = "unlicensed"
+        self._generation = 0
+        self._revision = 0
+        self._latest_ms = 0
+        self._key: ProductKey | None = None
+        self._license: StoredLicense | None = None
+        self._state_payload = b""
+
+    # --- time --------------------------------------------------------------------
+
+    def _now(self) -> int:
+        """Wall-clock ms, never earlier than the latest time seen.
+
+        A clock set back must not make an expired license valid again.
+        """
+        self._latest_ms = max(self._latest_ms, protocol.now_ms())
+        return self._latest_ms
+
+    # --- start --------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        state_dir = self.loaded.state_dir
+        identity, created = load_or_create_identity(state_dir)
+        self._signer = Signer(identity)
+        public = public_key_text(identity.public_key())
+        log.info(
+            "server identity", created=created, fingerprint=self._signer.kid, public_key=public
+        )
+        self._identity_body = protocol.encode(
+            protocol.Identity(server=self.config.server, public_key=public, kid=self._signer.kid),
+        )
+        self.store = await Store.open(state_dir / DB_FILE)
+        stored = await self.store.load()
+        self._generation, self._revision = stored.generation, stored.revision
+        self._latest_ms = stored.latest_time_ms
+        self._status = stored.status
+        await self._load_admin_keys(stored.admin_keys)
+        await self._reverify(stored.license)
+        seats = self._key.seats if self._key else 0
+        self.ledger = SeatLedger(
+            self._status, seats, self._generation, self.config.lease_seconds * 1000
+        )
+        for lease in stored.leases:
+            self.ledger.restore(lease)
+        self._revision += 1
+        await self.store.set_revision(self._revision, self._now())
+        self._state_payload = self._seal_state()
+        log.info(
+            "state loaded",
+            status=self._status,
+            generation=self._generation,
+            revision=self._revision,
+            leases=len(self.ledger.leases),
+            awaiting_release=len(self.ledger.revoked),
+        )
+
+    async def _load_admin_keys(self, stored: list[str] | None = None) -> None:
+        texts = list(self.config.admin_keys)
+        texts += stored if stored is not None else await self.store.admin_keys()
+        keys: dict[str, Ed25519PublicKey] = {}
+        for text in texts:
+            key = parse_public_key(text)
+            keys[key_id(key)] = key
+        self._admin_keys = keys
+        log.info("admin keys loaded", count=len(keys), kids=sorted(keys))
+
+    async def reload_admin_keys(self) -> None:
+        """Re-read the admin keys added with ``floatkeyd admin-key add`` (SIGHUP)."""
+        await self._load_admin_keys()
+
+    async def _reverify(self, stored: StoredLicense | None) -> None:
+        """Check the stored license again; a tampered or invalid one is dropped, loudly."""
+        if stored is None:
+            return
+        now = self._now()
+        try:
+            key = verify_product_key(
+                stored.key_text,
+                self._vendor_key,
+                name=stored.licensee,
+                organization=stored.organization,
+                today=_day(now),
+            )
+        except ProductKeyError as exc:
+            if exc.reason == "expired":
+                key = parse_product_key(stored.key_text).key
+            else:
+                await self._drop_stored_license(exc.reason, exc.message, now)
+                return
+        if (key.seats, key.features, key.serial) != (stored.seats, stored.features, stored.serial):
+            await self._drop_stored_license(
+                "tampered",
+                "The license in the database does not match its product key (seats, features "
+                "or serial were edited). The license was not loaded; enter the product key again.",
+                now,
+            )
+            return
+        self._key, self._license = key, stored
+        if key.is_expired(_day(now)) and self._status != "expired":
+            await self._change_license("expired", None, "system", "license.expired", now)
+
+    async def _drop_stored_license(self, reason: str, message: str, now: int) -> None:
+        log.error("stored license refused", reason=reason, message=message)
+        self._key = self._license = None
+        await self._change_license(
+            "unlicensed", None, "system", "license.reverify", now, outcome="refused", reason=reason
+        )
+
+    # --- license changes ----------------------------------------------------------
+
+    async def _change_license(  # noqa: PLR0913 - the change and how to audit it
+        self,
+        status: LedgerMode,
+        new: StoredLicense | None,
+        actor: str,
+        action: str,
+        now: int,
+        *,
+        outcome: str = "done",
+        reason: str = "",
+    ) -> int:
+        """Commit a new generation, then revoke the old leases. Returns how many."""
+        generation, revision = self._generation + 1, self._revision + 1
+        detail: dict[str, object] = {"generation": generation, "status": status}
+        if new is not None:
+            detail |= {
+                "serial": new.serial,
+                "seats": new.seats,
+                "features": list(new.features),
+                "licensee": new.licensee,
+                "organization": new.organization,
+            }
+        await self.store.change_license(
+            status=status,
+            generation=generation,
+            revision=revision,
+            now=now,
+            license_=new,
+            admin_kid=actor,
+            audit=AuditEntry(actor, action, outcome, reason, detail),  # type: ignore[arg-type]
+        )
+        self._status, self._generation, self._revision = status, generation, revision
+        if new is not None:
+            self._license = new
+        if status == "unlicensed":
+            self._license = None
+        told = 0
+        if hasattr(self, "ledger"):
+            seats = self._key.seats if self._key and status != "unlicensed" else 0
+            told = len(self.ledger.change_license(status, seats, generation))
+        self._state_payload = self._seal_state()
+        self._license_changed.set()
+        return told
+
+    def _state(self) -> protocol.State:
+        info = None
+        if self._key is not None and self._license is not None and self._status != "unlicensed":
+            info = _license_info(self._key, self._license.licensee, self._license.organization)
+        return protocol.State(
+            server=self.config.server,
+            revision=self._revision,
+            generation=self._generation,
+            status=self._status,
+            license=info,
+        )
+
+    def _seal_state(self) -> bytes:
+        return self._signer.seal(self.topics.state, protocol.encode(self._state()))
+
+    async def _publish_state(
+        self,
+        event: protocol.EventName | None = None,
+        told: int = 0,
+    ) -> None:
+        client = self._client
+        if client is None:
+            return  # published on (re)connect
+        await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        if event is not None:
+            body = protocol.Event(
+                name=event,
+                generation=self._generation,
+                revision=self._revision,
+                clients_told=told,
+            )
+            await client.publish(
+                self.topics.events,
+                self._signer.seal(self.topics.events, protocol.encode(body)),
+                qos=1,
+            )
+
+    # --- the MQTT task -----------------------------------------------------------
+
+    async def _mqtt(self, stop: asyncio.Event) -> None:
+        backoff = _BACKOFF_START
+        options = self.loaded.broker
+        identifier = self.config.client_id or f"floatkeyd-{self.config.server}"
+        while not stop.is_set():
+            try:
+                async with connect(
+                    options,
+                    identifier=identifier,
+                    base=self.loaded.base,
+                    max_queued_incoming=50_000,
+                ) as client:
+                    await client.subscribe(self.topics.seats_wildcard, qos=1)
+                    await client.subscribe(self.topics.admin_request, qos=1)
+                    await client.publish(
+                        self.topics.identity, self._identity_body, qos=1, retain=True
+                    )
+                    await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+                    self._client = client
+                    backoff = _BACKOFF_START
+                    log.info("broker connected", broker=options.describe(), revision=self._revision)
+                    if not self._ready.is_set():
+                        self._ready.set()
+                        self.notifier.ready(self._status_line())
+                    else:
+                        self.notifier.status(self._status_line())
+                    await self._consume(client, stop)
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                if stop.is_set():
+                    break
+                delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
+                log.warning(
+                    "broker unreachable",
+                    broker=options.describe(),
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                self.notifier.status(f"Broker {options.describe()} unreachable; retrying")
+                await _sleep_or_stop(delay, stop)
+                backoff = min(backoff * 2, _BACKOFF_CAP)
+            finally:
+                self._client = None
+
+    async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        messages = aiter(client.messages)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                receiving = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait(
+                    {receiving, stopping}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiving not in done:
+                    receiving.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await receiving
+                    return
+                await self.handle(receiving.result())
+        finally:
+            stopping.cancel()
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        """Handle one inbound message; nothing in it can raise out of here."""
+        topic = message.topic.value
+        payload = message.payload
+        if len(payload) > self.config.max_payload:
+            self._drop("oversized", topic, size=len(payload))
+            return
+        try:
+            if topic == self.topics.admin_request:
+                await self._handle_admin(bytes(payload))
+                return
+            seat = self.topics.parse_seat(topic)
+            if seat is None:
+                self._drop("unknown_topic", topic)
+                return
+            await self._handle_seat(seat[0], seat[1], bytes(payload))
+        except aiomqtt.MqttError:
+            raise
+        except Exception:
+            # A bug must not take the license server down for everyone.
+            log.exception("message handling failed", topic=topic)
+            self.drops["internal_error"] += 1
+
+    def _drop(self, reason: str, topic: str, **context: object) -> None:
+        self.drops[reason] += 1
+        log.warning("message dropped", reason=reason, topic=topic, **context)
+
+    # --- seats --------------------------------------------------------------------
+
+    def _rate_limited(self, client_id: str) -> bool:
+        window = int(time.monotonic())
+        if window != self._rate_window:
+            self._rate_window, self._rate_counts = window, Counter()
+        self._rate_counts[client_id] += 1
+        return self._rate_counts[client_id] > self.config.max_requests_per_client
+
+    async def _reply(self, client_id: str, body: msgspec.Struct) -> None:
+        topic = self.topics.client(client_id)
+        assert self._client is not None
+        await self._client.publish(topic, self._signer.seal(topic, protocol.encode(body)), qos=1)
+
+    async def _handle_seat(self, client_id: str, action: str, payload: bytes) -> None:
+        topic = f"{self.topics.root}/seats/{client_id}/{action}"
+        body: SeatRequest | SeatRenew | SeatRelease
+        try:
+            if action == "request":
+                body = protocol.decode(payload, SeatRequest)
+            elif action == "renew":
+                body = protocol.decode(payload, SeatRenew)
+            else:
+                body = protocol.decode(payload, SeatRelease)
+        except msgspec.DecodeError as exc:
+            self._drop("bad_body", topic, error=str(exc)[:200])
+            return
+        if body.client != client_id:
+            self._drop("client_mismatch", topic, claimed=body.client[:128])
+            return
+        if self._rate_limited(client_id):
+            self._drop("rate_limited", topic, client=client_id)
+            return
+        now = self._now()
+        if isinstance(body, SeatRequest):
+            await self._seat_request(body, now)
+        elif isinstance(body, SeatRenew):
+            lease = self.ledger.renew(client_id, body.lease, now)
+            if lease is None:
+                await self._reply(
+                    client_id,
+                    SeatLost(
+                        lease=body.lease,
+                        message="The license server no longer holds this seat; ask again.",
+                    ),
+                )
+                return
+            self._stage(lease)
+            await self._reply(
+                client_id, SeatRenewed(lease=lease.token, expires_at=lease.expires_at)
+            )
+        else:
+            released = self.ledger.release(client_id, body.lease)
+            if released is not None:
+                self.store.stage_release(client_id)
+                self._staged.set()
+                log.info(
+                    "seat released",
+                    client=client_id,
+                    generation=released.generation,
+                    revoked=released.revoked,
+                )
+
+    async def _seat_request(self, body: SeatRequest, now: int) -> None:
+        decision = self.ledger.request(
+            body.client,
+            now,
+            app=body.app[:128],
+            user=body.user[:128],
+            host=body.host[:256],
+            pid=body.pid,
+        )
+        if isinstance(decision, Denied):
+            log.info(
+                "seat denied",
+                client=body.client,
+                reason=decision.reason,
+                in_use=decision.in_use,
+                seats=decision.seats,
+            )
+            await self._reply(
+                body.client,
+                SeatDenied(
+                    nonce=body.nonce,
+                    reason=decision.reason,
+                    message=decision.message,
+                    seats=decision.seats,
+                    in_use=decision.in_use,
+                ),
+            )
+            return
+        lease = decision.lease
+        self._stage(lease)
+        if decision.fresh:
+            log.info(
+                "seat granted",
+                client=body.client,
+                app=lease.app,
+                user=lease.user,
+                host=lease.host,
+                licensed=lease.licensed,
+                generation=lease.generation,
+                in_use=self.ledger.in_use,
+            )
+        features = list(self._key.features) if self._key and lease.licensed else []
+        await self._reply(
+            body.client,
+            SeatGranted(
+                nonce=body.nonce,
+                lease=lease.token,
+                generation=lease.generation,
+                licensed=lease.licensed,
+                features=features,
+                expires_at=lease.expires_at,
+                renew_after_s=self.config.lease_seconds / 3,
+            ),
+        )
+
+    def _stage(self, lease: object) -> None:
+        self.store.stage_lease(lease)  # type: ignore[arg-type]
+        self._staged.set()
+
+    # --- admin commands -----------------------------------------------------------
+
+    async def _handle_admin(self, payload: bytes) -> None:
+        topic = self.topics.admin_request
+        try:
+            raw = open_envelope(payload, topic, self._admin_keys)
+        except EnvelopeError as exc:
+            if exc.reason == "unknown_key":
+                await self._load_admin_keys()  # perhaps just added with `admin-key add`
+                try:
+                    raw = open_envelope(payload, topic, self._admin_keys)
+                except EnvelopeError:
+                    await self._refuse_unverified(payload, exc)
+                    return
+            else:
+                await self._refuse_unverified(payload, exc)
+                return
+        kid = peek_kid(payload) or "?"
+        try:
+            command = protocol.decode_admin_command(raw)
+        except msgspec.DecodeError as exc:
+            self._drop("bad_admin_body", topic, kid=kid, error=str(exc)[:200])
+            return
+        if not protocol.CLIENT_ID.fullmatch(command.request_id):
+            self._drop("bad_request_id", topic, kid=kid)
+            return
+        with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
+            await self._run_admin(command, kid)
+
+    async def _refuse_unverified(self, payload: bytes, exc: EnvelopeError) -> None:
+        """Answer a command we cannot trust with ``not_authorized``, if it says where."""
+        self._drop(f"admin_{exc.reason}", self.topics.admin_request, kid=exc.kid)
+        now = self._now()
+        await self.store.audit(
+            AuditEntry(
+                exc.kid or "?", "admin", "refused", "not_authorized", {"envelope": exc.reason}
+            ),
+            now,
+        )
+        try:
+            # Unverified: used only to address the refusal, never to act on.
+            from floatkey.signing import b64url_decode  # noqa: PLC0415
+
+            envelope = msgspec.json.decode(payload)
+            request_id = msgspec.json.decode(b64url_decode(envelope["body"]))["request_id"]
+        except Exception:  # noqa: BLE001 - any failure just means nobody to answer
+            return
+        if isinstance(request_id, str) and protocol.CLIENT_ID.fullmatch(request_id):
+            await self._admin_reply(
+                AdminResult(
+                    request_id=request_id,
+                    ok=False,
+                    reason="not_authorized",
+                    message="This admin key is not authorized on this license server. Authorize "
+                    "it with `floatkeyd admin-key add PUBLIC_KEY` on the server.",
+                )
+            )
+
+    async def _admin_reply(self, result: AdminResult) -> None:
+        topic = self.topics.admin_reply(result.request_id)
+        if self._client is not None:
+            await self._client.publish(
+                topic, self._signer.seal(topic, protocol.encode(result)), qos=1
+            )
+
+    async def _run_admin(self, command: AdminCommand, kid: str) -> None:
+        action = command.__struct_config__.tag
+        now = self._now()
+        try:
+            await self._check_fresh(command, now)
+            result = await self._admin_action(command, kid, now)
+        except _Refused as refusal:
+            log.warning("admin command refused", action=action, reason=refusal.reason)
+            detail = (
+                {
+                    "name": command.name,
+                    "organization": command.organization,
+                    "key": redact(command.key),
+                }
+                if isinstance(command, AdminUnlock)
+                else {}
+            )
+            await self.store.audit(
+                AuditEntry(kid, str(action), "refused", refusal.reason, detail), now
+            )
+            result = AdminResult(
+                request_id=command.request_id,
+                ok=False,
+                reason=refusal.reason,
+                message=refusal.message,
+            )
+        await self._admin_reply(result)
+
+    async def _check_fresh(self, command: AdminCommand, now: int) -> None:
+        """Refuse a command from a clock too far off, or one seen before (a replay)."""
+        if abs(now - command.ts) > MAX_CLOCK_SKEW_MS:
+            raise _Refused(
+                "clock_skew",
+                f"The command's clock is {abs(now - command.ts) // 1000} s away from the "
+                "server's (at most 60 s allowed). Check the time on both machines.",
+            )
+        forget_before = now - 2 * MAX_CLOCK_SKEW_MS
+        if not await self.store.remember_request(command.request_id, command.ts, forget_before):
+            raise _Refused(
+                "replayed",
+                "This command was already received once; it was not run again. Send a new command.",
+            )
+
+    async def _admin_action(self, command: AdminCommand, kid: str, now: int) -> AdminResult:
+        if isinstance(command, AdminUnlock):
+            return await self._unlock(command, kid, now)
+        if isinstance(command, AdminStatus):
+            return AdminResult(request_id=command.request_id, ok=True, status=self.status_report())
+        if isinstance(command, AdminClients):
+            return AdminResult(request_id=command.request_id, ok=True, clients=self.client_rows())
+        return await self._release(command, kid, now)
+
+    async def _unlock(self, command: AdminUnlock, kid: str, now: int) -> AdminResult:
+        try:
+            key = verify_product_key(
+                command.key,
+                self._vendor_key,
+                name=command.name,
+                organization=command.organization,
+                today=_day(now),
+            )
+        except ProductKeyError as exc:
+            raise _Refused(exc.reason, exc.message) from None
+        text = parse_product_key(command.key).text
+        if (
+            self._status == "licensed"
+            and self._license is not None
+            and self._license.key_text == text
+            and self._key is not None
+        ):
+            await self.store.audit(
+                AuditEntry(
+                    kid, "admin.unlock", "accepted", "already_active", {"serial": key.serial}
+                ),
+                now,
+            )
+            return AdminResult(
+                request_id=command.request_id,
+                ok=True,
+                reason="already_active",
+                message="This product key is already active. Nothing changed and no client "
+                "was shut down.",
+                unlock=UnlockReport(
+                    changed=False,
+                    generation=self._generation,
+                    clients_told=0,
+                    license=_license_info(key, self._license.licensee, self._license.organization),
+                ),
+            )
+        stored = StoredLicense(
+            generation=self._generation + 1,
+            key_text=text,
+            licensee=command.name.strip(),
+            organization=command.organization.strip(),
+            serial=key.serial,
+            seats=key.seats,
+            features=key.features,
+            activated_at=now,
+        )
+        self._key = key
+        told = await self._change_license(
+            "licensed", stored, kid, "admin.unlock", now, outcome="accepted"
+        )
+        log.info(
+            "license activated",
+            serial=key.serial,
+            seats=key.seats,
+            features=list(key.features),
+            generation=self._generation,
+            clients_told=told,
+        )
+        await self._publish_state("license.activated", told)
+        self.notifier.status(self._status_line())
+        info = _license_info(key, stored.licensee, stored.organization)
+        return AdminResult(
+            request_id=command.request_id,
+            ok=True,
+            message=f"The license has been successfully activated: {key.seats} seats, "
+            f"features {', '.join(key.features) or '(none)'}. {told} connected "
+            f"client{'s were' if told != 1 else ' was'} told to shut down.",
+            unlock=UnlockReport(
+                changed=True, license=info, generation=self._generation, clients_told=told
+            ),
+        )
+
+    async def _release(self, command: AdminRelease, kid: str, now: int) -> AdminResult:
+        lease = self.ledger.release(command.client)
+        if lease is None:
+            raise _Refused("unknown_client", f"No client {command.client!r} holds a seat.")
+        self.store.stage_release(command.client)
+        self._staged.set()
+        await self.store.audit(
+            AuditEntry(kid, "admin.release", "accepted", "", {"client": command.client}), now
+        )
+        if self._client is not None and protocol.CLIENT_ID.fullmatch(command.client):
+            await self._reply(
+                command.client,
+                SeatRevoked(
+                    lease=lease.token,
+                    reason="released_by_admin",
+                    message="An administrator released this seat; the application must stop.",
+                ),
+            )
+        return AdminResult(
+            request_id=command.request_id,
+            ok=True,
+            message=f"Released the seat of {command.client}.",
+        )
+
+    # --- reports ------------------------------------------------------------------
+
+    def status_report(self) -> StatusReport:
+        """What ``floatkeyctl status`` shows."""
+        state = self._state()
+        unlicensed = sum(1 for lease in self.ledger.leases.values() if not lease.licensed)
+        return StatusReport(
+            server=self.config.server,
+            status=self._status,
+            license=state.license,
+            generation=self._generation,
+            revision=self._revision,
+            seats_in_use=self.ledger.in_use,
+            unlicensed_sessions=unlicensed,
+            awaiting_release=len(self.ledger.revoked),
+            fingerprint=self._signer.kid,
+            broker=self.loaded.broker.describe(),
+        )
+
+    def client_rows(self) -> list[ClientRow]:
+        """What ``floatkeyctl clients`` shows."""
+        leases = [*self.ledger.leases.values(), *self.ledger.revoked.values()]
+        return [
+            ClientRow(
+                client=lease.client,
+                app=lease.app,
+                user=lease.user,
+                host=lease.host,
+                pid=lease.pid,
+                licensed=lease.licensed,
+                generation=lease.generation,
+                since=lease.since,
+                expires_at=lease.expires_at,
+                revoked=lease.revoked,
+            )
+            for lease in sorted(leases, key=lambda lease: lease.since)
+        ]
+
+    def _status_line(self) -> str:
+        if self._status == "unlicensed":
+            return "Unlicensed; waiting for a product key"
+        seats = self._key.seats if self._key else 0
+        return f"{self._status.capitalize()}: {self.ledger.in_use}/{seats} seats in use"
+
+    # --- timers -------------------------------------------------------------------
+
+    async def _lease_expiry(self) -> None:
+        while True:
+            nxt = self.ledger.next_expiry()
+            now = self._now()
+            if nxt is None or nxt > now:
+                delay = self.config.lease_seconds if nxt is None else (nxt - now) / 1000
+                await asyncio.sleep(min(delay, self.config.lease_seconds) + 0.01)
+                continue
+            for lease in self.ledger.expire(now):
+                self.store.stage_release(lease.client)
+                log.info(
+                    "lease expired",
+                    client=lease.client,
+                    generation=lease.generation,
+                    revoked=lease.revoked,
+                )
+            self._staged.set()
+
+    async def _license_expiry(self) -> None:
+        while True:
+            self._license_changed.clear()
+            deadline = _expiry_instant_ms(self._key) if self._key else None
+            now = self._now()
+            if deadline is not None and self._status == "licensed" and now >= deadline:
+                log.warning("license expired", serial=self._key.serial if self._key else None)
+                told = await self._change_license("expired", None, "system", "license.expired", now)
+                await self._publish_state("license.expired", told)
+                continue
+            await self.store.set_latest_time(now)
+            wait = 600.0 if deadline is None else min(600.0, max(0.0, (deadline - now) / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._license_changed.wait(), timeout=wait + 0.001)
+
+    async def _lease_flush(self) -> None:
+        while True:
+            await self._staged.wait()
+            self._staged.clear()
+            await self.store.flush_leases()
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _broker(self) -> AsyncIterator[None]:
+        if self.config.broker is not None:
+            yield
+            return
+        embedded = self.config.embedded_broker
+        async with embedded_broker(embedded.host, embedded.port):
+            log.info("embedded broker started", host=embedded.host, port=embedded.port)
+            yield
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down in order. Raises on a bad start."""
+        await self._start()
+        try:
+            async with self._broker(), asyncio.TaskGroup() as tasks:
+                mqtt = tasks.create_task(self._mqtt(stop), name="mqtt")
+                helpers = [
+                    tasks.create_task(self._lease_expiry(), name="lease-expiry"),
+                    tasks.create_task(self._license_expiry(), name="license-expiry"),
+                    tasks.create_task(self._lease_flush(), name="lease-flush"),
+                    tasks.create_task(self._watchdog(), name="watchdog"),
+                ]
+                await stop.wait()
+                self.notifier.stopping()
+                log.info("stopping")
+                # The MQTT task finishes the message in hand, then disconnects cleanly.
+                await mqtt
+                for task in helpers:
+                    task.cancel()
+        finally:
+            await self.store.close()
+            self.notifier.close()
+            log.info("stopped", drops=dict(self.drops))
+
+    async def wait_ready(self) -> None:
+        """Return once the broker connection and the state publication are up."""
+        await self._ready.wait()
+
+
+async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=delay)

@@ -1,0 +1,422 @@
+"""The daemon's SQLite database (WAL, through aiosqlite).
+
+What must survive a restart lives here: the license history with each key's text, the
+generation and revision counters, seat leases, authorized admin keys, the admin request
+ids already seen, and the append-only audit log.
+
+License changes are one transaction each, committed before anything is published about
+them. Lease changes are frequent and cheap to lose (an agent whose lease the daemon
+forgot is told ``seat.lost`` and asks again), so they are staged in memory, coalesced per
+client, and written in one transaction per burst by :meth:`Store.flush_leases`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+import aiosqlite
+
+from floatkeyd.ledger import Lease
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+__all__ = ["AuditEntry", "Store", "StoredLicense", "StoredState"]
+
+Status = Literal["unlicensed", "licensed", "expired"]
+
+# Each entry migrates the schema from version N to N+1; PRAGMA user_version records N.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+    INSERT INTO meta VALUES ('generation', '0'), ('revision', '0'), ('status', 'unlicensed'),
+                            ('latest_time_ms', '0');
+    CREATE TABLE licenses (
+        id INTEGER PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        key_text TEXT NOT NULL,
+        licensee TEXT NOT NULL,
+        organization TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        seats INTEGER NOT NULL,
+        features TEXT NOT NULL,
+        activated_at INTEGER NOT NULL,
+        admin_kid TEXT NOT NULL,
+        active INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX one_active_license ON licenses (active) WHERE active = 1;
+    CREATE TABLE leases (
+        client TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        licensed INTEGER NOT NULL,
+        since INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        app TEXT NOT NULL,
+        user TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        revoked INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE admin_keys (
+        kid TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        added_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE seen_requests (request_id TEXT PRIMARY KEY, ts INTEGER NOT NULL) STRICT;
+    CREATE INDEX seen_requests_ts ON seen_requests (ts);
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    ) STRICT;
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLicense:
+    """The active license row: the key text is the truth, the rest must agree with it."""
+
+    generation: int
+    key_text: str
+    licensee: str
+    organization: str
+    serial: str
+    seats: int
+    features: tuple[str, ...]
+    activated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """Everything the daemon reads at start."""
+
+    generation: int
+    revision: int
+    status: Status
+    latest_time_ms: int
+    license: StoredLicense | None
+    leases: list[Lease]
+    admin_keys: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    actor: str
+    action: str
+    outcome: Literal["accepted", "refused", "done"]
+    reason: str = ""
+    detail: dict[str, Any] | None = None
+
+
+_LEASE_COLUMNS = (
+    "client, token, generation, licensed, since, expires_at, app, user, host, pid, revoked"
+)
+
+
+def _lease_row(lease: Lease) -> tuple[object, ...]:
+    return (
+        lease.client,
+        lease.token,
+        lease.generation,
+        int(lease.licensed),
+        lease.since,
+        lease.expires_at,
+        lease.app,
+        lease.user,
+        lease.host,
+        lease.pid,
+        int(lease.revoked),
+    )
+
+
+class Store:
+    """The daemon's database. Use ``async with Store.open(path) as store``."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._staged: dict[str, Lease | None] = {}
+        # One connection, several tasks: transactions must not interleave.
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating and migrating as needed) the database at ``path``."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fresh = not path.exists()  # noqa: ASYNC240 - once, at start, before serving
+        if fresh:
+            # Created 0600 before SQLite touches it: the database holds the product key.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        """Write what is staged and close the database."""
+        await self.flush_leases()
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            msg = (
+                f"The database has schema version {version}, newer than this floatkeyd "
+                f"({SCHEMA_VERSION}). Run the newer floatkeyd, or restore a backup."
+            )
+            raise RuntimeError(msg)
+        for number in range(version, SCHEMA_VERSION):
+            async with self._transaction() as db:
+                for statement in _split_sql(_MIGRATIONS[number]):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {number + 1}")
+
+    # --- reading ------------------------------------------------------------------
+
+    async def _meta(self) -> dict[str, str]:
+        async with self._db.execute("SELECT key, value FROM meta") as cursor:
+            return {str(k): str(v) async for k, v in cursor}
+
+    async def load(self) -> StoredState:
+        """Read everything the daemon needs at start."""
+        meta = await self._meta()
+        async with self._db.execute(
+            "SELECT generation, key_text, licensee, organization, serial, seats, features, "
+            "activated_at FROM licenses WHERE active = 1",
+        ) as cursor:
+            row = await cursor.fetchone()
+        license_ = None
+        if row is not None:
+            license_ = StoredLicense(
+                generation=row[0],
+                key_text=row[1],
+                licensee=row[2],
+                organization=row[3],
+                serial=row[4],
+                seats=row[5],
+                features=tuple(json.loads(row[6])),
+                activated_at=row[7],
+            )
+        async with self._db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases") as cursor:  # noqa: S608 - a constant
+            leases = [
+                Lease(
+                    client=r[0],
+                    token=r[1],
+                    generation=r[2],
+                    licensed=bool(r[3]),
+                    since=r[4],
+                    expires_at=r[5],
+                    app=r[6],
+                    user=r[7],
+                    host=r[8],
+                    pid=r[9],
+                    revoked=bool(r[10]),
+                )
+                async for r in cursor
+            ]
+        return StoredState(
+            generation=int(meta["generation"]),
+            revision=int(meta["revision"]),
+            status=meta["status"],  # type: ignore[arg-type]
+            latest_time_ms=int(meta["latest_time_ms"]),
+            license=license_,
+            leases=leases,
+            admin_keys=await self.admin_keys(),
+        )
+
+    async def admin_keys(self) -> list[str]:
+        """Public keys authorized with ``floatkeyd admin-key add``."""
+        async with self._db.execute("SELECT public_key FROM admin_keys ORDER BY added_at") as cur:
+            return [str(r[0]) async for r in cur]
+
+    async def audit_log(self) -> list[tuple[int, int, str, str, str, str, str]]:
+        """The whole audit log, oldest first."""
+        async with self._db.execute(
+            "SELECT seq, ts, actor, action, outcome, reason, detail FROM audit ORDER BY seq",
+        ) as cursor:
+            return [tuple(r) async for r in cursor]
+
+    # --- writing ------------------------------------------------------------------
+
+    async def _audit(self, entry: AuditEntry, ts: int) -> None:
+        await self._db.execute(
+            "INSERT INTO audit (ts, actor, action, outcome, reason, detail) VALUES (?,?,?,?,?,?)",
+            (
+                ts,
+                entry.actor,
+                entry.action,
+                entry.outcome,
+                entry.reason,
+                json.dumps(entry.detail or {}, sort_keys=True),
+            ),
+        )
+
+    async def audit(self, entry: AuditEntry, ts: int) -> None:
+        """Append one entry to the audit log, on its own."""
+        async with self._transaction():
+            await self._audit(entry, ts)
+
+    async def _set_meta(self, **values: object) -> None:
+        await self._db.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(str(v), k) for k, v in values.items()],
+        )
+
+    async def set_revision(self, revision: int, latest_time_ms: int) -> None:
+        """Record a new state revision before it is published."""
+        async with self._transaction():
+            await self._set_meta(revision=revision, latest_time_ms=latest_time_ms)
+
+    async def set_latest_time(self, latest_time_ms: int) -> None:
+        """Remember the latest wall-clock time seen, so a clock set back cannot un-expire."""
+        async with self._transaction():
+            await self._set_meta(latest_time_ms=latest_time_ms)
+
+    async def change_license(  # noqa: PLR0913 - one atomic change has all these parts
+        self,
+        *,
+        status: Status,
+        generation: int,
+        revision: int,
+        now: int,
+        license_: StoredLicense | None,
+        admin_kid: str,
+        audit: AuditEntry,
+    ) -> None:
+        """Atomically: new active license (or none), counters, revoke all leases, audit."""
+        await self.flush_leases()
+        async with self._transaction():
+            if license_ is not None or status == "unlicensed":
+                await self._db.execute("UPDATE licenses SET active = 0 WHERE active = 1")
+            if license_ is not None:
+                await self._db.execute(
+                    "INSERT INTO licenses (generation, key_text, licensee, organization, serial, "
+                    "seats, features, activated_at, admin_kid, active) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,1)",
+                    (
+                        generation,
+                        license_.key_text,
+                        license_.licensee,
+                        license_.organization,
+                        license_.serial,
+                        license_.seats,
+                        json.dumps(list(license_.features)),
+                        license_.activated_at,
+                        admin_kid,
+                    ),
+                )
+            await self._db.execute(
+                "UPDATE leases SET revoked = 1 WHERE generation < ?", (generation,)
+            )
+            await self._set_meta(
+                status=status, generation=generation, revision=revision, latest_time_ms=now
+            )
+            await self._audit(audit, now)
+
+    async def remember_request(self, request_id: str, ts: int, forget_before: int) -> bool:
+        """Record an admin request id; ``False`` if it was seen before (a replay)."""
+        async with self._transaction():
+            # Ids older than the accepted clock skew can never be accepted again anyway.
+            await self._db.execute("DELETE FROM seen_requests WHERE ts < ?", (forget_before,))
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO seen_requests VALUES (?, ?)",
+                (request_id, ts),
+            )
+            return cursor.rowcount == 1
+
+    async def add_admin_key(self, kid: str, public_key: str, now: int) -> bool:
+        """Authorize an admin key; ``False`` if it already was."""
+        async with self._transaction():
+            cursor = await self._db.execute(
+                "INSERT OR IGNORE INTO admin_keys VALUES (?, ?, ?)",
+                (kid, public_key, now),
+            )
+            added = cursor.rowcount == 1
+            if added:
+                entry = AuditEntry("local", "admin-key.add", "done", detail={"kid": kid})
+                await self._audit(entry, now)
+        return added
+
+    # --- leases: staged, then flushed in one transaction ---------------------------
+
+    def stage_lease(self, lease: Lease) -> None:
+        """Remember to write ``lease`` (granted, renewed or revoked)."""
+        self._staged[lease.client] = lease
+
+    def stage_release(self, client: str) -> None:
+        """Remember to delete ``client``'s lease."""
+        self._staged[client] = None
+
+    @property
+    def has_staged(self) -> bool:
+        """Whether lease changes wait to be written."""
+        return bool(self._staged)
+
+    async def flush_leases(self) -> int:
+        """Write every staged lease change in one transaction; return how many."""
+        if not self._staged:
+            return 0
+        staged, self._staged = self._staged, {}
+        upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
+        deletes = [(client,) for client, lease in staged.items() if lease is None]
+        async with self._transaction():
+            await self._db.executemany(
+                f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                upserts,
+            )
+            await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+        return len(staged)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements; triggers contain ';' inside BEGIN ... END."""
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined.endswith(";") and ("CREATE TRIGGER" not in joined or joined.endswith("END;")):
+            statements.append(joined)
+            current = []
+    return statements
