@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from floatkey.protocol import Topics
+from servers import Mosquitto, Server, free_port, write_daemon_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
@@ -49,3 +53,64 @@ def dev_vendor_key() -> Path:
 @pytest.fixture
 def dev_vendor_public() -> str:
     return (CONFIG / "dev-vendor.key.pub").read_text().strip()
+
+
+# --- brokers and daemons ---------------------------------------------------------------
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def mosquitto():
+    broker = Mosquitto()
+    broker.start()
+    yield broker
+    broker.cleanup()
+
+
+def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: str = "") -> Server:
+    # A unique server name per test: unique topics, as the brokers are shared by nothing else.
+    name = f"t{os.getpid()}x{next(_names)}"
+    mosq = None
+    if kind == "mosquitto":
+        mosq = Mosquitto()
+        request.addfinalizer(mosq.cleanup)
+        mosq.start()
+    port = mosq.port if mosq else free_port()
+    state = tmp_path / "state"
+    config = tmp_path / "floatkeyd.toml"
+    write_daemon_config(
+        config, server=name, state_dir=state, port=port, mosquitto=mosq, extra=extra
+    )
+    server = Server(
+        kind=kind,
+        config_path=config,
+        state_dir=state,
+        topics=Topics("floatkey", name),
+        port=port,
+        mosquitto=mosq,
+    )
+
+    def stop_daemons() -> None:
+        for process in server.processes:
+            if process.process and process.process.poll() is None:
+                process.kill()
+
+    request.addfinalizer(stop_daemons)
+    return server
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def server(request, tmp_path) -> Server:
+    """A daemon config on each broker kind (the daemon is started by the test)."""
+    return _server(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def server_factory(request, tmp_path):
+    """Make a server config on a chosen broker, with extra config lines."""
+
+    def make(kind: str = "mosquitto", extra: str = "") -> Server:
+        return _server(kind, tmp_path, request, extra)
+
+    return make

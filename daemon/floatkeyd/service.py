@@ -341,6 +341,9 @@ class Daemon:
                 ) as client:
                     await client.subscribe(self.topics.seats_wildcard, qos=1)
                     await client.subscribe(self.topics.admin_request, qos=1)
+                    # Our own retained topics: to put back anything that overwrote them.
+                    await client.subscribe(self.topics.state, qos=1)
+                    await client.subscribe(self.topics.identity, qos=1)
                     await client.publish(
                         self.topics.identity, self._identity_body, qos=1, retain=True
                     )
@@ -400,6 +403,9 @@ class Daemon:
             if topic == self.topics.admin_request:
                 await self._handle_admin(bytes(payload))
                 return
+            if topic in {self.topics.state, self.topics.identity}:
+                await self._guard_retained(topic, bytes(payload))
+                return
             seat = self.topics.parse_seat(topic)
             if seat is None:
                 self._drop("unknown_topic", topic)
@@ -411,6 +417,18 @@ class Daemon:
             # A bug must not take the license server down for everyone.
             log.exception("message handling failed", topic=topic)
             self.drops["internal_error"] += 1
+
+    async def _guard_retained(self, topic: str, payload: bytes) -> None:
+        """Put our state or identity back if someone else's replaced it on the broker.
+
+        Agents would refuse a forged state anyway (bad signature), but until the daemon
+        republished they would have no valid state to read.
+        """
+        ours = self._state_payload if topic == self.topics.state else self._identity_body
+        if payload == ours or self._client is None:
+            return
+        self._drop("foreign_retained", topic)
+        await self._client.publish(topic, ours, qos=1, retain=True)
 
     def _drop(self, reason: str, topic: str, **context: object) -> None:
         self.drops[reason] += 1

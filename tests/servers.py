@@ -1,0 +1,304 @@
+"""Real brokers and real daemon processes for the integration and end-to-end tests.
+
+Mosquitto is started from the shipped ``config/mosquitto.conf`` (only the port and file
+paths are changed); the embedded broker is the daemon's own (``floatkeyd`` starts it
+when its config names no broker). With ``FLOATKEY_REQUIRE_BROKER=1`` (CI) a missing
+Mosquitto fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from floatkey.broker import BrokerOptions
+from floatkey.signing import parse_public_key
+
+if TYPE_CHECKING:
+    from floatkey.protocol import Topics
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config"
+# The development passwords in config/mosquitto.passwd (documented there; dev only).
+PASSWORDS = {
+    "floatkeyd": "dev-daemon-password",
+    "floatkey-admin": "dev-admin-password",
+    "floatkey-agent": "dev-agent-password",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    msg = f"nothing listens on port {port} after {timeout} s"
+    raise TimeoutError(msg)
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found is None:
+        message = "Mosquitto is not installed (scripts/test installs it with apt-get)"
+        if os.environ.get("FLOATKEY_REQUIRE_BROKER") == "1":
+            pytest.fail(message + "; FLOATKEY_REQUIRE_BROKER=1 forbids skipping")
+        pytest.skip(message)
+    return found
+
+
+class Mosquitto:
+    """A Mosquitto process run from the shipped config, on a free port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        # Not under pytest's tmp_path: run as root, Mosquitto drops to the 'mosquitto' user,
+        # which cannot enter root's 0700 pytest directory.
+        workdir = self.workdir = Path(tempfile.mkdtemp(prefix="floatkey-mosquitto-"))
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        text = (CONFIG / "mosquitto.conf").read_text()
+        text = re.sub(r"^listener 1883 ", f"listener {self.port} ", text, flags=re.MULTILINE)
+        text = text.replace("/etc/mosquitto/floatkey.passwd", str(workdir / "floatkey.passwd"))
+        text = text.replace("/etc/mosquitto/floatkey.acl", str(workdir / "floatkey.acl"))
+        text = text.replace("/var/lib/mosquitto/", str(workdir) + "/")
+        assert f"listener {self.port} 127.0.0.1" in text, "the shipped config changed shape"
+        for name, target in [
+            ("mosquitto.passwd", "floatkey.passwd"),
+            ("mosquitto.acl", "floatkey.acl"),
+        ]:
+            shutil.copy(CONFIG / name, workdir / target)
+            (workdir / target).chmod(0o600)
+        (workdir / "mosquitto.conf").write_text(text)
+        if os.geteuid() == 0:
+            with contextlib.suppress(KeyError):
+                owner = pwd.getpwnam("mosquitto")
+                for path in [workdir, *workdir.iterdir()]:
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def start(self) -> None:
+        with (self.workdir / "mosquitto.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            log_text = (self.workdir / "mosquitto.log").read_text(errors="replace")
+            raise AssertionError(f"Mosquitto did not start:\n{log_text}") from None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def wipe_persistence(self) -> None:
+        for db in self.workdir.glob("*.db"):
+            db.unlink()
+
+    def options(self, user: str) -> BrokerOptions:
+        return BrokerOptions(
+            host="127.0.0.1", port=self.port, username=user, password=PASSWORDS[user]
+        )
+
+
+@dataclass
+class Server:
+    """A daemon config for one test: its broker, topics and state directory."""
+
+    kind: str
+    config_path: Path
+    state_dir: Path
+    topics: Topics
+    port: int
+    mosquitto: Mosquitto | None = None
+    processes: list[DaemonProcess] = field(default_factory=list)
+
+    def broker(self, user: str = "floatkey-agent") -> BrokerOptions:
+        if self.mosquitto is not None:
+            return self.mosquitto.options(user)
+        return BrokerOptions(host="127.0.0.1", port=self.port)
+
+    def server_key_text(self) -> str:
+        return (self.state_dir / "server-identity.key.pub").read_text().strip()
+
+    def server_key(self):
+        return parse_public_key(self.server_key_text())
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.state_dir / "floatkeyd.db")
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything a refused command must leave unchanged."""
+        with contextlib.closing(self.db()) as db:
+            return {
+                "meta": sorted(
+                    db.execute("SELECT key, value FROM meta WHERE key != 'latest_time_ms'")
+                ),
+                "licenses": sorted(db.execute("SELECT * FROM licenses")),
+                "leases": sorted(db.execute("SELECT * FROM leases")),
+            }
+
+    def start_daemon(self, **kw: object) -> DaemonProcess:
+        process = DaemonProcess(self.config_path, **kw)  # type: ignore[arg-type]
+        process.start()
+        self.processes.append(process)
+        return process
+
+
+def write_daemon_config(
+    path: Path,
+    *,
+    server: str,
+    state_dir: Path,
+    port: int,
+    mosquitto: Mosquitto | None,
+    extra: str = "",
+) -> None:
+    vendor = (CONFIG / "dev-vendor.key.pub").read_text().strip()
+    admin = (CONFIG / "dev-admin.key.pub").read_text().strip()
+    text = f"""
+server = "{server}"
+state_dir = "{state_dir}"
+vendor_public_key = "{vendor}"
+admin_keys = ["{admin}"]
+admin_key_file = "{CONFIG / "dev-admin.key"}"
+lease_seconds = 30
+log_format = "json"
+log_level = "debug"
+{extra}
+"""
+    if mosquitto is not None:
+        text += f"""
+[broker]
+host = "127.0.0.1"
+port = {mosquitto.port}
+username = "floatkeyd"
+password = "{PASSWORDS["floatkeyd"]}"
+keepalive = 5
+"""
+    else:
+        text += f"""
+[embedded_broker]
+host = "127.0.0.1"
+port = {port}
+"""
+    path.write_text(text)
+
+
+class DaemonProcess:
+    """A real ``floatkeyd run`` process, with a real NOTIFY_SOCKET to see READY=1."""
+
+    def __init__(self, config: Path, *, watchdog_usec: int | None = None) -> None:
+        self.config = config
+        self.watchdog_usec = watchdog_usec
+        self.process: subprocess.Popen[bytes] | None = None
+        self.notifications: list[str] = []
+        self.log_path = config.with_suffix(f".{int(time.time() * 1000)}.log")
+        self._notify_path = config.parent / f"notify-{os.getpid()}-{id(self)}.sock"
+        self._notify: socket.socket | None = None
+
+    def start(self, timeout: float = 20) -> None:
+        from conftest import command  # noqa: PLC0415
+
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            self._notify_path.unlink()
+        self._notify.bind(str(self._notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(self._notify_path)}
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [command("floatkeyd"), "run", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+            )
+        self.wait_for_notification("READY=1", timeout)
+
+    def wait_for_notification(self, text: str, timeout: float = 10) -> str:
+        assert self._notify is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for note in self.notifications:
+                if text in note.split("\n"):
+                    return note
+            if self.process and self.process.poll() is not None:
+                msg = f"floatkeyd exited with {self.process.returncode}:\n{self.log()}"
+                raise AssertionError(msg)
+            self._notify.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                self.notifications.append(self._notify.recv(4096).decode())
+        msg = f"no {text!r} from floatkeyd in {timeout} s; got {self.notifications}:\n{self.log()}"
+        raise AssertionError(msg)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 5) -> int:
+        """SIGTERM; the daemon must exit within ``timeout`` seconds."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                msg = f"floatkeyd did not stop within {timeout} s:\n{self.log()}"
+                raise AssertionError(msg) from None
+        self._close()
+        return self.process.returncode
+
+    def wait_exit(self, timeout: float = 5) -> int:
+        """Wait for the process to exit on its own; return its status."""
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+            with contextlib.suppress(FileNotFoundError):
+                self._notify_path.unlink()

@@ -1,0 +1,394 @@
+"""floatkeyd end to end: a real daemon process, real floatkeyctl, real brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conftest import CONFIG, run
+from floatkey import protocol
+from floatkey.envelope import EnvelopeError, Signer, open_envelope
+from floatkey.signing import key_id, load_private_key
+from floatkeyd.admin_client import AdminSession
+
+NAME, ORG = "Ada Lovelace", "Analytical Engines Ltd"
+pytestmark = pytest.mark.broker
+
+
+def issue(*extra: str, seats: int = 10, features: str = "dataflow,workflow,subflow") -> str:
+    result = run(
+        "floatkey-vendor",
+        "issue",
+        "--vendor-key",
+        str(CONFIG / "dev-vendor.key"),
+        "--name",
+        NAME,
+        "--organization",
+        ORG,
+        "--seats",
+        str(seats),
+        "--features",
+        features,
+        *extra,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def mistype(key: str) -> str:
+    return key[:-1] + ("Z" if not key.endswith("Z") else "Y")
+
+
+def ctl(server, *args: str):
+    return run("floatkeyctl", *args, "--config", str(server.config_path))
+
+
+def unlock(server, key: str, *, name: str = NAME, org: str = ORG, extra=()):
+    return ctl_unlock(server, "--name", name, "--organization", org, "--key", key, *extra)
+
+
+def ctl_unlock(server, *args: str):
+    return run("floatkeyctl", "unlock", *args, "--config", str(server.config_path))
+
+
+async def read_retained(server, topic: str) -> bytes:
+    """Read a retained message with a plain MQTT subscriber."""
+    async with aiomqtt.Client(**_plain(server)) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert message.retain
+                return bytes(message.payload)
+    raise AssertionError("no retained message")
+
+
+def _plain(server) -> dict:
+    options = server.broker("floatkey-admin")
+    return {
+        "hostname": options.host,
+        "port": options.port,
+        "username": options.username,
+        "password": options.password,
+        "identifier": f"plain-{id(server)}",
+    }
+
+
+async def read_state(server) -> protocol.State:
+    payload = await read_retained(server, server.topics.state)
+    key = server.server_key()
+    body = open_envelope(payload, server.topics.state, {key_id(key): key})
+    return protocol.decode(body, protocol.State)
+
+
+async def test_unlock_happy_path_with_the_real_tools(server):
+    daemon = server.start_daemon()
+    state = await read_state(server)
+    assert state.status == "unlicensed"
+    assert state.license is None
+
+    result = unlock(server, issue())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "successfully activated" in result.stdout
+    assert "Ada Lovelace" in result.stdout
+    assert "Analytical Engines Ltd" in result.stdout
+    assert "dataflow, subflow, workflow" in result.stdout
+    assert "0 connected clients were told to shut down" in result.stdout
+
+    state = await read_state(server)
+    assert state.status == "licensed"
+    assert state.generation == 1
+    assert state.license is not None
+    assert state.license.seats == 10
+    assert state.license.features == ["dataflow", "subflow", "workflow"]
+
+    status = json.loads(ctl(server, "status", "--json").stdout)
+    assert status["status"]["status"] == "licensed"
+    assert status["status"]["fingerprint"] == key_id(server.server_key())
+
+    # The same key again is a no-op that says so.
+    again = unlock(server, issue())  # a new serial: a different key, so it activates
+    assert again.returncode == 0
+    same_key = issue()
+    unlock(server, same_key)
+    noop = unlock(server, same_key)
+    assert noop.returncode == 0
+    assert "already active" in noop.stdout
+    assert (await read_state(server)).generation == 3
+    assert daemon.stop() == 0
+
+
+async def test_a_state_moved_to_another_topic_fails_verification(server):
+    server.start_daemon()
+    payload = await read_retained(server, server.topics.state)
+    key = server.server_key()
+    with pytest.raises(EnvelopeError):
+        open_envelope(payload, server.topics.events, {key_id(key): key})
+
+
+@pytest.mark.parametrize(
+    ("make_key", "name", "reason", "words", "code"),
+    [
+        (lambda: mistype(issue()), NAME, "mistyped", "typing error", 3),
+        (
+            lambda: issue("--product-version", "7"),
+            NAME,
+            "wrong_product_version",
+            "Keys from versions 6 and 7 cannot be used with version 8",
+            3,
+        ),
+        (
+            lambda: issue("--product-version", "6"),
+            NAME,
+            "wrong_product_version",
+            "contact sales",
+            3,
+        ),
+        (issue, "Charles Babbage", "licensee_mismatch", "another name", 3),
+        (
+            lambda: issue("--issued", "2020-01-01", "--expires", "2020-12-31"),
+            NAME,
+            "expired",
+            "expired on 2020-12-31",
+            3,
+        ),
+        (lambda: "FK-NOT-A-KEY", NAME, "malformed", "too short", 3),
+    ],
+)
+async def test_refused_keys_change_nothing(server, make_key, name, reason, words, code):
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    before_db = server.snapshot()
+    before_state = await read_retained(server, server.topics.state)
+
+    result = unlock(server, make_key(), name=name)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert f"Refused ({reason})" in result.stderr
+    assert words in result.stderr
+
+    assert server.snapshot() == before_db
+    assert await read_retained(server, server.topics.state) == before_state
+    with contextlib.closing(server.db()) as db:
+        audit = db.execute("SELECT outcome, reason, detail FROM audit ORDER BY seq DESC").fetchone()
+    assert audit[:2] == ("refused", reason)
+    # The audit log says which key was refused, but never holds it whole.
+    assert len(json.loads(audit[2])["key"]) < 20
+
+
+async def test_a_key_from_another_vendor_is_refused(server, tmp_path):
+    other = tmp_path / "other-vendor.key"
+    assert run("floatkey-vendor", "keygen", "--out", str(other)).returncode == 0
+    forged = run(
+        "floatkey-vendor",
+        "issue",
+        "--vendor-key",
+        str(other),
+        "--name",
+        NAME,
+        "--organization",
+        ORG,
+        "--seats",
+        "99",
+        "--features",
+        "dataflow",
+    ).stdout.strip()
+    server.start_daemon()
+    before = server.snapshot()
+    result = unlock(server, forged)
+    assert result.returncode == 3
+    assert "Refused (bad_signature)" in result.stderr
+    assert server.snapshot() == before
+
+
+async def test_an_unauthorized_admin_key_is_refused(server, tmp_path):
+    server.start_daemon()
+    stranger = tmp_path / "stranger.key"
+    assert run("floatkeyctl", "admin-key", "create", "--out", str(stranger)).returncode == 0
+    before = server.snapshot()
+    result = ctl_unlock(
+        server,
+        "--name",
+        NAME,
+        "--organization",
+        ORG,
+        "--key",
+        issue(),
+        "--admin-key",
+        str(stranger),
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "Refused (not_authorized)" in result.stderr
+    assert server.snapshot() == before
+
+    # Authorized on the server, the same key works without restarting the daemon.
+    public = (tmp_path / "stranger.key.pub").read_text().strip()
+    added = run("floatkeyd", "admin-key", "add", public, "--config", str(server.config_path))
+    assert added.returncode == 0, added.stderr
+    result = ctl_unlock(
+        server,
+        "--name",
+        NAME,
+        "--organization",
+        ORG,
+        "--key",
+        issue(),
+        "--admin-key",
+        str(stranger),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_stale_and_replayed_commands_are_refused(server):
+
+    server.start_daemon()
+    before = server.snapshot()
+    async with AdminSession(
+        server.broker("floatkey-admin"),
+        server.topics,
+        load_private_key(CONFIG / "dev-admin.key"),
+        base=CONFIG,
+        server_key=server.server_key(),
+    ) as session:
+        stale = protocol.AdminUnlock(
+            request_id=session.request_id(),
+            name=NAME,
+            organization=ORG,
+            key=issue(),
+            ts=protocol.now_ms() - 61_000,
+        )
+        result = await session.send(stale)
+        assert (result.ok, result.reason) == (False, "clock_skew")
+        assert "Check the time" in result.message
+        assert server.snapshot() == before
+
+        command = protocol.AdminUnlock(
+            request_id=session.request_id(), name=NAME, organization=ORG, key=issue()
+        )
+        assert (await session.send(command)).ok
+        after_first = server.snapshot()
+        replay = await session.send(command)
+        assert (replay.ok, replay.reason) == (False, "replayed")
+        assert server.snapshot() == after_first
+
+
+async def test_forged_and_replayed_states_do_not_change_the_daemon(server, tmp_path):
+
+    server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    old_state = await read_retained(server, server.topics.state)
+    assert unlock(server, issue(seats=5)).returncode == 0
+    genuine = await read_retained(server, server.topics.state)
+
+    forged_body = protocol.encode(
+        protocol.State(
+            server=server.topics.server,
+            revision=10**9,
+            generation=99,
+            status="licensed",
+            license=None,
+        )
+    )
+    forged = Signer(Ed25519PrivateKey.generate()).seal(server.topics.state, forged_body)
+    # The daemon's own broker user can publish there (an ACL would stop anyone else).
+    options = server.broker("floatkeyd")
+    async with aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier="forger",
+    ) as client:
+        await client.publish(server.topics.state, forged, qos=1, retain=True)
+        await client.publish(server.topics.state, old_state, qos=1, retain=True)
+    await asyncio.sleep(0.5)
+    status = json.loads(ctl(server, "status", "--json").stdout)["status"]
+    assert status["generation"] == 2
+    assert status["license"]["seats"] == 5
+    # ...and the daemon put its own state back on the broker.
+    assert await read_retained(server, server.topics.state) == genuine
+
+
+async def test_restart_keeps_generation_revision_license_and_leases(server):
+    daemon = server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    state = await read_state(server)
+    assert daemon.stop() == 0
+
+    server.start_daemon()
+    restarted = await read_state(server)
+    assert restarted.generation == state.generation
+    assert restarted.revision > state.revision
+    assert restarted.license == state.license
+    assert restarted.status == "licensed"
+
+
+async def test_a_tampered_database_is_caught_at_start(server):
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=10)).returncode == 0
+    assert daemon.stop() == 0
+    with contextlib.closing(server.db()) as db:
+        db.execute("UPDATE licenses SET seats = 1000 WHERE active = 1")
+        db.commit()
+
+    daemon = server.start_daemon()
+    state = await read_state(server)
+    assert state.status == "unlicensed"
+    assert state.license is None
+    assert "stored license refused" in daemon.log()
+    with contextlib.closing(server.db()) as db:
+        row = db.execute(
+            "SELECT action, outcome, reason FROM audit WHERE action = 'license.reverify'",
+        ).fetchone()
+    assert row == ("license.reverify", "refused", "tampered")
+
+
+async def test_a_product_key_in_the_database_edited_is_caught(server):
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=10)).returncode == 0
+    assert daemon.stop() == 0
+    with contextlib.closing(server.db()) as db:
+        db.execute(
+            "UPDATE licenses SET key_text = ? WHERE active = 1", (issue(seats=10, features="x"),)
+        )
+        db.execute("UPDATE licenses SET licensee = 'Someone Else' WHERE active = 1")
+        db.commit()
+    server.start_daemon()
+    assert (await read_state(server)).status == "unlicensed"
+
+
+async def test_sigterm_stops_cleanly_and_notifies_systemd(server):
+    daemon = server.start_daemon(watchdog_usec=200_000)
+    ready = daemon.wait_for_notification("READY=1")
+    assert "STATUS=Unlicensed; waiting for a product key" in ready
+    daemon.wait_for_notification("WATCHDOG=1", timeout=3)
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.wait_for_notification("STOPPING=1")
+    assert daemon.wait_exit(5) == 0
+
+
+async def test_status_and_clients_as_tables_and_json(server):
+    server.start_daemon()
+    table = ctl(server, "status")
+    assert table.returncode == 0
+    assert "Status" in table.stdout
+    assert "unlicensed" in table.stdout
+    clients = ctl(server, "clients")
+    assert clients.returncode == 0
+    assert "No clients are connected." in clients.stdout
+    listing = json.loads(ctl(server, "clients", "--json").stdout)
+    assert listing["clients"] == []
+    missing = ctl(server, "release", "nobody")
+    assert missing.returncode == 1
+    assert "No client 'nobody'" in missing.stderr
+
+
+def test_an_unreachable_daemon_is_reported(server_factory):
+    server = server_factory("embedded")  # nothing started on its port
+    result = run("floatkeyctl", "status", "--config", str(server.config_path), "--timeout", "2")
+    assert result.returncode == 5
+    assert "Cannot reach the MQTT broker" in result.stderr

@@ -1,0 +1,41 @@
+"""The README's main command really brings the daemon up."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import aiomqtt
+import pytest
+
+from floatkey import protocol
+from floatkey.envelope import open_envelope
+from floatkey.signing import key_id, parse_public_key
+from servers import REPO, wait_for_port
+
+pytestmark = pytest.mark.broker
+
+
+async def test_scripts_run_starts_the_daemon_on_the_embedded_broker(tmp_path):
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen(
+        [str(REPO / "scripts" / "run")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, 18830, 60)
+        async with aiomqtt.Client("127.0.0.1", 18830, identifier="quickstart-test") as client:
+            await client.subscribe("floatkey/dev/state", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(client.messages))
+        key = parse_public_key((REPO / "state/dev/server-identity.key.pub").read_text())
+        body = open_envelope(bytes(message.payload), "floatkey/dev/state", {key_id(key): key})
+        state = protocol.decode(body, protocol.State)
+        assert state.server == "dev"
+        assert state.status in {"unlicensed", "licensed", "expired"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        log.close()
