@@ -16,7 +16,11 @@ and in exit codes) and ``message``, a sentence a customer can act on.
     │   ├── KeyExpired                   expired: the expiry date has passed
     │   └── SeatsOutOfRange              seats_out_of_range: seats outside 1..100000
     ├── KeyFileError                     key_file: a key file is missing, unreadable or unsafe
-    └── ConfigError                      config: a configuration file is unreadable or wrong
+    ├── ConfigError                      config: a configuration file is unreadable or wrong
+    └── AgentError                       the client agent cannot do what was asked
+        ├── NoAnswer                     no_answer: broker or license server unreachable in time
+        ├── ServerKeyChanged             server_key_changed: the server's key is not the pinned one
+        └── FeatureNotLicensed           feature_not_licensed: the license lacks a feature
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AgentError",
     "ConfigError",
+    "FeatureNotLicensed",
     "FloatkeyError",
     "KeyExpired",
     "KeyFileError",
@@ -32,8 +38,10 @@ __all__ = [
     "KeyMistyped",
     "KeyNotIssuedByVendor",
     "LicenseeMismatch",
+    "NoAnswer",
     "ProductKeyError",
     "SeatsOutOfRange",
+    "ServerKeyChanged",
     "UnknownKeyFormat",
     "WrongProductVersion",
 ]
@@ -124,3 +132,31 @@ class ConfigError(FloatkeyError):
     """A configuration file cannot be read, or names an unknown key or a bad value."""
 
     reason: ClassVar[str] = "config"
+
+
+class AgentError(FloatkeyError):
+    """The client agent cannot do what the application asked."""
+
+    reason: ClassVar[str] = "agent"
+
+
+class NoAnswer(AgentError):
+    """The broker or the license server did not answer in time."""
+
+    reason: ClassVar[str] = "no_answer"
+
+
+class ServerKeyChanged(AgentError):
+    """The license server presents a key other than the one pinned on first use."""
+
+    reason: ClassVar[str] = "server_key_changed"
+
+
+class FeatureNotLicensed(AgentError):
+    """The application asked for a feature the license (or the lack of one) does not grant."""
+
+    reason: ClassVar[str] = "feature_not_licensed"
+
+    def __init__(self, message: str, *, feature: str) -> None:
+        super().__init__(message)
+        self.feature = feature

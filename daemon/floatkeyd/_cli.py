@@ -15,10 +15,10 @@ from pathlib import Path
 import structlog
 
 from floatkey.errors import FloatkeyError
+from floatkey.logs import configure_logging
 from floatkey.protocol import now_ms
 from floatkey.signing import key_id, parse_public_key, public_key_text
 from floatkeyd.config import load_config
-from floatkeyd.logs import configure_logging
 from floatkeyd.service import DB_FILE, Daemon
 from floatkeyd.store import Store
 

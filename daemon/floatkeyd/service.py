@@ -32,6 +32,7 @@ from floatkey import protocol
 from floatkey.broker import connect
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
 from floatkey.errors import ProductKeyError
+from floatkey.logs import redact
 from floatkey.productkey import ProductKey, parse_product_key, verify_product_key
 from floatkey.protocol import (
     AdminClients,
@@ -57,7 +58,6 @@ from floatkey.signing import key_id, parse_public_key, public_key_text
 from floatkeyd.embedded_broker import embedded_broker
 from floatkeyd.identity import load_or_create_identity
 from floatkeyd.ledger import Denied, LedgerMode, SeatLedger
-from floatkeyd.logs import redact
 from floatkeyd.sdnotify import Notifier
 from floatkeyd.store import AuditEntry, Store, StoredLicense
 

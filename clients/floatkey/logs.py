@@ -1,4 +1,7 @@
-"""Logging through structlog: JSON lines for journald, a readable console on a terminal."""
+"""Logging through structlog: JSON lines for journald, a readable console on a terminal.
+
+Shared by the daemon, the agent supervisor and the tools.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
 ) -> None:
-    """Configure structlog for the daemon and command-line tools (logs go to stderr)."""
+    """Configure structlog (logs go to stderr, never to stdout, which tools keep for data)."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.types.Processor = (

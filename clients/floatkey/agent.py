@@ -1,0 +1,640 @@
+"""The client agent: holds a seat, knows the features, and says when to stop.
+
+::
+
+    async with Agent(config) as agent:
+        if agent.is_enabled("dataflow"):
+            ...
+        reason = await agent.shutdown_requested   # a new license, expiry, revocation, offline
+
+``Agent`` owns one ``asyncio.TaskGroup`` of named tasks:
+
+``connection``  connect (reconnect with capped, jittered backoff), subscribe, handle messages
+``renewal``     renews the lease at the interval the daemon asked for
+``offline``     asks the application to stop when the daemon has been silent too long
+``shutdown``    once a stop is requested: the application's hooks, then the seat release
+
+Every daemon message is verified against the pinned server key before it is parsed;
+anything unsigned, wrongly signed, addressed to another topic or replayed is dropped,
+logged and counted in :attr:`Agent.drops`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self
+
+import aiomqtt
+import msgspec
+import structlog
+
+from floatkey import protocol
+from floatkey.broker import connect
+from floatkey.envelope import EnvelopeError, open_envelope
+from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.protocol import (
+    SeatDenied,
+    SeatGranted,
+    SeatLost,
+    SeatRelease,
+    SeatRenew,
+    SeatRequest,
+    SeatRevoked,
+)
+from floatkey.signing import key_id, parse_public_key, public_key_text
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from floatkey.config import LoadedAgentConfig
+
+__all__ = ["Agent", "Denial", "LicenseView", "ShutdownReason", "ShutdownSignal"]
+
+log = structlog.get_logger("floatkey.agent")
+
+ShutdownCode = Literal["license.activated", "license.expired", "seat.revoked", "offline"]
+_BACKOFF_START, _BACKOFF_CAP = 0.2, 10.0
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseView:
+    """The verified license state as the agent last saw it."""
+
+    status: protocol.Status
+    generation: int
+    licensee: str | None = None
+    organization: str | None = None
+    seats: int | None = None
+    features: frozenset[str] = frozenset()
+    expires: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why the agent has no seat: ``seats_exhausted``, ``expired``, ..., and the sentence."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReason:
+    """Why the application must stop."""
+
+    code: ShutdownCode
+    message: str
+    generation: int | None = None
+
+
+class ShutdownSignal:
+    """Set when the application must stop. ``await`` it for the :class:`ShutdownReason`."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason: ShutdownReason | None = None
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self._event.is_set()
+
+    def _set(self, reason: ShutdownReason) -> bool:
+        if self._event.is_set():
+            return False
+        self.reason = reason
+        self._event.set()
+        return True
+
+    async def wait(self) -> ShutdownReason:
+        """Wait for the stop request; return why."""
+        await self._event.wait()
+        assert self.reason is not None
+        return self.reason
+
+    def __await__(self) -> Generator[object, None, ShutdownReason]:
+        return self.wait().__await__()
+
+
+def default_client_id(app: str) -> str:
+    """A client id unique to this process: app, host, pid and a random suffix."""
+    raw = f"{app or 'agent'}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return _UNSAFE.sub("_", raw)[:128]
+
+
+class Agent:
+    """A licensed client. ``async with Agent(loaded_config) as agent:``.
+
+    Entering connects, requests a seat and returns once the daemon answered (granted or
+    denied), or raises ``NoAnswer`` after ``request_timeout`` seconds. Leaving runs the
+    shutdown hooks if a stop was requested, releases the seat and disconnects.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedAgentConfig,
+        *,
+        app: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self._loaded = loaded
+        self.config = loaded.config
+        self.topics = loaded.config.topics
+        self.app = app if app is not None else self.config.app
+        self.client_id = client_id or default_client_id(self.app)
+        if not protocol.CLIENT_ID.fullmatch(self.client_id):
+            msg = f"client id {self.client_id!r} may use only letters, digits and . _ : -"
+            raise ValueError(msg)
+        self.shutdown_requested = ShutdownSignal()
+        self.drops: Counter[str] = Counter()
+        self.denial: Denial | None = None
+        self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
+        self._license_listeners: list[Callable[[LicenseView], None]] = []
+        self._key_changed = asyncio.Event()
+        self._server_key: Ed25519PublicKey | None = (
+            parse_public_key(self.config.server_key) if self.config.server_key else None
+        )
+        self._state: protocol.State | None = None
+        self._grant: SeatGranted | None = None
+        self._nonce = ""
+        self._answered = asyncio.Event()
+        self._identity_seen = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._last_contact = time.monotonic()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._children: list[asyncio.Task[None]] = []
+        self._released = False
+        self._closing = False
+
+    # --- what the application reads -------------------------------------------------
+
+    @property
+    def license(self) -> LicenseView:
+        """The verified current license state (``unlicensed`` until one is seen)."""
+        state = self._state
+        if state is None:
+            return LicenseView(status="unlicensed", generation=0)
+        info = state.license
+        if info is None:
+            return LicenseView(status=state.status, generation=state.generation)
+        return LicenseView(
+            status=state.status,
+            generation=state.generation,
+            licensee=info.licensee,
+            organization=info.organization,
+            seats=info.seats,
+            features=frozenset(info.features),
+            expires=info.expires,
+        )
+
+    @property
+    def has_seat(self) -> bool:
+        """Whether the agent holds a seat (or, on an unlicensed server, a session)."""
+        return self._grant is not None and not self._released
+
+    @property
+    def licensed(self) -> bool:
+        """Whether the seat is a licensed one (not an unlicensed session)."""
+        return self.has_seat and self._grant is not None and self._grant.licensed
+
+    @property
+    def generation(self) -> int | None:
+        """The license generation the seat was granted under."""
+        return self._grant.generation if self._grant else None
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The features this client may use: none without a licensed seat."""
+        if not self.licensed or self._grant is None:
+            return frozenset()
+        return frozenset(self._grant.features)
+
+    def is_enabled(self, feature: str) -> bool:
+        """Whether ``feature`` may be used now."""
+        return feature in self.features
+
+    def require(self, feature: str) -> None:
+        """Raise ``FeatureNotLicensed`` unless ``feature`` may be used now."""
+        if self.is_enabled(feature):
+            return
+        view = self.license
+        if not self.has_seat:
+            why = self.denial.message if self.denial else "This client holds no seat."
+        elif view.status == "unlicensed":
+            why = "The license server has no license yet."
+        else:
+            why = f"The license of {view.organization or 'this server'} does not include it."
+        raise FeatureNotLicensed(f"The feature {feature!r} is not licensed. {why}", feature=feature)
+
+    def on_shutdown(self, hook: Callable[[ShutdownReason], Awaitable[None]]) -> None:
+        """Register an async hook run (bounded by ``hook_timeout``) before the seat is released."""
+        self._hooks.append(hook)
+
+    def on_license_change(self, listener: Callable[[LicenseView], None]) -> None:
+        """Call ``listener`` with the new view whenever a newer verified state arrives."""
+        self._license_listeners.append(listener)
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._children = [
+            self._tasks.create_task(self._connection(), name=f"agent-connection-{self.client_id}"),
+            self._tasks.create_task(self._renewal(), name=f"agent-renewal-{self.client_id}"),
+            self._tasks.create_task(self._offline_watch(), name=f"agent-offline-{self.client_id}"),
+            self._tasks.create_task(
+                self._shutdown_sequence(), name=f"agent-shutdown-{self.client_id}"
+            ),
+        ]
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                answered = asyncio.ensure_future(self._answered.wait())
+                changed = asyncio.ensure_future(self._key_changed.wait())
+                try:
+                    await asyncio.wait({answered, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    answered.cancel()
+                    changed.cancel()
+            self.check_server_key()
+        except TimeoutError:
+            await self.__aexit__(None, None, None)
+            broker = self.config.broker.describe()
+            what = (
+                "the broker"
+                if not self._connected.is_set()
+                else f"the license server {self.config.server!r}"
+            )
+            raise NoAnswer(
+                f"No answer from {what} ({broker}) within {self.config.request_timeout:g} s. "
+                "Check that the license server is running and reachable.",
+            ) from None
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._tasks is None:
+            return
+        if self.shutdown_requested.is_set():
+            # Let the hooks finish (they are bounded) before the seat goes.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(self._children[3]), self.config.hook_timeout + 1
+                )
+        await self.release()
+        self._closing = True
+        for task in self._children:
+            task.cancel()
+        tasks, self._tasks = self._tasks, None
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks.__aexit__(None, None, None)
+
+    async def release(self) -> None:
+        """Give the seat back now (idempotent)."""
+        if self._released or self._grant is None:
+            self._released = True
+            return
+        self._released = True
+        client = self._client
+        if client is None:
+            return  # the will, or the lease's expiry, frees it
+        body = SeatRelease(client=self.client_id, lease=self._grant.lease)
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await client.publish(
+                self.topics.seat(self.client_id, "release"), protocol.encode(body), qos=1, timeout=2
+            )
+        log.info("seat released", client=self.client_id)
+
+    def request_shutdown(
+        self, code: ShutdownCode, message: str, generation: int | None = None
+    ) -> None:
+        """Ask the application to stop (also used by the agent itself)."""
+        if self.shutdown_requested._set(ShutdownReason(code, message, generation)):  # noqa: SLF001
+            log.warning("shutdown requested", client=self.client_id, reason=code, message=message)
+
+    # --- tasks --------------------------------------------------------------------
+
+    async def _connection(self) -> None:
+        backoff = _BACKOFF_START
+        will = aiomqtt.Will(
+            self.topics.seat(self.client_id, "release"),
+            protocol.encode(SeatRelease(client=self.client_id)),
+            qos=1,
+        )
+        while not self._closing:
+            try:
+                async with connect(
+                    self.config.broker, identifier=self.client_id, base=self._loaded.base, will=will
+                ) as client:
+                    await self._on_connect(client)
+                    backoff = _BACKOFF_START
+                    async for message in client.messages:
+                        self._handle(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                log.info("broker connection lost", client=self.client_id, error=str(exc))
+            finally:
+                self._client = None
+                self._connected.clear()
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, _BACKOFF_CAP)
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        if self._server_key is None:
+            self._load_pinned_key()
+        if self._server_key is None:
+            # Trust on first use: take the key from the retained identity before
+            # anything signed is read.
+            await client.subscribe(self.topics.identity, qos=1)
+            self._client = client
+            async with asyncio.timeout(self.config.request_timeout):
+                async for message in client.messages:
+                    self._handle(message.topic.value, message.payload)
+                    if self._pinned():
+                        break
+        await client.subscribe(
+            [
+                (self.topics.client(self.client_id), 1),
+                (self.topics.state, 1),
+                (self.topics.events, 1),
+                (self.topics.identity, 1),
+            ],
+        )
+        self._client = client
+        self._connected.set()
+        if self._released:
+            return
+        if self._grant is not None:
+            # Back after a reconnect: check the daemon still holds our lease.
+            await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
+        else:
+            await self._request_seat()
+
+    async def _request_seat(self) -> None:
+        self._nonce = secrets.token_hex(8)
+        await self._send(
+            SeatRequest(
+                client=self.client_id,
+                nonce=self._nonce,
+                app=self.app,
+                user=_user(),
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            ),
+            "request",
+        )
+
+    async def _send(self, body: msgspec.Struct, action: Literal["request", "renew"]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(
+                self.topics.seat(self.client_id, action), protocol.encode(body), qos=1
+            )
+
+    async def _renewal(self) -> None:
+        while True:
+            interval = self._grant.renew_after_s if self._grant else 5.0
+            await asyncio.sleep(interval)
+            if self._grant is not None and not self._released and self._connected.is_set():
+                await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
+
+    async def _offline_watch(self) -> None:
+        grace = self.config.offline_grace
+        while True:
+            await asyncio.sleep(min(grace / 4, 5.0))
+            silent = time.monotonic() - self._last_contact
+            if self._grant is not None and silent > grace:
+                self.request_shutdown(
+                    "offline",
+                    f"The license server has not answered for {silent:.0f} s (more than the "
+                    f"{grace:g} s offline grace); the application must stop.",
+                )
+                return
+
+    async def _shutdown_sequence(self) -> None:
+        reason = await self.shutdown_requested
+        for hook in list(self._hooks):
+            try:
+                await asyncio.wait_for(hook(reason), self.config.hook_timeout)
+            except TimeoutError:
+                log.warning(
+                    "shutdown hook timed out",
+                    client=self.client_id,
+                    timeout=self.config.hook_timeout,
+                )
+            except Exception:
+                log.exception("shutdown hook failed", client=self.client_id)
+        await self.release()
+
+    # --- inbound ------------------------------------------------------------------
+
+    def _drop(self, reason: str, topic: str) -> None:
+        self.drops[reason] += 1
+        log.warning("message dropped", client=self.client_id, reason=reason, topic=topic)
+
+    def _handle(self, topic: str, payload: object) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            self._drop("not_bytes", topic)
+            return
+        if len(payload) > protocol.MAX_PAYLOAD:
+            self._drop("oversized", topic)
+            return
+        data = bytes(payload)
+        if topic == self.topics.identity:
+            self._take_identity(data)
+            return
+        key = self._server_key
+        if key is None:
+            self._drop("no_server_key", topic)
+            return
+        try:
+            body = open_envelope(data, topic, {key_id(key): key})
+        except EnvelopeError as exc:
+            self._drop(exc.reason, topic)
+            return
+        try:
+            if topic == self.topics.state:
+                self._take_state(protocol.decode(body, protocol.State))
+            elif topic == self.topics.events:
+                self._take_event(protocol.decode(body, protocol.Event))
+            elif topic == self.topics.client(self.client_id):
+                self._take_reply(protocol.decode_to_client(body))
+            else:
+                self._drop("unknown_topic", topic)
+        except msgspec.DecodeError:
+            self._drop("bad_body", topic)
+
+    def _take_identity(self, data: bytes) -> None:
+        try:
+            identity = protocol.decode(data, protocol.Identity)
+            key = parse_public_key(identity.public_key)
+        except (msgspec.DecodeError, ValueError):
+            self._drop("bad_identity", self.topics.identity)
+            return
+        if self._server_key is None:
+            self._server_key = key
+            self._pin_key(key)
+        elif key_id(key) != key_id(self._server_key):
+            self.drops["server_key_changed"] += 1
+            self._key_changed.set()
+            log.error(
+                "server key changed; refusing it",
+                client=self.client_id,
+                pinned=key_id(self._server_key),
+                offered=key_id(key),
+            )
+
+    def _take_state(self, state: protocol.State) -> None:
+        if state.server != self.config.server:
+            self._drop("wrong_server", self.topics.state)
+            return
+        if self._state is not None and state.revision <= self._state.revision:
+            if state.revision < self._state.revision:
+                self._drop("replayed", self.topics.state)
+            return
+        self._state = state
+        self._contact()
+        view = self.license
+        for listener in self._license_listeners:
+            listener(view)
+        if self._grant is not None and state.generation > self._grant.generation:
+            code: ShutdownCode = (
+                "license.expired" if state.status == "expired" else "license.activated"
+            )
+            self.request_shutdown(code, _shutdown_message(code), state.generation)
+
+    def _take_event(self, event: protocol.Event) -> None:
+        if self._grant is None or event.generation <= self._grant.generation:
+            return  # an old event, or one from before our seat
+        self.request_shutdown(event.name, _shutdown_message(event.name), event.generation)
+
+    def _take_reply(self, reply: protocol.DaemonToClient) -> None:
+        if isinstance(reply, SeatGranted | SeatDenied):
+            self._take_answer(reply)
+            return
+        grant = self._grant
+        if grant is None or reply.lease != grant.lease:
+            self._drop("stale_reply", self.topics.client(self.client_id))
+            return
+        self._contact()
+        if isinstance(reply, SeatLost):
+            # The daemon forgot us (restart, expiry): ask again, transparently.
+            self._grant = None
+            if self._client is not None and not self._released:
+                self._spawn_request()
+        elif isinstance(reply, SeatRevoked):
+            self.request_shutdown("seat.revoked", reply.message, grant.generation)
+
+    def _take_answer(self, reply: SeatGranted | SeatDenied) -> None:
+        """The answer to our latest request (an older nonce is a stale or replayed one)."""
+        if reply.nonce != self._nonce:
+            self._drop("stale_reply", self.topics.client(self.client_id))
+            return
+        self._contact()
+        if isinstance(reply, SeatGranted):
+            self._grant, self.denial = reply, None
+            log.info(
+                "seat granted",
+                client=self.client_id,
+                licensed=reply.licensed,
+                generation=reply.generation,
+                features=reply.features,
+            )
+        else:
+            self.denial = Denial(reply.reason, reply.message)
+            log.info("seat denied", client=self.client_id, reason=reply.reason)
+        self._answered.set()
+
+    def _spawn_request(self) -> None:
+        if self._tasks is not None and not self._closing:
+            self._tasks.create_task(self._request_seat(), name=f"agent-request-{self.client_id}")
+
+    def _pinned(self) -> bool:
+        return self._server_key is not None
+
+    def _contact(self) -> None:
+        self._last_contact = time.monotonic()
+
+    # --- pinned server keys (trust on first use) ----------------------------------
+
+    def _known_servers(self) -> dict[str, str]:
+        path = self._loaded.state_path()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        servers = data.get("servers") if isinstance(data, dict) else None
+        return (
+            {k: v for k, v in servers.items() if isinstance(v, str)}
+            if isinstance(servers, dict)
+            else {}
+        )
+
+    def _load_pinned_key(self) -> None:
+        text = self._known_servers().get(self.topics.root)
+        if text:
+            with contextlib.suppress(ValueError):
+                self._server_key = parse_public_key(text)
+
+    def _pin_key(self, key: Ed25519PublicKey) -> None:
+        path = self._loaded.state_path()
+        known = self._known_servers()
+        if self.topics.root in known:
+            return
+        known[self.topics.root] = public_key_text(key)
+        log.warning(
+            "TRUSTING THE LICENSE SERVER KEY ON FIRST USE; set server_key in the agent config "
+            "to pin it explicitly",
+            client=self.client_id,
+            server=self.topics.root,
+            fingerprint=key_id(key),
+            state_file=str(path),
+        )
+        _write_private_json(path, {"servers": known})
+
+    def check_server_key(self) -> None:
+        """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
+        if self._key_changed.is_set():
+            raise ServerKeyChanged(
+                f"The license server {self.topics.root} presents a new key. If the server was "
+                "reinstalled, remove its entry from the agent's state file; otherwise someone "
+                "may be impersonating it.",
+            )
+
+
+def _shutdown_message(code: str) -> str:
+    if code == "license.expired":
+        return "The license has expired; the application must stop."
+    return "A new license was activated; the application must restart to use it."
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    return ""
+
+
+def _write_private_json(path: Path, data: object) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+    tmp.replace(path)

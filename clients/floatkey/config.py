@@ -1,0 +1,75 @@
+"""The client agent's configuration (``agent.toml``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from floatkey._configfile import load_toml
+from floatkey.broker import BrokerOptions
+from floatkey.protocol import Topics
+from floatkey.signing import parse_public_key
+
+__all__ = ["AgentConfig", "LoadedAgentConfig", "load_agent_config"]
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything in ``agent.toml``. Times are in seconds."""
+
+    server: str
+    broker: BrokerOptions = msgspec.field(default_factory=BrokerOptions)
+    topic_prefix: str = "floatkey"
+    # The server's public key (ed25519:...). Without it, the key is trusted on first use
+    # and pinned in state_file, like SSH's known_hosts.
+    server_key: str | None = None
+    state_file: str | None = None
+    app: str = ""
+    request_timeout: float = 10.0
+    offline_grace: float = 600.0
+    shutdown_grace: float = 10.0
+    hook_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("server", "topic_prefix"):
+            if not _NAME.fullmatch(getattr(self, name)):
+                raise msgspec.ValidationError(
+                    f"{name} must be 1-64 letters, digits, '.', '_' or '-'"
+                )
+        if self.server_key is not None:
+            try:
+                parse_public_key(self.server_key)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"server_key: {exc}") from None
+        for name in ("request_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
+            if not 0 < getattr(self, name) <= 86_400:
+                raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")
+
+    @property
+    def topics(self) -> Topics:
+        """The server's topics."""
+        return Topics(self.topic_prefix, self.server)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedAgentConfig:
+    """A validated agent config and the directory its relative paths start from."""
+
+    config: AgentConfig
+    base: Path
+
+    def state_path(self) -> Path:
+        """Where pinned server keys are kept."""
+        if self.config.state_file:
+            return self.base / self.config.state_file
+        return Path.home() / ".local" / "state" / "floatkey" / "known_servers.json"
+
+
+def load_agent_config(path: Path) -> LoadedAgentConfig:
+    """Read and validate an agent config file. Raises ``ConfigError``."""
+    path = Path(path).absolute()
+    return LoadedAgentConfig(config=load_toml(path, AgentConfig), base=path.parent)
