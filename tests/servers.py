@@ -8,6 +8,7 @@ Mosquitto fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -23,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiomqtt
 import pytest
 
+from floatkey import protocol
 from floatkey.broker import BrokerOptions
-from floatkey.signing import parse_public_key
+from floatkey.envelope import open_envelope
+from floatkey.signing import key_id, parse_public_key
 
 if TYPE_CHECKING:
     from floatkey.protocol import Topics
@@ -302,3 +306,58 @@ class DaemonProcess:
             self._notify = None
             with contextlib.suppress(FileNotFoundError):
                 self._notify_path.unlink()
+
+
+def write_agent_config(
+    server: Server, path: Path, *, pin: bool = True, **overrides: object
+) -> Path:
+    """An agent config for ``server``: the agents' broker user, the server key pinned."""
+    options = server.broker("floatkey-agent")
+    fields: dict[str, object] = {
+        "server": server.topics.server,
+        "state_file": str(path.parent / f"{path.stem}-known.json"),
+        "request_timeout": 10,
+        "offline_grace": 600,
+        "shutdown_grace": 5,
+        "hook_timeout": 8,
+    }
+    if pin:
+        fields["server_key"] = server.server_key_text()
+    fields.update(overrides)
+    lines = [
+        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in fields.items()
+    ]
+    lines += ["", "[broker]", 'host = "127.0.0.1"', f"port = {options.port}", "keepalive = 5"]
+    if options.username:
+        lines += [f'username = "{options.username}"', f'password = "{options.password}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def read_retained(server: Server, topic: str) -> bytes:
+    """Read a retained message with a plain MQTT subscriber."""
+    async with aiomqtt.Client(**_plain(server)) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert message.retain
+                return bytes(message.payload)
+    raise AssertionError("no retained message")
+
+
+def _plain(server: Server) -> dict[str, object]:
+    options = server.broker("floatkey-admin")
+    return {
+        "hostname": options.host,
+        "port": options.port,
+        "username": options.username,
+        "password": options.password,
+        "identifier": f"plain-{id(server)}",
+    }
+
+
+async def read_state(server: Server) -> protocol.State:
+    payload = await read_retained(server, server.topics.state)
+    key = server.server_key()
+    body = open_envelope(payload, server.topics.state, {key_id(key): key})
+    return protocol.decode(body, protocol.State)

@@ -16,74 +16,18 @@ from floatkey import protocol
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.signing import key_id, load_private_key
 from floatkeyd.admin_client import AdminSession
+from licensing import NAME, ORG, ctl, issue, unlock
+from servers import read_retained, read_state
 
-NAME, ORG = "Ada Lovelace", "Analytical Engines Ltd"
 pytestmark = pytest.mark.broker
-
-
-def issue(*extra: str, seats: int = 10, features: str = "dataflow,workflow,subflow") -> str:
-    result = run(
-        "floatkey-vendor",
-        "issue",
-        "--vendor-key",
-        str(CONFIG / "dev-vendor.key"),
-        "--name",
-        NAME,
-        "--organization",
-        ORG,
-        "--seats",
-        str(seats),
-        "--features",
-        features,
-        *extra,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def mistype(key: str) -> str:
     return key[:-1] + ("Z" if not key.endswith("Z") else "Y")
 
 
-def ctl(server, *args: str):
-    return run("floatkeyctl", *args, "--config", str(server.config_path))
-
-
-def unlock(server, key: str, *, name: str = NAME, org: str = ORG, extra=()):
-    return ctl_unlock(server, "--name", name, "--organization", org, "--key", key, *extra)
-
-
 def ctl_unlock(server, *args: str):
-    return run("floatkeyctl", "unlock", *args, "--config", str(server.config_path))
-
-
-async def read_retained(server, topic: str) -> bytes:
-    """Read a retained message with a plain MQTT subscriber."""
-    async with aiomqtt.Client(**_plain(server)) as client:
-        await client.subscribe(topic, qos=1)
-        async with asyncio.timeout(5):
-            async for message in client.messages:
-                assert message.retain
-                return bytes(message.payload)
-    raise AssertionError("no retained message")
-
-
-def _plain(server) -> dict:
-    options = server.broker("floatkey-admin")
-    return {
-        "hostname": options.host,
-        "port": options.port,
-        "username": options.username,
-        "password": options.password,
-        "identifier": f"plain-{id(server)}",
-    }
-
-
-async def read_state(server) -> protocol.State:
-    payload = await read_retained(server, server.topics.state)
-    key = server.server_key()
-    body = open_envelope(payload, server.topics.state, {key_id(key): key})
-    return protocol.decode(body, protocol.State)
+    return ctl(server, "unlock", *args)
 
 
 async def test_unlock_happy_path_with_the_real_tools(server):

@@ -47,6 +47,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
     client_id: str | None = None
     lease_seconds: int = 120
+    # How long a seat outlives its agent's MQTT will (a broker restart sends every will).
+    will_grace_seconds: int = 5
     max_payload: int = 64 * 1024
     max_requests_per_client: int = 20
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -61,6 +63,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             )
         if not 10 <= self.lease_seconds <= 86_400:
             raise msgspec.ValidationError("lease_seconds must be between 10 and 86400")
+        if not 0 <= self.will_grace_seconds <= self.lease_seconds:
+            raise msgspec.ValidationError("will_grace_seconds must be between 0 and lease_seconds")
         if not 1024 <= self.max_payload <= 16 * 1024 * 1024:
             raise msgspec.ValidationError("max_payload must be between 1024 and 16777216")
         if not 1 <= self.max_requests_per_client <= 10_000:

@@ -12,6 +12,22 @@ if TYPE_CHECKING:
 __all__ = ["embedded_broker"]
 
 
+class _SnapshotDict(dict[Any, Any]):
+    """A dict whose iteration works on a copy.
+
+    amqtt 0.12 iterates its subscription table with ``await`` inside the loop (when a
+    client connects, and in every broadcast); a client subscribing meanwhile then
+    raises "dictionary changed size during iteration" and the connection or broadcast
+    dies. Iterating over a snapshot makes those loops safe without patching amqtt.
+    """
+
+    def __iter__(self):  # type: ignore[no-untyped-def]  # noqa: ANN204
+        return iter(list(super().keys()))
+
+    def items(self):  # type: ignore[no-untyped-def]  # noqa: ANN202
+        return list(super().items())
+
+
 @contextlib.asynccontextmanager
 async def embedded_broker(host: str, port: int) -> AsyncIterator[None]:
     """Run an amqtt broker on ``host:port`` (MQTT 3.1.1, anonymous) for the block."""
@@ -26,6 +42,7 @@ async def embedded_broker(host: str, port: int) -> AsyncIterator[None]:
         },
     }
     broker = Broker(config)
+    broker._subscriptions = _SnapshotDict()  # noqa: SLF001 - see _SnapshotDict
     await broker.start()
     try:
         yield

@@ -169,6 +169,26 @@ class SeatLedger:
         self._drop(lease)
         return lease
 
+    def orphan(self, client: str, now: int, grace_ms: int) -> Lease | None:
+        """The client's MQTT will says it is gone: keep the seat ``grace_ms`` more.
+
+        A broker that shuts down (Mosquitto does this) publishes the will of every
+        client still connected; when the agent renews within the grace, it keeps its
+        seat. A revoked lease holds no seat and goes at once. Returns the lease freed
+        at once, if any.
+        """
+        lease = self.leases.get(client)
+        if lease is None:
+            revoked = self.revoked.get(client)
+            if revoked is not None:
+                self._drop(revoked)
+            return revoked
+        deadline = now + grace_ms
+        if deadline < lease.expires_at:
+            lease.expires_at = deadline
+            heapq.heappush(self._expiry, (deadline, client, lease.token))
+        return None
+
     def expire(self, now: int) -> list[Lease]:
         """Drop and return every lease whose time is up."""
         gone: list[Lease] = []

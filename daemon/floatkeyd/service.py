@@ -126,6 +126,7 @@ class Daemon:
         self._ready = asyncio.Event()
         self._license_changed = asyncio.Event()
         self._staged = asyncio.Event()
+        self._expiry_moved = asyncio.Event()
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
         # Filled in by run(): nothing below is valid before the store is open.
@@ -486,6 +487,20 @@ class Daemon:
                 client_id, SeatRenewed(lease=lease.token, expires_at=lease.expires_at)
             )
         else:
+            self._seat_release(body, now)
+
+    def _seat_release(self, body: SeatRelease, now: int) -> None:
+        client_id = body.client
+        if body.lease is None:
+            # The MQTT will (it cannot know the lease): the agent may only be cut off
+            # by a broker restart, so the seat is kept for a short grace.
+            freed = self.ledger.orphan(client_id, now, self.config.will_grace_seconds * 1000)
+            self._expiry_moved.set()
+            if freed is not None:
+                self.store.stage_release(client_id)
+                self._staged.set()
+            log.info("client gone (will)", client=client_id, freed=freed is not None)
+        else:
             released = self.ledger.release(client_id, body.lease)
             if released is not None:
                 self.store.stage_release(client_id)
@@ -818,11 +833,16 @@ class Daemon:
 
     async def _lease_expiry(self) -> None:
         while True:
+            self._expiry_moved.clear()
             nxt = self.ledger.next_expiry()
             now = self._now()
             if nxt is None or nxt > now:
                 delay = self.config.lease_seconds if nxt is None else (nxt - now) / 1000
-                await asyncio.sleep(min(delay, self.config.lease_seconds) + 0.01)
+                # Woken early when a lease's end moves closer (a will's grace).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._expiry_moved.wait(), min(delay, self.config.lease_seconds) + 0.01
+                    )
                 continue
             for lease in self.ledger.expire(now):
                 self.store.stage_release(lease.client)

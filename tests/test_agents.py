@@ -1,0 +1,417 @@
+"""Client agents against a real daemon on real brokers: seats, shutdown, trust, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conftest import command
+from floatkey import protocol
+from floatkey.agent import Agent
+from floatkey.config import load_agent_config
+from floatkey.envelope import Signer
+from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.signing import public_key_text
+from licensing import ctl, issue, unlock
+from servers import read_retained, write_agent_config
+
+pytestmark = pytest.mark.broker
+CHILD = Path(__file__).with_name("child_app.py")
+
+
+def make_agent(server, tmp_path: Path, name: str, **overrides: object) -> Agent:
+    path = write_agent_config(server, tmp_path / f"{name}.toml", **overrides)
+    return Agent(
+        load_agent_config(path), app="test-app", client_id=f"{name}-{uuid.uuid4().hex[:8]}"
+    )
+
+
+async def eventually(check, within: float = 10, interval: float = 0.05):
+    """Wait until ``check()`` is truthy; return its value."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within} s")
+
+
+def clients(server) -> list[dict]:
+    result = ctl(server, "clients", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["clients"]
+
+
+# --- seats --------------------------------------------------------------------------
+
+
+async def test_exactly_s_of_n_agents_get_a_seat_and_a_release_lets_one_in(server, tmp_path):
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    agents = [make_agent(server, tmp_path, f"a{i}") for i in range(6)]
+    entered = await asyncio.gather(*(agent.__aenter__() for agent in agents))
+    try:
+        holders = [a for a in entered if a.has_seat]
+        denied = [a for a in entered if not a.has_seat]
+        assert len(holders) == 3
+        assert len(denied) == 3
+        for agent in denied:
+            assert agent.denial is not None
+            assert agent.denial.reason == "seats_exhausted"
+            assert "All 3 seats are in use" in agent.denial.message
+            assert agent.features == frozenset()
+            with pytest.raises(FeatureNotLicensed, match="dataflow"):
+                agent.require("dataflow")
+        for agent in holders:
+            assert agent.features == {"dataflow", "subflow", "workflow"}
+            assert agent.is_enabled("workflow")
+            agent.require("subflow")
+            assert agent.license.status == "licensed"
+            assert agent.license.seats == 3
+
+        await holders[0].__aexit__(None, None, None)
+        await eventually(lambda: len([c for c in clients(server) if c["licensed"]]) == 2)
+        retry = make_agent(server, tmp_path, "retry")
+        async with retry:
+            assert retry.has_seat
+            assert retry.is_enabled("dataflow")
+    finally:
+        for agent in entered[1:]:
+            await agent.__aexit__(None, None, None)
+
+
+async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_path):
+    server.start_daemon()
+    async with make_agent(server, tmp_path, "early") as agent:
+        assert agent.has_seat
+        assert not agent.licensed
+        assert agent.license.status == "unlicensed"
+        assert agent.features == frozenset()
+        assert not agent.is_enabled("dataflow")
+        with pytest.raises(FeatureNotLicensed, match="no license yet"):
+            agent.require("dataflow")
+        listed = clients(server)
+        assert [c["client"] for c in listed] == [agent.client_id]
+        assert listed[0]["licensed"] is False
+
+        hooks: list[str] = []
+
+        async def save_work(reason):
+            hooks.append(reason.code)
+
+        agent.on_shutdown(save_work)
+        result = unlock(server, issue())
+        assert "1 connected client was told to shut down" in result.stdout
+        reason = await asyncio.wait_for(agent.shutdown_requested.wait(), 10)
+        assert reason.code == "license.activated"
+        assert reason.generation == 1
+        await eventually(lambda: hooks == ["license.activated"])
+    # The hook ran before the seat was released; unlock waited for it.
+    assert "All 1 client has shut down" in result.stdout
+
+
+# --- the seed's scenario, with real processes ------------------------------------------
+
+
+def start_supervised(server, tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[str]:
+    config = write_agent_config(server, tmp_path / f"{name}.toml")
+    argv = [
+        command("floatkey-agent"),
+        "run",
+        "--config",
+        str(config),
+        "--app",
+        "flowdesigner",
+        "--",
+        sys.executable,
+        str(CHILD),
+        str(tmp_path / name),
+        *extra,
+    ]
+    with (tmp_path / f"{name}.out").open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def output(tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.out").read_text(errors="replace")
+
+
+def child_env(tmp_path: Path, name: str) -> dict[str, str]:
+    return json.loads((tmp_path / f"{name}.env").read_text())
+
+
+async def test_unlock_shuts_down_supervised_clients_which_restart_with_the_features(
+    server,
+    tmp_path,
+):
+    server.start_daemon()
+    names = ["c1", "c2", "c3"]
+    procs = [start_supervised(server, tmp_path, n) for n in names]
+    for n in names:
+        await eventually(lambda n=n: (tmp_path / f"{n}.env").exists(), within=20)
+        env = child_env(tmp_path, n)
+        assert env["FLOATKEY_STATUS"] == "unlicensed"
+        assert env["FLOATKEY_FEATURES"] == ""
+    assert len(clients(server)) == 3
+
+    result = unlock(server, issue(seats=5))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 connected clients were told to shut down" in result.stdout
+    assert "All 3 clients have shut down" in result.stdout
+    for n, proc in zip(names, procs, strict=True):
+        assert proc.wait(15) == 75, output(tmp_path, n)
+        assert (tmp_path / f"{n}.term").read_text() == str(int(signal.SIGTERM))
+    assert clients(server) == []
+
+    # systemd would restart them; here, by hand.
+    for n in names:
+        (tmp_path / f"{n}.env").unlink()
+    procs = [start_supervised(server, tmp_path, n) for n in names]
+    for n in names:
+        await eventually(lambda n=n: (tmp_path / f"{n}.env").exists(), within=20)
+        env = child_env(tmp_path, n)
+        assert env["FLOATKEY_STATUS"] == "licensed"
+        assert env["FLOATKEY_FEATURES"] == "dataflow,subflow,workflow"
+        assert env["FLOATKEY_LICENSEE"] == "Ada Lovelace"
+        assert env["FLOATKEY_GENERATION"] == "1"
+        assert json.loads(env["license_file_contents"])["features"] == [
+            "dataflow",
+            "subflow",
+            "workflow",
+        ]
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)  # passed on to the child, which exits 0
+        assert proc.wait(15) == 0
+    await eventually(lambda: clients(server) == [])
+
+
+async def test_the_supervisor_exits_with_the_childs_status_and_refuses_without_a_seat(
+    server,
+    tmp_path,
+):
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    holder = start_supervised(server, tmp_path, "holder")
+    await eventually((tmp_path / "holder.env").exists, within=20)
+
+    refused = start_supervised(server, tmp_path, "refused")
+    assert refused.wait(20) == 69
+    assert "All 1 seats are in use" in output(tmp_path, "refused")
+    assert not (tmp_path / "refused.env").exists()
+
+    holder.send_signal(signal.SIGTERM)
+    assert holder.wait(15) == 0
+    await eventually(lambda: clients(server) == [])
+    quitter = start_supervised(server, tmp_path, "quitter", "--exit", "3")
+    assert quitter.wait(20) == 3
+    await eventually(lambda: clients(server) == [])
+
+
+async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(server, tmp_path):
+    server.start_daemon()
+    stubborn = start_supervised(server, tmp_path, "stubborn", "--ignore-term")
+    await eventually((tmp_path / "stubborn.env").exists, within=20)
+    started = time.monotonic()
+    assert unlock(server, issue(), "--wait", "0").returncode == 0
+    assert stubborn.wait(20) == 75
+    assert (tmp_path / "stubborn.term").read_text() == "ignored"
+    assert time.monotonic() - started >= 4  # the 5 s shutdown grace, give or take
+
+
+# --- failures -----------------------------------------------------------------------
+
+
+async def test_a_killed_agent_frees_its_seat_through_its_will(server, tmp_path):
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    victim = start_supervised(server, tmp_path, "victim")
+    await eventually((tmp_path / "victim.env").exists, within=20)
+    assert len(clients(server)) == 1
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    # The broker publishes the will as soon as it sees the connection gone.
+    await eventually(lambda: clients(server) == [], within=15)
+
+
+async def test_a_lease_that_is_not_renewed_expires(server_factory):
+    server = server_factory("mosquitto", extra="")
+    text = server.config_path.read_text().replace("lease_seconds = 30", "lease_seconds = 10")
+    server.config_path.write_text(text)
+    server.start_daemon()
+    options = server.broker("floatkey-agent")
+    async with aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier="silent-1",
+    ) as client:
+        request = protocol.SeatRequest(client="silent-1", nonce="n1", app="raw")
+        await client.publish(
+            server.topics.seat("silent-1", "request"), protocol.encode(request), qos=1
+        )
+        await eventually(lambda: len(clients(server)) == 1)
+        await eventually(lambda: clients(server) == [], within=20)
+
+
+async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp_path):
+    server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    old_state = await read_retained(server, server.topics.state)
+    assert unlock(server, issue()).returncode == 0
+    async with (
+        make_agent(server, tmp_path, "target") as agent,
+        make_agent(server, tmp_path, "other") as other,
+    ):
+        assert agent.generation == 2
+        options = server.broker("floatkeyd")
+        async with aiomqtt.Client(
+            options.host,
+            options.port,
+            username=options.username,
+            password=options.password,
+            identifier="forger",
+        ) as forger:
+            # 1. A revocation signed by another key.
+            topic = server.topics.client(agent.client_id)
+            revoke = protocol.SeatRevoked(lease="x", reason="forged", message="forged")
+            forged = Signer(Ed25519PrivateKey.generate()).seal(topic, protocol.encode(revoke))
+            await forger.publish(topic, forged, qos=1)
+            # 2. A genuine daemon message for another client, moved to this client's topic.
+            captured: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            await forger.subscribe(server.topics.client(other.client_id), qos=1)
+            await other._send(
+                protocol.SeatRenew(client=other.client_id, lease=other._grant.lease), "renew"
+            )
+            async with asyncio.timeout(5):
+                async for message in forger.messages:
+                    captured.set_result(bytes(message.payload))
+                    break
+            await forger.publish(topic, captured.result(), qos=1)
+            # 3. An old genuine state, replayed; and a new-generation state forged.
+            await forger.publish(server.topics.state, old_state, qos=1)
+            fake = protocol.State(
+                server=server.topics.server,
+                revision=10**9,
+                generation=10**6,
+                status="licensed",
+                license=None,
+            )
+            await forger.publish(
+                server.topics.state,
+                Signer(Ed25519PrivateKey.generate()).seal(
+                    server.topics.state, protocol.encode(fake)
+                ),
+                qos=1,
+            )
+        await eventually(
+            lambda: agent.drops["unknown_key"] >= 2 and agent.drops["bad_signature"] >= 1,
+        )
+        assert agent.drops["replayed"] >= 1
+        await asyncio.sleep(0.3)
+        assert not agent.shutdown_requested.is_set()
+        assert agent.has_seat
+        assert agent.license.generation == 2
+
+
+async def test_a_changed_server_key_is_refused(server, tmp_path):
+    server.start_daemon()
+    impostor = public_key_text(Ed25519PrivateKey.generate().public_key())
+    agent = make_agent(server, tmp_path, "wary", server_key=impostor)
+    with pytest.raises(ServerKeyChanged, match="presents a new key"):
+        async with agent:
+            pass
+
+
+async def test_trust_on_first_use_pins_the_key_in_a_private_state_file(server, tmp_path):
+    server.start_daemon()
+    async with make_agent(server, tmp_path, "tofu", pin=False) as agent:
+        assert agent.has_seat
+    known = tmp_path / "tofu-known.json"
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(known.read_text())["servers"][server.topics.root] == server.server_key_text()
+
+
+async def test_no_daemon_means_no_answer(server_factory, tmp_path):
+    server = server_factory("mosquitto")  # broker up, daemon never started
+    server.state_dir.mkdir(parents=True)
+    (server.state_dir / "server-identity.key.pub").write_text(
+        public_key_text(Ed25519PrivateKey.generate().public_key())
+    )
+    agent = make_agent(server, tmp_path, "lonely", request_timeout=1)
+    with pytest.raises(NoAnswer, match="license server"):
+        async with agent:
+            pass
+
+
+async def test_broker_restart_keeps_everyone_and_their_leases(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    async with make_agent(server, tmp_path, "steady") as agent:
+        lease = agent._grant.lease
+        server.mosquitto.stop()
+        await asyncio.sleep(1)
+        server.mosquitto.start()
+        await eventually(agent._connected.is_set, within=15)
+        await eventually(
+            lambda: [c["client"] for c in clients(server)] == [agent.client_id], within=15
+        )
+        assert agent._grant.lease == lease
+        assert not agent.shutdown_requested.is_set()
+
+
+async def test_daemon_restart_keeps_leases(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    async with make_agent(server, tmp_path, "loyal") as agent:
+        lease = agent._grant.lease
+        await asyncio.sleep(0.3)  # the grant is written behind
+        assert daemon.stop() == 0
+        server.start_daemon()
+        await agent._send(protocol.SeatRenew(client=agent.client_id, lease=lease), "renew")
+        await eventually(lambda: [c["client"] for c in clients(server)] == [agent.client_id])
+        assert agent._grant.lease == lease
+        assert not agent.shutdown_requested.is_set()
+
+
+async def test_a_daemon_gone_longer_than_the_grace_stops_the_application(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    async with make_agent(server, tmp_path, "patient", offline_grace=3) as agent:
+        daemon.kill()
+        reason = await asyncio.wait_for(agent.shutdown_requested.wait(), 20)
+        assert reason.code == "offline"
+        assert "offline grace" in reason.message
+
+
+async def test_an_agent_offline_during_the_unlock_shuts_down_when_it_returns(
+    server_factory,
+    tmp_path,
+):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    sleeper = start_supervised(server, tmp_path, "sleeper")
+    await eventually((tmp_path / "sleeper.env").exists, within=20)
+    os.kill(sleeper.pid, signal.SIGSTOP)  # frozen: the broker drops it after its keepalive
+    try:
+        await asyncio.sleep(9)
+        assert unlock(server, issue(), "--wait", "0").returncode == 0
+    finally:
+        os.kill(sleeper.pid, signal.SIGCONT)
+    # Back, it reconnects, reads the retained state's new generation, and stops.
+    assert await asyncio.to_thread(sleeper.wait, 30) == 75
+    assert (tmp_path / "sleeper.term").exists()
