@@ -84,7 +84,7 @@ def peek_kid(payload: bytes) -> str | None:
     """Return the key id an envelope claims, without trusting it (for refusal messages)."""
     try:
         return _decoder.decode(payload).kid
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 
@@ -96,7 +96,7 @@ def open_envelope(payload: bytes, topic: str, trusted: Mapping[str, Ed25519Publi
     """
     try:
         envelope = _decoder.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise EnvelopeError("not_envelope") from None
     if envelope.v != ENVELOPE_VERSION:
         raise EnvelopeError("unknown_version", envelope.kid)

@@ -294,7 +294,15 @@ def decode(data: bytes, kind: type[T]) -> T:
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
-    return decoder.decode(data)  # type: ignore[return-value]
+    return _guarded(decoder, data)  # type: ignore[return-value]
+
+
+def _guarded(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
+    # msgspec lets invalid UTF-8 inside a string escape as UnicodeDecodeError.
+    try:
+        return decoder.decode(data)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc.reason}") from None
 
 
 _admin_decoder: msgspec.json.Decoder[AdminCommand] = msgspec.json.Decoder(AdminCommand)
@@ -303,12 +311,12 @@ _to_client_decoder: msgspec.json.Decoder[DaemonToClient] = msgspec.json.Decoder(
 
 def decode_admin_command(data: bytes) -> AdminCommand:
     """Decode an admin command body; raise ``msgspec.DecodeError``."""
-    return _admin_decoder.decode(data)
+    return _guarded(_admin_decoder, data)
 
 
 def decode_to_client(data: bytes) -> DaemonToClient:
     """Decode a body the daemon sent to one agent; raise ``msgspec.DecodeError``."""
-    return _to_client_decoder.decode(data)
+    return _guarded(_to_client_decoder, data)
 
 
 @dataclass(frozen=True, slots=True)

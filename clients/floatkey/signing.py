@@ -50,7 +50,8 @@ def b64url_decode(text: str) -> bytes:
     if not text.isascii() or "=" in text:
         raise ValueError("not unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # validate=True: refuse characters outside the alphabet instead of skipping them.
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except binascii.Error as exc:
         raise ValueError("not unpadded base64url") from exc
 

@@ -1,0 +1,71 @@
+"""Configuration files: unknown keys and bad values are errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONFIG, run
+from floatkey.config import load_agent_config
+from floatkey.errors import ConfigError
+from floatkeyd.config import load_config
+
+VENDOR = (CONFIG / "dev-vendor.key.pub").read_text().strip()
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "floatkeyd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_configs_load():
+    dev = load_config(CONFIG / "floatkeyd.dev.toml")
+    assert dev.config.broker is None  # the embedded broker
+    assert dev.broker.port == 18830
+    assert dev.admin_key_file == CONFIG / "dev-admin.key"
+    assert load_agent_config(CONFIG / "agent.dev.toml").config.server == "dev"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (f'server = "s"\nvendor_public_key = "{VENDOR}"\nseats = 3\n', "unknown field `seats`"),
+        (
+            f'server = "s"\nvendor_public_key = "{VENDOR}"\n[broker]\nhots = "x"\n',
+            "unknown field `hots`",
+        ),
+        (
+            f'server = "s"\nvendor_public_key = "{VENDOR}"\n[broker]\nport = 70000\n',
+            "port must be between",
+        ),
+        (f'server = "a/b"\nvendor_public_key = "{VENDOR}"\n', "server must be"),
+        ('server = "s"\nvendor_public_key = "rsa:abc"\n', "vendor_public_key"),
+        (
+            f'server = "s"\nvendor_public_key = "{VENDOR}"\nlease_seconds = "long"\n',
+            "Expected `int`",
+        ),
+        ('server = "s"\n', "missing required field `vendor_public_key`"),
+        ("server = \n", "not valid TOML"),
+    ],
+)
+def test_bad_daemon_configs_name_the_key(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        load_config(write(tmp_path, text))
+
+
+def test_the_daemon_refuses_to_start_on_a_bad_config(tmp_path):
+    path = write(tmp_path, f'server = "s"\nvendor_public_key = "{VENDOR}"\nbogus = 1\n')
+    result = run("floatkeyd", "run", "--config", str(path))
+    assert result.returncode == 1
+    assert "unknown field `bogus`" in result.stderr
+
+
+def test_bad_agent_configs_name_the_key(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\noffline_grace = -1\n')
+    with pytest.raises(ConfigError, match="offline_grace"):
+        load_agent_config(path)
+    path.write_text('server = "s"\ncolour = "blue"\n')
+    result = run("floatkey-agent", "run", "--config", str(path), "--", "true")
+    assert result.returncode == 78
+    assert "unknown field `colour`" in result.stderr
