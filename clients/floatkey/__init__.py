@@ -1,10 +1,17 @@
 """floatkey: the client side of the floatkey license server, and the shared core.
 
-The product key codec (:mod:`floatkey.productkey`), the signing keys
-(:mod:`floatkey.signing`) and the error hierarchy (:mod:`floatkey.errors`).
+:class:`Agent` (hold a seat, read the features, stop when told), the product key codec
+(:mod:`floatkey.productkey`), the wire protocol (:mod:`floatkey.protocol`,
+:mod:`floatkey.envelope`), signing keys (:mod:`floatkey.signing`) and the error
+hierarchy (:mod:`floatkey.errors`).
 """
 
+from floatkey.agent import Agent, Denial, LicenseView, ShutdownReason
+from floatkey.config import AgentConfig, load_agent_config
 from floatkey.errors import (
+    AgentError,
+    ConfigError,
+    FeatureNotLicensed,
     FloatkeyError,
     KeyExpired,
     KeyFileError,
@@ -12,8 +19,10 @@ from floatkey.errors import (
     KeyMistyped,
     KeyNotIssuedByVendor,
     LicenseeMismatch,
+    NoAnswer,
     ProductKeyError,
     SeatsOutOfRange,
+    ServerKeyChanged,
     UnknownKeyFormat,
     WrongProductVersion,
 )
@@ -27,19 +36,30 @@ from floatkey.productkey import (
 
 __all__ = [
     "PRODUCT_VERSION",
+    "Agent",
+    "AgentConfig",
+    "AgentError",
+    "ConfigError",
+    "Denial",
+    "FeatureNotLicensed",
     "FloatkeyError",
     "KeyExpired",
     "KeyFileError",
     "KeyMalformed",
     "KeyMistyped",
     "KeyNotIssuedByVendor",
+    "LicenseView",
     "LicenseeMismatch",
+    "NoAnswer",
     "ProductKey",
     "ProductKeyError",
     "SeatsOutOfRange",
+    "ServerKeyChanged",
+    "ShutdownReason",
     "UnknownKeyFormat",
     "WrongProductVersion",
     "issue_product_key",
+    "load_agent_config",
     "parse_product_key",
     "verify_product_key",
 ]

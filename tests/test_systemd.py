@@ -1,0 +1,58 @@
+"""The shipped systemd units: systemd-analyze verify and the security exposure."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, command
+from floatkey._supervisor import EXIT_CONFIG, EXIT_NO_SEAT, EXIT_RESTART, EXIT_UNREACHABLE
+
+ANALYZE = shutil.which("systemd-analyze")
+pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+
+
+def installed_copy(tmp_path, unit: str, name: str | None = None):
+    """The unit as shipped, with /usr/bin/ pointing at this environment's commands."""
+    text = (REPO / "systemd" / unit).read_text()
+    text = re.sub(r"/usr/bin/(floatkey[\w-]*)", lambda m: command(m.group(1)), text)
+    path = tmp_path / (name or unit)
+    path.write_text(text)
+    return path
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    assert ANALYZE is not None
+    return subprocess.run([ANALYZE, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_floatkeyd_service_verifies(tmp_path):
+    result = analyze("verify", str(installed_copy(tmp_path, "floatkeyd.service")))
+    assert result.returncode == 0, result.stderr
+    assert "floatkeyd.service" not in result.stderr, result.stderr
+
+
+def test_floatkeyd_service_exposure_is_at_most_2(tmp_path):
+    result = analyze(
+        "security", "--offline=true", str(installed_copy(tmp_path, "floatkeyd.service"))
+    )
+    match = re.search(r"Overall exposure level for floatkeyd\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
+
+
+def test_the_agent_template_verifies(tmp_path):
+    path = installed_copy(
+        tmp_path, "floatkey-agent@.service", "floatkey-agent@flowdesigner.service"
+    )
+    result = analyze("verify", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "floatkey-agent@" not in result.stderr, result.stderr
+    text = path.read_text()
+    # The unit's restart policy and floatkey-agent's documented exit codes must agree.
+    assert f"RestartForceExitStatus={EXIT_RESTART} {EXIT_UNREACHABLE}" in text
+    assert f"RestartPreventExitStatus={EXIT_NO_SEAT} {EXIT_CONFIG}" in text
+    assert "Type=notify" in (REPO / "systemd" / "floatkeyd.service").read_text()
