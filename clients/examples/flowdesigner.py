@@ -50,7 +50,7 @@ def main() -> int:
     print(f"Flow Designer — license: {status}, licensed to {licensee}")
     print(file_menu(features), flush=True)
 
-    document = {"edits": 0, "features": sorted(features)}
+    edits = 0
     stopping = False
 
     def save_and_stop(_signum: int, _frame: object) -> None:
@@ -60,10 +60,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, save_and_stop)
     signal.signal(signal.SIGINT, save_and_stop)
     while not stopping:
-        document["edits"] += 1
+        edits += 1
         time.sleep(0.2)
-    DOCUMENT.write_text(json.dumps(document))
-    print(f"Saved {document['edits']} edits to {DOCUMENT}; closing.", flush=True)
+    DOCUMENT.write_text(json.dumps({"edits": edits, "features": sorted(features)}))
+    print(f"Saved {edits} edits to {DOCUMENT}; closing.", flush=True)
     license_file = os.environ.get("FLOATKEY_LICENSE_FILE")
     if license_file and Path(license_file).exists():
         reason = json.loads(Path(license_file).read_text()).get("shutdown_requested")
