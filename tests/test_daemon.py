@@ -336,3 +336,23 @@ def test_an_unreachable_daemon_is_reported(server_factory):
     result = run("floatkeyctl", "status", "--config", str(server.config_path), "--timeout", "2")
     assert result.returncode == 5
     assert "Cannot reach the MQTT broker" in result.stderr
+
+
+async def test_secrets_stay_private_and_out_of_the_logs(server, tmp_path):
+    daemon = server.start_daemon()
+    key = issue()
+    assert unlock(server, key).returncode == 0
+    assert unlock(server, mistype(issue())).returncode == 3
+    assert oct(server.state_dir.stat().st_mode & 0o777) == "0o700"
+    for name in ("server-identity.key", "floatkeyd.db"):
+        assert oct((server.state_dir / name).stat().st_mode & 0o777) == "0o600", name
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "license activated" in log
+    compact = key.replace("-", "")
+    assert key not in log
+    assert compact not in log.replace("-", "")
+    assert "PRIVATE KEY" not in log
+    identity = (server.state_dir / "server-identity.key").read_text()
+    secret_line = identity.splitlines()[1]
+    assert secret_line not in log

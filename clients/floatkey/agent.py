@@ -305,6 +305,27 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await tasks.__aexit__(None, None, None)
 
+    async def request_seat(self) -> bool:
+        """Ask for a seat (again: after :meth:`release`, or after a denial).
+
+        Returns whether a seat was granted; :attr:`denial` says why not. Raises
+        ``NoAnswer`` when the daemon does not answer within ``request_timeout``.
+        """
+        if self.has_seat:
+            return True
+        self._released, self._grant = False, None
+        self._answered.clear()
+        await self._request_seat()
+        try:
+            async with asyncio.timeout(self.config.request_timeout):
+                await self._answered.wait()
+        except TimeoutError:
+            raise NoAnswer(
+                f"The license server {self.config.server!r} did not answer within "
+                f"{self.config.request_timeout:g} s.",
+            ) from None
+        return self.has_seat
+
     async def release(self) -> None:
         """Give the seat back now (idempotent)."""
         if self._released or self._grant is None:

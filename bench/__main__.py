@@ -1,0 +1,65 @@
+"""``python -m bench [SCENARIO ...] [--broker mosquitto|embedded] [--agents N] ...``.
+
+Prints one Markdown table per run (docs/PERFORMANCE.md keeps the latest); exits 1 when an
+exactness check fails (never because of a timing: these machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import sys
+
+from bench.harness import Results
+from bench.scenarios import checkout, scale, storm, unlock
+
+
+async def run(args: argparse.Namespace) -> Results:
+    combined = Results(args.broker)
+    for name in args.scenarios:
+        if name == "checkout":
+            part = await checkout(
+                args.broker, agents=args.agents or 100, rounds=args.rounds, procs=args.procs
+            )
+        elif name == "storm":
+            part = await storm(args.broker, agents=args.agents or 1000, procs=args.procs)
+        elif name == "unlock":
+            part = await unlock(args.broker, agents=args.agents or 1000, procs=args.procs)
+        else:
+            part = await scale(args.broker, leases=args.leases)
+        combined.rows += part.rows
+        combined.checks |= part.checks
+        print(part.table(), flush=True)
+    return combined
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        default=["checkout", "storm", "unlock", "scale"],
+        choices=["checkout", "storm", "unlock", "scale"],
+    )
+    parser.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
+    parser.add_argument("--agents", type=int, help="agents (default: 100 checkout, 1000 others)")
+    parser.add_argument("--rounds", type=int, default=20, help="checkout rounds per agent")
+    parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
+    parser.add_argument("--procs", type=int, default=2, help="load-generating processes")
+    args = parser.parse_args()
+    print(
+        f"# floatkey benchmarks — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"broker {args.broker}\n",
+        flush=True,
+    )
+    results = asyncio.run(run(args))
+    print("\n" + results.table())
+    return 0 if all(results.checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

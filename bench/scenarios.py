@@ -1,0 +1,361 @@
+"""The benchmark scenarios: floatkey and its raw-MQTT baseline, one after the other.
+
+Each takes the broker kind and its sizes, and returns a :class:`~bench.harness.Results`
+with the figures, the baselines, the ratios against the targets of docs/PERFORMANCE.md,
+and exactness checks (which the test suite's small-N smoke run asserts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from bench.harness import (
+    NAME,
+    ORG,
+    Environment,
+    Results,
+    Row,
+    cpu_seconds,
+    issue_key,
+    percentile,
+    rss_bytes,
+    split,
+)
+from floatkey import protocol
+from floatkey.broker import BrokerOptions, connect
+from floatkey.envelope import open_envelope
+from floatkey.signing import key_id
+
+# Sizes of what the daemon actually sends and receives, for a fair baseline.
+REQUEST_SIZE = 140
+REPLY_SIZE = 420
+
+
+async def _run_workers(
+    env: Environment, role: str, spec: dict[str, object], total: int, procs: int
+) -> list[dict[str, object]]:
+    workers = [
+        env.worker(role, {**spec, "count": n, "prefix": f"{spec['prefix']}{i}"})
+        for i, n in enumerate(split(total, procs))
+    ]
+    for worker in workers:
+        await worker.expect("ready")
+    for worker in workers:
+        worker.go()
+    return [await worker.result() for worker in workers]
+
+
+async def checkout(broker: str, agents: int = 100, rounds: int = 20, procs: int = 2) -> Results:
+    """N agents each request and release a seat ``rounds`` times; vs a plain echo."""
+    results = Results(broker)
+    env = Environment(broker)
+    try:
+        env.start_daemon()
+        await env.unlock(issue_key(seats=agents))
+        spec = {"agent_config": str(env.agent_config()), "rounds": rounds, "prefix": "co"}
+        reports = await _run_workers(env, "checkout-agents", spec, agents, procs)
+        latencies = [x for r in reports for x in r["latencies"]]  # type: ignore[attr-defined]
+        granted = sum(r["granted"] for r in reports)  # type: ignore[misc]
+        elapsed = max(r["elapsed"] for r in reports)  # type: ignore[type-var]
+
+        echo = {
+            "broker": env.broker_spec(),
+            "root": f"floatkey/echo{time.time_ns()}",
+            "prefix": "eco",
+            "request_size": REQUEST_SIZE,
+            "reply_size": REPLY_SIZE,
+            "rounds": rounds,
+        }
+        responder = env.worker("echo-responder", {**echo, "prefix": "ecr"})
+        await responder.expect("ready")
+        baseline = await _run_workers(env, "echo-clients", echo, agents, procs)
+        responder.stop()
+        base_lat = [x for r in baseline for x in r["latencies"]]  # type: ignore[attr-defined]
+        base_elapsed = max(r["elapsed"] for r in baseline)  # type: ignore[type-var]
+    finally:
+        env.close()
+    p50, b50 = percentile(latencies, 0.5) * 1000, percentile(base_lat, 0.5) * 1000
+    p99, b99 = percentile(latencies, 0.99) * 1000, percentile(base_lat, 0.99) * 1000
+    results.rows += [
+        Row("checkout", "grant latency p50", p50, b50, "ms", "≤ 2.0×", p50 <= 2 * b50),
+        Row("checkout", "grant latency p99", p99, b99, "ms", "≤ 3.0×", p99 <= 3 * b99),
+        Row("checkout", "grants per second", granted / elapsed, len(base_lat) / base_elapsed, "/s"),
+    ]
+    results.checks[f"checkout: {agents}×{rounds} requests, every one granted"] = (
+        granted == agents * rounds == len(latencies)
+    )
+    return results
+
+
+async def storm(
+    broker: str, agents: int = 1000, procs: int = 2, seat_counts: tuple[int, ...] = (1000, 500)
+) -> Results:
+    """N agents start at once against S seats; vs N plain clients doing one echo at once."""
+    results = Results(broker)
+    env = Environment(broker)
+    try:
+        env.start_daemon()
+        config = str(env.agent_config())
+        for round_number, seats in enumerate(seat_counts):
+            await env.unlock(issue_key(seats=seats))
+            spec = {"agent_config": config, "prefix": f"st{round_number}-"}
+            workers = [
+                env.worker("storm-agents", {**spec, "count": n, "prefix": f"{spec['prefix']}{i}"})
+                for i, n in enumerate(split(agents, procs))
+            ]
+            for worker in workers:
+                await worker.expect("ready")
+            for worker in workers:
+                worker.go()
+            for worker in workers:
+                await worker.expect("answered")
+            in_use = (await env.status()).seats_in_use
+            for worker in workers:
+                worker.go()
+            reports = [await worker.result() for worker in workers]
+            started = min(r["started"] for r in reports)  # type: ignore[type-var]
+            answered = [x for r in reports for x in r["answered"]]  # type: ignore[attr-defined]
+            span = max(answered) - started
+            granted = sum(r["granted"] for r in reports)  # type: ignore[misc]
+            denied = sum(r["denied"] for r in reports)  # type: ignore[misc]
+            expected = min(seats, agents)
+            results.checks[
+                f"storm {agents} agents / {seats} seats: {expected} granted, "
+                f"{agents - expected} denied"
+            ] = granted == expected == in_use and denied == agents - expected
+            results.rows.append(
+                Row("storm", f"{agents} agents / {seats} seats: all answered", span, None, "s")
+            )
+            results.rows.append(
+                Row("storm", f"{seats} seats: answers per second", agents / span, None, "/s")
+            )
+            # Wait until the seats are back before the next round.
+            deadline = time.monotonic() + 30
+            while (await env.status()).seats_in_use and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+
+        echo = {
+            "broker": env.broker_spec(),
+            "root": f"floatkey/echo{time.time_ns()}",
+            "prefix": "ess",
+            "request_size": REQUEST_SIZE,
+            "reply_size": REPLY_SIZE,
+        }
+        responder = env.worker("echo-responder", {**echo, "prefix": "esr"})
+        await responder.expect("ready")
+        workers = [
+            env.worker("echo-storm", {**echo, "count": n, "prefix": f"ess{i}"})
+            for i, n in enumerate(split(agents, procs))
+        ]
+        for worker in workers:
+            await worker.expect("ready")
+        for worker in workers:
+            worker.go()
+        for worker in workers:
+            await worker.expect("answered")
+        for worker in workers:
+            worker.go()
+        reports = [await worker.result() for worker in workers]
+        responder.stop()
+    finally:
+        env.close()
+    started = min(r["started"] for r in reports)  # type: ignore[type-var]
+    base_span = max(x for r in reports for x in r["answered"]) - started  # type: ignore[attr-defined]
+    base_rate = agents / base_span
+    for row in results.rows:
+        if row.unit == "/s":
+            row.baseline, row.target = base_rate, "≥ 0.5×"
+            row.passed = row.floatkey >= 0.5 * base_rate
+        else:
+            row.baseline = base_span
+    return results
+
+
+async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
+    """N connected agents; an unlock; when all are informed and all seats released."""
+    results = Results(broker)
+    env = Environment(broker)
+    try:
+        env.start_daemon()
+        await env.unlock(issue_key(seats=agents))
+        spec = {"agent_config": str(env.agent_config()), "prefix": "un"}
+        workers = [
+            env.worker("unlock-agents", {**spec, "count": n, "prefix": f"un{i}"})
+            for i, n in enumerate(split(agents, procs))
+        ]
+        seated = sum([(await w.expect("ready"))["seated"] for w in workers])
+        new_key = issue_key(seats=agents, features="dataflow,workflow")
+        async with env.session() as session:
+            started = time.time()
+            result = await session.send(
+                protocol.AdminUnlock(
+                    request_id=session.request_id(), name=NAME, organization=ORG, key=new_key
+                )
+            )
+        reports = [await w.result() for w in workers]
+        informed = [x for r in reports for x in r["informed"]]
+        released = [x for r in reports for x in r["released"]]
+        deadline = time.monotonic() + 30
+        while (await env.status()).awaiting_release and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        awaiting = (await env.status()).awaiting_release
+
+        topic = f"floatkey/fanout{time.time_ns()}"
+        spec = {"broker": env.broker_spec(), "topic": topic, "prefix": "fo"}
+        subscribers = [
+            env.worker("fanout-subscribers", {**spec, "count": n, "prefix": f"fo{i}"})
+            for i, n in enumerate(split(agents, procs))
+        ]
+        for worker in subscribers:
+            await worker.expect("ready")
+        async with connect(
+            BrokerOptions(**env.broker_spec()), identifier="fanout-pub", base=Path.cwd()
+        ) as publisher:
+            fan_started = time.time()
+            await publisher.publish(topic, b"x" * 300, qos=1)
+        fan = [x for w in subscribers for x in (await w.result())["received"]]
+    finally:
+        env.close()
+    told = result.unlock.clients_told if result.unlock else -1
+    t_informed = max(informed) - started
+    t_released = max(released) - started
+    t_fan = max(fan) - fan_started
+    results.rows += [
+        Row(
+            "unlock",
+            f"{agents} agents informed",
+            t_informed * 1000,
+            t_fan * 1000,
+            "ms",
+            "≤ 1.5× + 50 ms",
+            t_informed <= 1.5 * t_fan + 0.05,
+        ),
+        Row(
+            "unlock",
+            f"{agents} seats released",
+            t_released * 1000,
+            t_fan * 1000,
+            "ms",
+            "≤ 3×",
+            t_released <= 3 * t_fan,
+        ),
+    ]
+    results.checks[f"unlock: {agents} seated, {agents} told, informed and released"] = (
+        seated == agents == told == len(informed) == len(released) and awaiting == 0
+    )
+    return results
+
+
+async def _lease_load(env: Environment, action: str, tokens: dict[str, str], count: int) -> int:
+    """Send ``count`` seat requests (or renewals of ``tokens``) over one raw connection;
+    return how many were answered positively. Fills ``tokens`` from the grants."""
+    topics = env.server.topics
+    key = env.server.server_key()
+    trusted = {key_id(key): key}
+    ok = 0
+    async with connect(
+        BrokerOptions(**env.broker_spec()),
+        identifier=f"loader-{action}",
+        base=Path.cwd(),
+        max_queued_incoming=100_000,
+    ) as client:
+        await client.subscribe(f"{topics.root}/clients/+", qos=1)
+        ids = [f"lease-{i}" for i in range(count)]
+        window = 500  # requests in flight at once, like many agents at once
+
+        async def send() -> None:
+            for start in range(0, count, window):
+                batch = ids[start : start + window]
+                await asyncio.gather(
+                    *(
+                        client.publish(
+                            topics.seat(c, "request" if action == "request" else "renew"),
+                            protocol.encode(
+                                protocol.SeatRequest(client=c, nonce=c)
+                                if action == "request"
+                                else protocol.SeatRenew(client=c, lease=tokens[c])
+                            ),
+                            qos=1,
+                        )
+                        for c in batch
+                    )
+                )
+                while answered < start:  # keep at most two windows outstanding
+                    await asyncio.sleep(0.005)
+
+        answered = 0
+        sender = asyncio.create_task(send())
+        async with asyncio.timeout(300):
+            async for message in client.messages:
+                topic = message.topic.value
+                reply = protocol.decode_to_client(
+                    open_envelope(bytes(message.payload), topic, trusted)
+                )
+                answered += 1
+                if isinstance(reply, protocol.SeatGranted):
+                    tokens[topic.rsplit("/", 1)[-1]] = reply.lease
+                    ok += 1
+                elif isinstance(reply, protocol.SeatRenewed):
+                    ok += 1
+                if answered == count:
+                    break
+        await sender
+    return ok
+
+
+async def scale(broker: str, leases: int = 10_000) -> Results:
+    """The daemon holding N renewing leases: memory, CPU per renewal, time to READY."""
+    results = Results(broker)
+    env = Environment(broker)
+    try:
+        env.start_daemon()
+        await env.unlock(issue_key(seats=min(leases, 100_000)))
+        await asyncio.sleep(0.5)
+        rss_empty = rss_bytes(env.daemon_pid)
+        tokens: dict[str, str] = {}
+        granted = await _lease_load(env, "request", tokens, leases)
+        await asyncio.sleep(1)  # the write-behind flush
+        rss_full = rss_bytes(env.daemon_pid)
+        cpu_before = cpu_seconds(env.daemon_pid)
+        renewed = await _lease_load(env, "renew", tokens, leases)
+        cpu_per_renewal = (cpu_seconds(env.daemon_pid) - cpu_before) / max(renewed, 1)
+        in_use = (await env.status()).seats_in_use
+        env.server.processes[-1].stop(10)
+        started = time.monotonic()
+        env.start_daemon()
+        ready = time.monotonic() - started
+        restored = (await env.status()).seats_in_use
+    finally:
+        env.close()
+    per_lease = (rss_full - rss_empty) / max(leases, 1)
+    results.rows += [
+        Row(
+            "scale",
+            f"daemon RSS with {leases} leases",
+            rss_full / 2**20,
+            None,
+            "MiB",
+            "≤ 100 MiB",
+            rss_full <= 100 * 2**20,
+        ),
+        Row("scale", "RSS per lease", per_lease / 1024, None, "KiB", "≤ 2 KiB", per_lease <= 2048),
+        Row("scale", "CPU per renewal", cpu_per_renewal * 1e6, None, "µs"),
+        Row(
+            "scale",
+            f"start to READY with {leases} leases stored",
+            ready * 1000,
+            None,
+            "ms",
+            "≤ 1000 ms",
+            ready <= 1.0,
+        ),
+    ]
+    results.checks[f"scale: {leases} granted, renewed, held and restored"] = (
+        granted == renewed == in_use == restored == leases
+    )
+    return results
+
+
+SCENARIOS = {"checkout": checkout, "storm": storm, "unlock": unlock, "scale": scale}

@@ -1,0 +1,239 @@
+"""One load-generating process of a benchmark: ``python -m bench.worker ROLE SPEC_JSON``.
+
+The coordinator starts a few of these so that the load generator is not what is
+measured. Protocol on stdin/stdout, one JSON object a line: the worker sets up (connects
+its clients), prints ``{"ready": true}``, waits for a ``go`` line, runs, and prints
+``{"result": ...}``. Times are ``time.time()`` (one machine, one clock), so the
+coordinator can compare them across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from floatkey.agent import Agent
+from floatkey.broker import BrokerOptions, connect
+from floatkey.config import load_agent_config
+from floatkey.logs import configure_logging
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+
+def say(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def wait_for_go() -> None:
+    line = await asyncio.to_thread(sys.stdin.readline)
+    if line.strip() != "go":
+        raise SystemExit(f"expected 'go', got {line!r}")
+
+
+def _options(spec: dict[str, Any]) -> BrokerOptions:
+    return BrokerOptions(**spec["broker"])
+
+
+# --- floatkey agents -------------------------------------------------------------------
+
+
+def _agents(spec: dict[str, Any]) -> list[Agent]:
+    loaded = load_agent_config(Path(spec["agent_config"]))
+    prefix = spec["prefix"]
+    return [Agent(loaded, app="bench", client_id=f"{prefix}-{i}") for i in range(spec["count"])]
+
+
+async def checkout_agents(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each agent: request and release a seat ``rounds`` times in turn; grant latencies."""
+    agents = _agents(spec)
+    await asyncio.gather(*(a.__aenter__() for a in agents))
+    await asyncio.gather(*(a.release() for a in agents))
+    say(ready=True)
+    await wait_for_go()
+    latencies: list[float] = []
+    granted = 0
+
+    async def run(agent: Agent) -> None:
+        nonlocal granted
+        for _ in range(spec["rounds"]):
+            started = time.perf_counter()
+            if await agent.request_seat():
+                granted += 1
+            latencies.append(time.perf_counter() - started)
+            await agent.release()
+
+    started = time.time()
+    await asyncio.gather(*(run(a) for a in agents))
+    elapsed = time.time() - started
+    await asyncio.gather(*(a.__aexit__(None, None, None) for a in agents))
+    return {"latencies": latencies, "granted": granted, "elapsed": elapsed}
+
+
+async def storm_agents(spec: dict[str, Any]) -> dict[str, Any]:
+    """All agents start at once (connect and request); when each had its answer."""
+    agents = _agents(spec)
+    say(ready=True)
+    await wait_for_go()
+    started = time.time()
+    answered: list[float] = []
+
+    async def enter(agent: Agent) -> None:
+        await agent.__aenter__()
+        answered.append(time.time())
+
+    await asyncio.gather(*(enter(a) for a in agents))
+    granted = sum(a.has_seat for a in agents)
+    denied = sum(a.denial is not None and a.denial.reason == "seats_exhausted" for a in agents)
+    say(answered=True)
+    await wait_for_go()  # hold the seats until the coordinator has counted them
+    await asyncio.gather(*(a.__aexit__(None, None, None) for a in agents))
+    return {"started": started, "answered": answered, "granted": granted, "denied": denied}
+
+
+async def unlock_agents(spec: dict[str, Any]) -> dict[str, Any]:
+    """Connected, seated agents; when each learned of the new license and released."""
+    agents = _agents(spec)
+    await asyncio.gather(*(a.__aenter__() for a in agents))
+    informed: list[float] = []
+    released: list[float] = []
+
+    async def watch(agent: Agent) -> None:
+        await agent.shutdown_requested
+        informed.append(time.time())
+        await agent.release()
+        released.append(time.time())
+
+    watchers = [asyncio.create_task(watch(a)) for a in agents]
+    say(ready=True, seated=sum(a.has_seat for a in agents))
+    await asyncio.wait_for(asyncio.gather(*watchers), spec.get("timeout", 120))
+    await asyncio.gather(*(a.__aexit__(None, None, None) for a in agents))
+    return {"informed": informed, "released": released}
+
+
+# --- the raw MQTT baselines --------------------------------------------------------------
+
+
+async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
+    """The baseline's 'daemon': answer each request, one at a time, with QoS 1."""
+    pad = b"x" * spec["reply_size"]
+    answered = 0
+    async with connect(
+        _options(spec),
+        identifier=spec["prefix"] + "-responder",
+        base=Path.cwd(),
+        max_queued_incoming=100_000,
+    ) as client:
+        await client.subscribe(f"{spec['root']}/+/req", qos=1)
+        say(ready=True)
+        async for message in client.messages:
+            client_id = message.topic.value.split("/")[-2]
+            await client.publish(f"{spec['root']}/{client_id}/resp", pad, qos=1)
+            answered += 1
+    return {"answered": answered}
+
+
+async def _echo_client(spec: dict[str, Any], index: int) -> tuple[aiomqtt.Client, str]:
+    client_id = f"{spec['prefix']}-{index}"
+    client = connect(_options(spec), identifier=client_id, base=Path.cwd())
+    await client.__aenter__()
+    await client.subscribe(f"{spec['root']}/{client_id}/resp", qos=1)
+    return client, client_id
+
+
+async def _round_trip(
+    spec: dict[str, Any], client: aiomqtt.Client, client_id: str, payload: bytes
+) -> None:
+    await client.publish(f"{spec['root']}/{client_id}/req", payload, qos=1)
+    await anext(aiter(client.messages))
+
+
+async def echo_clients(spec: dict[str, Any]) -> dict[str, Any]:
+    """Plain request/response round trips at the agents' concurrency; latencies."""
+    clients = await asyncio.gather(*(_echo_client(spec, i) for i in range(spec["count"])))
+    payload = b"x" * spec["request_size"]
+    say(ready=True)
+    await wait_for_go()
+    latencies: list[float] = []
+
+    async def run(client: aiomqtt.Client, client_id: str) -> None:
+        for _ in range(spec["rounds"]):
+            started = time.perf_counter()
+            await _round_trip(spec, client, client_id, payload)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.time()
+    await asyncio.gather(*(run(c, i) for c, i in clients))
+    elapsed = time.time() - started
+    await asyncio.gather(*(c.__aexit__(None, None, None) for c, _ in clients))
+    return {"latencies": latencies, "elapsed": elapsed}
+
+
+async def echo_storm(spec: dict[str, Any]) -> dict[str, Any]:
+    """All plain clients connect and make one round trip at once."""
+    payload = b"x" * spec["request_size"]
+    say(ready=True)
+    await wait_for_go()
+    started = time.time()
+    answered: list[float] = []
+    clients: list[aiomqtt.Client] = []
+
+    async def one(index: int) -> None:
+        client, client_id = await _echo_client(spec, index)
+        clients.append(client)
+        await _round_trip(spec, client, client_id, payload)
+        answered.append(time.time())
+
+    await asyncio.gather(*(one(i) for i in range(spec["count"])))
+    say(answered=True)
+    await wait_for_go()
+    await asyncio.gather(*(c.__aexit__(None, None, None) for c in clients))
+    return {"started": started, "answered": answered}
+
+
+async def fanout_subscribers(spec: dict[str, Any]) -> dict[str, Any]:
+    """Plain subscribers of one topic; when each received the one message."""
+
+    async def subscriber(index: int) -> aiomqtt.Client:
+        client = connect(_options(spec), identifier=f"{spec['prefix']}-{index}", base=Path.cwd())
+        await client.__aenter__()
+        await client.subscribe(spec["topic"], qos=1)
+        return client
+
+    clients = await asyncio.gather(*(subscriber(i) for i in range(spec["count"])))
+    say(ready=True)
+    received: list[float] = []
+
+    async def receive(client: aiomqtt.Client) -> None:
+        await anext(aiter(client.messages))
+        received.append(time.time())
+
+    await asyncio.wait_for(asyncio.gather(*(receive(c) for c in clients)), spec.get("timeout", 60))
+    await asyncio.gather(*(c.__aexit__(None, None, None) for c in clients))
+    return {"received": received}
+
+
+ROLES = {
+    "checkout-agents": checkout_agents,
+    "storm-agents": storm_agents,
+    "unlock-agents": unlock_agents,
+    "echo-responder": echo_responder,
+    "echo-clients": echo_clients,
+    "echo-storm": echo_storm,
+    "fanout-subscribers": fanout_subscribers,
+}
+
+
+def main() -> None:
+    configure_logging("error", "json")
+    role, spec = sys.argv[1], json.loads(sys.argv[2])
+    result = asyncio.run(ROLES[role](spec))
+    say(result=result)
+
+
+if __name__ == "__main__":
+    main()

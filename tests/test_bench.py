@@ -1,0 +1,42 @@
+"""A small-N run of every benchmark scenario: they run, and their counts are exact.
+
+Timings are not asserted here (the machines are noisy); ``python -m bench`` measures.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bench import scenarios
+
+pytestmark = pytest.mark.broker
+
+
+async def test_checkout_smoke():
+    results = await scenarios.checkout("mosquitto", agents=6, rounds=3, procs=2)
+    assert results.checks
+    assert all(results.checks.values()), results.table()
+    assert {row.metric for row in results.rows} >= {"grant latency p50", "grant latency p99"}
+    assert all(row.baseline for row in results.rows)
+
+
+async def test_storm_smoke():
+    results = await scenarios.storm("mosquitto", agents=12, procs=2, seat_counts=(12, 5))
+    assert len(results.checks) == 2
+    assert all(results.checks.values()), results.table()
+
+
+async def test_unlock_smoke():
+    results = await scenarios.unlock("mosquitto", agents=10, procs=2)
+    assert all(results.checks.values()), results.table()
+    assert all(row.baseline for row in results.rows)
+
+
+async def test_scale_smoke():
+    results = await scenarios.scale("mosquitto", leases=300)
+    assert all(results.checks.values()), results.table()
+    assert any(row.metric.startswith("start to READY") for row in results.rows)
+
+
+async def test_storm_smoke_on_the_embedded_broker():
+    results = await scenarios.storm("embedded", agents=8, procs=1, seat_counts=(5,))
+    assert all(results.checks.values()), results.table()
