@@ -119,9 +119,23 @@ async def unlock_agents(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
-    """The baseline's 'daemon': answer each request, one at a time, with QoS 1."""
+    """The baseline's 'daemon': read requests one at a time, answer each with QoS 1.
+
+    Replies are pipelined the way floatkeyd pipelines them (queued, published in
+    batches without waiting for each PUBACK), so the baseline is the best plain MQTT
+    request/response can do, not a strawman.
+    """
     pad = b"x" * spec["reply_size"]
+    outbox: asyncio.Queue[str] = asyncio.Queue()
     answered = 0
+
+    async def send(client: aiomqtt.Client) -> None:
+        while True:
+            batch = [await outbox.get()]
+            while not outbox.empty():
+                batch.append(outbox.get_nowait())
+            await asyncio.gather(*(client.publish(topic, pad, qos=1) for topic in batch))
+
     async with connect(
         _options(spec),
         identifier=spec["prefix"] + "-responder",
@@ -129,11 +143,13 @@ async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
         max_queued_incoming=100_000,
     ) as client:
         await client.subscribe(f"{spec['root']}/+/req", qos=1)
+        sender = asyncio.create_task(send(client))
         say(ready=True)
         async for message in client.messages:
             client_id = message.topic.value.split("/")[-2]
-            await client.publish(f"{spec['root']}/{client_id}/resp", pad, qos=1)
+            outbox.put_nowait(f"{spec['root']}/{client_id}/resp")
             answered += 1
+        sender.cancel()
     return {"answered": answered}
 
 

@@ -4,6 +4,7 @@ One :class:`Daemon` owns one ``asyncio.TaskGroup`` of named tasks:
 
 ``mqtt``            connect (reconnect with capped, jittered backoff), subscribe, publish
                     identity and state, then handle messages one at a time
+``replies``         publishes queued seat replies in pipelined batches (QoS 1)
 ``lease-expiry``    sleeps until the next lease runs out, then frees it
 ``license-expiry``  a timer to the active key's expiry (and remembers the latest time seen)
 ``lease-flush``     writes staged lease changes in one transaction per burst
@@ -76,6 +77,7 @@ DB_FILE = "floatkeyd.db"
 #: Admin commands whose ``ts`` is further than this from the daemon's clock are refused.
 MAX_CLOCK_SKEW_MS = 60_000
 _BACKOFF_START, _BACKOFF_CAP = 0.5, 30.0
+_OUTBOX_SIZE, _REPLY_BATCH = 20_000, 1_000
 
 
 def _day(ms: int) -> dt.date:
@@ -127,6 +129,9 @@ class Daemon:
         self._license_changed = asyncio.Event()
         self._staged = asyncio.Event()
         self._expiry_moved = asyncio.Event()
+        # Seat replies waiting for the `replies` task; bounded, so a flood cannot grow it.
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=_OUTBOX_SIZE)
+        self._idle = False
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
         # Filled in by run(): nothing below is valid before the store is open.
@@ -376,22 +381,18 @@ class Daemon:
                 self._client = None
 
     async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        messages = aiter(client.messages)
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            while True:
-                receiving = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait(
-                    {receiving, stopping}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if receiving not in done:
-                    receiving.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await receiving
-                    return
-                await self.handle(receiving.result())
-        finally:
-            stopping.cancel()
+        """Handle messages one at a time until the broker goes or ``stop`` is set.
+
+        ``stop`` is looked at between messages: :meth:`run` cancels this task only while
+        it waits for the next message (``_idle``), never in the middle of one.
+        """
+        self._idle = True
+        async for message in client.messages:
+            self._idle = False
+            await self.handle(message)
+            self._idle = True
+            if stop.is_set():
+                return
 
     async def handle(self, message: aiomqtt.Message) -> None:
         """Handle one inbound message; nothing in it can raise out of here."""
@@ -444,10 +445,36 @@ class Daemon:
         self._rate_counts[client_id] += 1
         return self._rate_counts[client_id] > self.config.max_requests_per_client
 
-    async def _reply(self, client_id: str, body: msgspec.Struct) -> None:
+    def _reply(self, client_id: str, body: msgspec.Struct) -> None:
+        """Queue a signed reply to one agent; the ``replies`` task sends it.
+
+        The handler does not wait for the broker's PUBACK: that wait, once per message,
+        was what limited seat grants (docs/PERFORMANCE.md).
+        """
         topic = self.topics.client(client_id)
-        assert self._client is not None
-        await self._client.publish(topic, self._signer.seal(topic, protocol.encode(body)), qos=1)
+        try:
+            self._outbox.put_nowait((topic, self._signer.seal(topic, protocol.encode(body))))
+        except asyncio.QueueFull:
+            self._drop("outbox_full", topic)
+
+    async def _send_replies(self) -> None:
+        """Publish queued replies, all that are waiting at once (QoS 1, pipelined)."""
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < _REPLY_BATCH:
+                batch.append(self._outbox.get_nowait())
+            client = self._client
+            if client is None:
+                self.drops["reply_while_disconnected"] += len(batch)
+                continue  # the agents ask again after a reconnect
+            outcomes = await asyncio.gather(
+                *(client.publish(topic, payload, qos=1) for topic, payload in batch),
+                return_exceptions=True,
+            )
+            failed = sum(isinstance(outcome, Exception) for outcome in outcomes)
+            if failed:
+                self.drops["reply_failed"] += failed
+                log.warning("replies not sent", count=failed)
 
     async def _handle_seat(self, client_id: str, action: str, payload: bytes) -> None:
         topic = f"{self.topics.root}/seats/{client_id}/{action}"
@@ -474,7 +501,7 @@ class Daemon:
         elif isinstance(body, SeatRenew):
             lease = self.ledger.renew(client_id, body.lease, now)
             if lease is None:
-                await self._reply(
+                self._reply(
                     client_id,
                     SeatLost(
                         lease=body.lease,
@@ -483,9 +510,7 @@ class Daemon:
                 )
                 return
             self._stage(lease)
-            await self._reply(
-                client_id, SeatRenewed(lease=lease.token, expires_at=lease.expires_at)
-            )
+            self._reply(client_id, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
         else:
             self._seat_release(body, now)
 
@@ -529,7 +554,7 @@ class Daemon:
                 in_use=decision.in_use,
                 seats=decision.seats,
             )
-            await self._reply(
+            self._reply(
                 body.client,
                 SeatDenied(
                     nonce=body.nonce,
@@ -554,7 +579,7 @@ class Daemon:
                 in_use=self.ledger.in_use,
             )
         features = list(self._key.features) if self._key and lease.licensed else []
-        await self._reply(
+        self._reply(
             body.client,
             SeatGranted(
                 nonce=body.nonce,
@@ -771,7 +796,7 @@ class Daemon:
             AuditEntry(kid, "admin.release", "accepted", "", {"client": command.client}), now
         )
         if self._client is not None and protocol.CLIENT_ID.fullmatch(command.client):
-            await self._reply(
+            self._reply(
                 command.client,
                 SeatRevoked(
                     lease=lease.token,
@@ -902,6 +927,7 @@ class Daemon:
             async with self._broker(), asyncio.TaskGroup() as tasks:
                 mqtt = tasks.create_task(self._mqtt(stop), name="mqtt")
                 helpers = [
+                    tasks.create_task(self._send_replies(), name="replies"),
                     tasks.create_task(self._lease_expiry(), name="lease-expiry"),
                     tasks.create_task(self._license_expiry(), name="license-expiry"),
                     tasks.create_task(self._lease_flush(), name="lease-flush"),
@@ -911,7 +937,9 @@ class Daemon:
                 self.notifier.stopping()
                 log.info("stopping")
                 # The MQTT task finishes the message in hand, then disconnects cleanly.
-                await mqtt
+                if self._idle:
+                    mqtt.cancel()
+                await asyncio.wait({mqtt})
                 for task in helpers:
                     task.cancel()
         finally:
