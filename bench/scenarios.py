@@ -187,13 +187,20 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
         ]
         seated = sum([(await w.expect("ready"))["seated"] for w in workers])
         new_key = issue_key(seats=agents, features="dataflow,workflow")
-        async with env.session() as session:
+        watch_options = BrokerOptions(**env.broker_spec())
+        async with env.session() as session, connect(
+            watch_options, identifier="event-watch", base=Path.cwd()
+        ) as watcher:
+            # A plain subscriber of the events topic: when the daemon had published.
+            await watcher.subscribe(env.server.topics.events, qos=1)
             started = time.time()
             result = await session.send(
                 protocol.AdminUnlock(
                     request_id=session.request_id(), name=NAME, organization=ORG, key=new_key
                 )
             )
+            await anext(aiter(watcher.messages))
+            published = time.time() - started
         reports = [await w.result() for w in workers]
         informed = [x for r in reports for x in r["informed"]]
         released = [x for r in reports for x in r["released"]]
@@ -223,6 +230,7 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
     t_released = max(released) - started
     t_fan = max(fan) - fan_started
     results.rows += [
+        Row("unlock", "event published (one plain subscriber)", published * 1000, None, "ms"),
         Row(
             "unlock",
             f"{agents} agents informed",

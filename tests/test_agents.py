@@ -268,8 +268,19 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
 
 async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp_path):
     server.start_daemon()
-    assert unlock(server, issue()).returncode == 0
-    old_state = await read_retained(server, server.topics.state)
+    options = server.broker("floatkeyd")
+    async with aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier="recorder",
+    ) as recorder:
+        await recorder.subscribe(server.topics.events, qos=1)
+        assert unlock(server, issue()).returncode == 0
+        old_state = await read_retained(server, server.topics.state)
+        async with asyncio.timeout(5):
+            old_event = bytes((await anext(aiter(recorder.messages))).payload)
     assert unlock(server, issue()).returncode == 0
     async with (
         make_agent(server, tmp_path, "target") as agent,
@@ -300,26 +311,21 @@ async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp
                     captured.set_result(bytes(message.payload))
                     break
             await forger.publish(topic, captured.result(), qos=1)
-            # 3. An old genuine state, replayed; and a new-generation state forged.
-            await forger.publish(server.topics.state, old_state, qos=1)
-            fake = protocol.State(
-                server=server.topics.server,
-                revision=10**9,
-                generation=10**6,
-                status="licensed",
-                license=None,
-            )
+            # 3. A new-generation event, forged; and an old genuine event, replayed.
+            fake = protocol.Event(name="license.activated", generation=10**6, revision=10**9)
+            events = server.topics.events
             await forger.publish(
-                server.topics.state,
-                Signer(Ed25519PrivateKey.generate()).seal(
-                    server.topics.state, protocol.encode(fake)
-                ),
+                events,
+                Signer(Ed25519PrivateKey.generate()).seal(events, protocol.encode(fake)),
                 qos=1,
             )
+            await forger.publish(events, old_event, qos=1)
         await eventually(
             lambda: agent.drops["unknown_key"] >= 2 and agent.drops["bad_signature"] >= 1,
         )
-        assert agent.drops["replayed"] >= 1
+        # 4. An old genuine state (the agent reads states when it (re)connects): replayed.
+        agent._handle(server.topics.state, old_state)
+        assert agent.drops["replayed"] == 1
         await asyncio.sleep(0.3)
         assert not agent.shutdown_requested.is_set()
         assert agent.has_seat

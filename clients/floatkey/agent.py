@@ -164,6 +164,9 @@ class Agent:
         self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
         self._license_listeners: list[Callable[[LicenseView], None]] = []
         self._key_changed = asyncio.Event()
+        self._reading_retained = False
+        self._kid_of: Ed25519PublicKey | None = None
+        self._kid = ""
         self._server_key: Ed25519PublicKey | None = (
             parse_public_key(self.config.server_key) if self.config.server_key else None
         )
@@ -388,12 +391,17 @@ class Agent:
                     self._handle(message.topic.value, message.payload)
                     if self._pinned():
                         break
+        # Identity and state are retained: the broker sends them on subscribing. Once the
+        # state is read, the agent unsubscribes from both and follows the events, which
+        # halves what a thousand agents must read at every unlock; it reads them again
+        # at every reconnect, which is when it could have missed an event.
+        self._reading_retained = True
         await client.subscribe(
             [
                 (self.topics.client(self.client_id), 1),
-                (self.topics.state, 1),
                 (self.topics.events, 1),
                 (self.topics.identity, 1),
+                (self.topics.state, 1),
             ],
         )
         self._client = client
@@ -431,8 +439,13 @@ class Agent:
 
     async def _renewal(self) -> None:
         while True:
-            interval = self._grant.renew_after_s if self._grant else 5.0
-            await asyncio.sleep(interval)
+            await self._answered.wait()  # nothing to renew before the first grant
+            grant = self._grant
+            if grant is None:
+                await asyncio.sleep(1.0)
+                continue
+            # Jittered, so agents started together do not renew together forever.
+            await asyncio.sleep(grant.renew_after_s * random.uniform(0.8, 1.0))  # noqa: S311
             if self._grant is not None and not self._released and self._connected.is_set():
                 await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
 
@@ -477,19 +490,31 @@ class Agent:
         if len(payload) > protocol.MAX_PAYLOAD:
             self._drop("oversized", topic)
             return
-        data = bytes(payload)
         if topic == self.topics.identity:
-            self._take_identity(data)
+            self._take_identity(bytes(payload))
             return
+        if self.shutdown_requested.is_set() and topic in {self.topics.state, self.topics.events}:
+            # Already stopping: nothing more these can change, so skip the verification
+            # (with a thousand agents in one process, that time delays the others).
+            self.drops["ignored_while_stopping"] += 1
+            return
+        body = self._open(bytes(payload), topic)
+        if body is not None:
+            self._dispatch(topic, body)
+
+    def _open(self, data: bytes, topic: str) -> bytes | None:
+        """The verified body, or ``None`` (dropped, logged, counted)."""
         key = self._server_key
         if key is None:
             self._drop("no_server_key", topic)
-            return
+            return None
         try:
-            body = open_envelope(data, topic, {key_id(key): key})
+            return open_envelope(data, topic, {self._server_kid: key})
         except EnvelopeError as exc:
             self._drop(exc.reason, topic)
-            return
+            return None
+
+    def _dispatch(self, topic: str, body: bytes) -> None:
         try:
             if topic == self.topics.state:
                 self._take_state(protocol.decode(body, protocol.State))
@@ -532,6 +557,11 @@ class Agent:
             return
         self._state = state
         self._contact()
+        if self._reading_retained and self._client is not None and self._tasks is not None:
+            self._reading_retained = False
+            self._tasks.create_task(
+                self._unsubscribe_retained(self._client), name=f"agent-unsubscribe-{self.client_id}"
+            )
         view = self.license
         for listener in self._license_listeners:
             listener(view)
@@ -583,9 +613,22 @@ class Agent:
             log.info("seat denied", client=self.client_id, reason=reply.reason)
         self._answered.set()
 
+    async def _unsubscribe_retained(self, client: aiomqtt.Client) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe([self.topics.identity, self.topics.state])
+
     def _spawn_request(self) -> None:
         if self._tasks is not None and not self._closing:
             self._tasks.create_task(self._request_seat(), name=f"agent-request-{self.client_id}")
+
+    @property
+    def _server_kid(self) -> str:
+        key = self._server_key
+        if key is None:
+            return ""
+        if self._kid_of is not key:
+            self._kid_of, self._kid = key, key_id(key)
+        return self._kid
 
     def _pinned(self) -> bool:
         return self._server_key is not None

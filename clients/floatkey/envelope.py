@@ -11,19 +11,18 @@ reply topic, say) fails. Receivers open the envelope, and only then decode the b
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from floatkey.signing import b64url_decode, b64url_encode, key_id, verify_signature
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-        Ed25519PrivateKey,
-        Ed25519PublicKey,
-    )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["ENVELOPE_VERSION", "EnvelopeError", "Signer", "open_envelope"]
 
@@ -108,6 +107,19 @@ def open_envelope(payload: bytes, topic: str, trusted: Mapping[str, Ed25519Publi
         signature = b64url_decode(envelope.sig)
     except ValueError:
         raise EnvelopeError("not_envelope", envelope.kid) from None
-    if len(signature) != 64 or not verify_signature(key, signature, _signed_bytes(topic, body)):
+    if len(signature) != 64 or not _verified(
+        key.public_bytes_raw(), signature, _signed_bytes(topic, body)
+    ):
         raise EnvelopeError("bad_signature", envelope.kid)
     return body
+
+
+@lru_cache(maxsize=256)
+def _verified(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Ed25519 verification, remembered for the same key, signature and message.
+
+    A pure function of its arguments, so caching it changes no outcome. It matters where
+    many agents share one process (a terminal server, the benchmarks): every one of them
+    receives the same signed event, and a verification costs ~0.1-0.2 ms of CPU.
+    """
+    return verify_signature(Ed25519PublicKey.from_public_bytes(public_key), signature, message)

@@ -317,7 +317,8 @@ class Daemon:
         client = self._client
         if client is None:
             return  # published on (re)connect
-        await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        # The event first: it is what connected agents act on at once; the retained
+        # state follows for everyone who connects later (or was offline).
         if event is not None:
             body = protocol.Event(
                 name=event,
@@ -330,6 +331,7 @@ class Daemon:
                 self._signer.seal(self.topics.events, protocol.encode(body)),
                 qos=1,
             )
+        await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
 
     # --- the MQTT task -----------------------------------------------------------
 
