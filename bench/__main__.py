@@ -41,8 +41,8 @@ def main() -> int:
     parser.add_argument(
         "scenarios",
         nargs="*",
-        default=["checkout", "storm", "unlock", "scale"],
-        choices=["checkout", "storm", "unlock", "scale"],
+        metavar="SCENARIO",
+        help="checkout, storm, unlock, scale (default: all four)",
     )
     parser.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
     parser.add_argument("--agents", type=int, help="agents (default: 100 checkout, 1000 others)")
@@ -50,6 +50,11 @@ def main() -> int:
     parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
     parser.add_argument("--procs", type=int, default=2, help="load-generating processes")
     args = parser.parse_args()
+    every = ["checkout", "storm", "unlock", "scale"]
+    unknown = set(args.scenarios) - set(every)
+    if unknown:
+        parser.error(f"unknown scenario {sorted(unknown)}; choose from {', '.join(every)}")
+    args.scenarios = args.scenarios or every
     print(
         f"# floatkey benchmarks — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

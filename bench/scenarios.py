@@ -188,9 +188,10 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
         seated = sum([(await w.expect("ready"))["seated"] for w in workers])
         new_key = issue_key(seats=agents, features="dataflow,workflow")
         watch_options = BrokerOptions(**env.broker_spec())
-        async with env.session() as session, connect(
-            watch_options, identifier="event-watch", base=Path.cwd()
-        ) as watcher:
+        async with (
+            env.session() as session,
+            connect(watch_options, identifier="event-watch", base=Path.cwd()) as watcher,
+        ):
             # A plain subscriber of the events topic: when the daemon had published.
             await watcher.subscribe(env.server.topics.events, qos=1)
             started = time.time()

@@ -115,6 +115,24 @@ async def unlock_agents(spec: dict[str, Any]) -> dict[str, Any]:
     return {"informed": informed, "released": released}
 
 
+async def soak_agents(spec: dict[str, Any]) -> dict[str, Any]:
+    """Agents that hold their seats (renewing) until told ``go``."""
+    agents = _agents(spec)
+    await asyncio.gather(*(a.__aenter__() for a in agents))
+    leases = {a.client_id: a._grant.lease if a._grant else None for a in agents}  # noqa: SLF001
+    say(ready=True)
+    await wait_for_go()
+    lost = sum(
+        1
+        for a in agents
+        if (a._grant.lease if a._grant else None)  # noqa: SLF001
+        != leases[a.client_id]
+    )
+    seated = sum(a.has_seat and not a.shutdown_requested.is_set() for a in agents)
+    await asyncio.gather(*(a.__aexit__(None, None, None) for a in agents))
+    return {"count": len(agents), "renewals_lost": lost, "still_seated": seated}
+
+
 # --- the raw MQTT baselines --------------------------------------------------------------
 
 
@@ -237,6 +255,7 @@ ROLES = {
     "checkout-agents": checkout_agents,
     "storm-agents": storm_agents,
     "unlock-agents": unlock_agents,
+    "soak-agents": soak_agents,
     "echo-responder": echo_responder,
     "echo-clients": echo_clients,
     "echo-storm": echo_storm,

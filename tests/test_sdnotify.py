@@ -50,3 +50,13 @@ def test_without_systemd_nothing_happens():
 def test_a_watchdog_meant_for_another_process_is_ignored():
     notifier = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
     assert notifier.watchdog_interval is None
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(tmp_path):
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+        for i in range(100_000):  # far more than the socket buffer holds
+            notifier.status(f"retrying {i}")
+        notifier.close()

@@ -67,7 +67,7 @@ __all__ = ["Agent", "Denial", "LicenseView", "ShutdownReason", "ShutdownSignal"]
 log = structlog.get_logger("floatkey.agent")
 
 ShutdownCode = Literal["license.activated", "license.expired", "seat.revoked", "offline"]
-_BACKOFF_START, _BACKOFF_CAP = 0.2, 10.0
+_BACKOFF_START, _BACKOFF_CAP = 0.2, 4.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 
 

@@ -245,6 +245,10 @@ class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     awaiting_release: int
     fingerprint: str
     broker: str
+    #: Inbound messages dropped since start, by reason (bad signature, oversized, ...).
+    dropped: dict[str, int] = msgspec.field(default_factory=dict)
+    #: asyncio tasks in the daemon (flat under load; a leak shows here).
+    tasks: int = 0
 
 
 class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

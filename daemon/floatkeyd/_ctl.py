@@ -231,6 +231,10 @@ async def _status(args: argparse.Namespace) -> int:
         ("Revision", str(status.revision)),
         ("Server fingerprint", status.fingerprint),
         ("Broker", status.broker),
+        (
+            "Dropped messages",
+            ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items())) or "none",
+        ),
     ]
     print(_table(rows))
     return EXIT_OK

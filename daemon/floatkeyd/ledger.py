@@ -189,6 +189,14 @@ class SeatLedger:
             heapq.heappush(self._expiry, (deadline, client, lease.token))
         return None
 
+    def extend_all(self, delta_ms: int) -> list[Lease]:
+        """Push every lease's end ``delta_ms`` later; return them (to be persisted)."""
+        every = [*self.leases.values(), *self.revoked.values()]
+        for lease in every:
+            lease.expires_at += delta_ms
+            heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
+        return every
+
     def expire(self, now: int) -> list[Lease]:
         """Drop and return every lease whose time is up."""
         gone: list[Lease] = []

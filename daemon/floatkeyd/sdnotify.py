@@ -44,6 +44,10 @@ class Notifier:
                 self._socket = socket.socket(
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )
+                # Never block the event loop: a receiver that does not read loses a status
+                # line, which beats a daemon frozen in sendto() (the broker-outage test
+                # found exactly that).
+                self._socket.setblocking(False)  # noqa: FBT003 - the stdlib signature
             self._socket.sendto(message, self._address)
         except OSError:
             pass

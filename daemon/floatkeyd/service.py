@@ -76,7 +76,8 @@ log = structlog.get_logger("floatkeyd")
 DB_FILE = "floatkeyd.db"
 #: Admin commands whose ``ts`` is further than this from the daemon's clock are refused.
 MAX_CLOCK_SKEW_MS = 60_000
-_BACKOFF_START, _BACKOFF_CAP = 0.5, 30.0
+# Capped low: after a broker outage everyone should be back within seconds of its return.
+_BACKOFF_START, _BACKOFF_CAP = 0.25, 4.0
 _OUTBOX_SIZE, _REPLY_BATCH = 20_000, 1_000
 
 
@@ -132,6 +133,7 @@ class Daemon:
         # Seat replies waiting for the `replies` task; bounded, so a flood cannot grow it.
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=_OUTBOX_SIZE)
         self._idle = False
+        self._offline_since: int | None = None
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
         # Filled in by run(): nothing below is valid before the store is open.
@@ -358,6 +360,7 @@ class Daemon:
                     await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
                     self._client = client
                     backoff = _BACKOFF_START
+                    self._after_outage()
                     log.info("broker connected", broker=options.describe(), revision=self._revision)
                     if not self._ready.is_set():
                         self._ready.set()
@@ -367,6 +370,8 @@ class Daemon:
                     await self._consume(client, stop)
             except aiomqtt.MqttError as exc:
                 self._client = None
+                if self._offline_since is None:
+                    self._offline_since = self._now()
                 if stop.is_set():
                     break
                 delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
@@ -381,6 +386,25 @@ class Daemon:
                 backoff = min(backoff * 2, _BACKOFF_CAP)
             finally:
                 self._client = None
+
+    def _after_outage(self) -> None:
+        """Give every lease back the time the broker was unreachable.
+
+        No agent could renew while the daemon had no broker, so that time must not count
+        against their leases (nor against a will's grace: a broker shutting down sends
+        every connected client's will).
+        """
+        since, self._offline_since = self._offline_since, None
+        if since is None:
+            return
+        outage = self._now() - since
+        extended = self.ledger.extend_all(outage + self.config.will_grace_seconds * 1000)
+        for lease in extended:
+            self.store.stage_lease(lease)
+        self._staged.set()
+        log.info(
+            "broker back; leases extended by the outage", outage_ms=outage, leases=len(extended)
+        )
 
     async def _consume(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Handle messages one at a time until the broker goes or ``stop`` is set.
@@ -828,6 +852,8 @@ class Daemon:
             unlicensed_sessions=unlicensed,
             awaiting_release=len(self.ledger.revoked),
             fingerprint=self._signer.kid,
+            dropped=dict(self.drops),
+            tasks=len(asyncio.all_tasks()),
             broker=self.loaded.broker.describe(),
         )
 
@@ -860,6 +886,10 @@ class Daemon:
 
     async def _lease_expiry(self) -> None:
         while True:
+            if self._offline_since is not None:
+                # Without a broker nobody can renew: expire nothing until it is back.
+                await asyncio.sleep(0.5)
+                continue
             self._expiry_moved.clear()
             nxt = self.ledger.next_expiry()
             now = self._now()

@@ -1,0 +1,517 @@
+"""Faults injected for real: fuzzed payloads, hostile clients, broker outages, crashes, soak.
+
+Everything here runs against real brokers and real processes. The long versions sit
+behind ``FLOATKEY_SLOW=1`` (a 10-minute soak); a short version of each always runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from floatkey import protocol
+from floatkey.agent import Agent
+from floatkey.config import load_agent_config
+from floatkey.envelope import Signer
+from floatkey.signing import load_private_key
+from licensing import ctl, issue, unlock
+from servers import read_retained, read_state, write_agent_config
+
+pytestmark = pytest.mark.broker
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+SLOW = os.environ.get("FLOATKEY_SLOW") == "1"
+
+
+def status(server) -> dict:
+    result = ctl(server, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["status"]
+
+
+def clients(server) -> list[dict]:
+    result = ctl(server, "clients", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["clients"]
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RSS")
+
+
+def fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def raw_client(server, user: str, identifier: str) -> aiomqtt.Client:
+    options = server.broker(user)
+    return aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier=identifier,
+        keepalive=30,
+    )
+
+
+async def eventually(check, within: float = 10, interval: float = 0.1):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within} s")
+
+
+def make_agent(server, tmp_path: Path, name: str, **overrides: object) -> Agent:
+    path = write_agent_config(server, tmp_path / f"{name}.toml", **overrides)
+    return Agent(load_agent_config(path), app="faults", client_id=f"{name}-{uuid.uuid4().hex[:6]}")
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def hostile_payloads(rng: random.Random, topic: str, count: int, *, oversized: bool):  # noqa: C901
+    """``count`` payloads a receiver on ``topic`` must survive and refuse."""
+    stranger = Signer(Ed25519PrivateKey.generate())
+    admin = Signer(load_private_key(CONFIG / "dev-admin.key"))
+    genuine_body = protocol.encode(protocol.AdminStatus(request_id="fuzz"))
+    kinds = [
+        "bytes",
+        "truncated",
+        "nested",
+        "types",
+        "schema",
+        "stranger",
+        "version",
+        "moved",
+        "unicode",
+    ]
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        if oversized and i % 2500 == 0:
+            yield b"{" * (rng.randint(1, 4) * 1024 * 1024)  # several MB
+        elif kind == "bytes":
+            yield rng.randbytes(rng.randint(0, 2000))
+        elif kind == "truncated":
+            whole = admin.seal(topic, genuine_body)
+            yield whole[: rng.randint(0, len(whole) - 1)]
+        elif kind == "nested":
+            depth = rng.randint(100, 5000)
+            yield b"[" * depth + b"]" * depth
+        elif kind == "types":
+            yield json.dumps(
+                {"type": "seat.request", "client": rng.randint(0, 9), "nonce": [], "ts": "now"}
+            ).encode()
+        elif kind == "schema":
+            yield json.dumps({"hello": "world", "n": rng.random()}).encode()
+        elif kind == "stranger":
+            yield stranger.seal(topic, genuine_body)
+        elif kind == "version":
+            envelope = json.loads(admin.seal(topic, genuine_body))
+            envelope["v"] = rng.choice([0, 2, 99, -1])
+            yield json.dumps(envelope).encode()
+        elif kind == "moved":
+            yield admin.seal(topic + "/elsewhere", genuine_body)
+        else:
+            yield b'{"type": "seat.request", "client": "\xff\xfe"}'
+
+
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+async def test_the_daemon_survives_10000_hostile_payloads_and_changes_nothing(
+    server_factory,
+    kind,
+):
+    server = server_factory(kind)
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    before = status(server)
+    before_db = server.snapshot()
+    rss_before = rss(daemon.process.pid)
+    rng = random.Random(20261128)
+    topics = server.topics
+    targets = [
+        topics.admin_request,
+        topics.seat("fuzzer", "request"),
+        topics.seat("fuzzer", "renew"),
+        topics.seat("fuzzer", "release"),
+        topics.state,
+        topics.identity,
+    ]
+    sent = 0
+    async with raw_client(server, "floatkeyd", "fuzzer") as client:
+        for topic in targets:
+            # Oversized payloads only through the embedded broker: Mosquitto (shipped
+            # max_packet_size 256 KiB) cuts the sender off first, which is its job.
+            for payload in hostile_payloads(rng, topic, 1700, oversized=kind == "embedded"):
+                await client.publish(topic, payload, qos=0)
+                sent += 1
+                if sent % 500 == 0:
+                    await asyncio.sleep(0.05)  # let a slow broker keep up
+        await client.publish(topics.admin_request, b"marker", qos=1)
+    assert sent >= 10_000
+
+    after = await eventually(
+        lambda: (s := status(server))["dropped"].get("admin_not_envelope", 0) and s, within=60
+    )
+    assert daemon.process.poll() is None
+    for field in ("status", "generation", "license", "seats_in_use"):
+        assert after[field] == before[field], field
+    assert server.snapshot()["licenses"] == before_db["licenses"]
+    assert server.snapshot()["meta"] == before_db["meta"]
+    dropped = sum(after["dropped"].values())
+    assert dropped >= 0.9 * sent, after["dropped"]
+    assert after["dropped"].get("bad_body", 0) > 1000
+    if kind == "embedded":
+        assert after["dropped"].get("oversized", 0) >= 1
+    assert rss(daemon.process.pid) - rss_before < 64 * 2**20
+    assert "message dropped" in daemon.log()
+    # ...and the retained state is still the daemon's own.
+    assert (await read_state(server)).generation == before["generation"]
+    assert daemon.stop() == 0
+
+
+async def test_an_agent_survives_10000_hostile_payloads(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    async with make_agent(server, tmp_path, "sturdy") as agent:
+        generation = agent.generation
+        rng = random.Random(7)
+        topics = [server.topics.events, server.topics.client(agent.client_id)]
+        sent = 0
+        async with raw_client(server, "floatkeyd", "agent-fuzzer") as client:
+            for topic in topics:
+                for payload in hostile_payloads(rng, topic, 4000, oversized=False):
+                    await client.publish(topic, payload, qos=0)
+                    sent += 1
+        # The retained topics the agent reads at connect, through the same receive path.
+        for topic in (server.topics.state, server.topics.identity):
+            for payload in hostile_payloads(rng, topic, 1000, oversized=False):
+                agent._handle(topic, payload)
+                sent += 1
+        assert sent >= 10_000
+        await eventually(lambda: sum(agent.drops.values()) >= 0.9 * sent, within=60)
+        assert agent.has_seat
+        assert agent.generation == generation
+        assert not agent.shutdown_requested.is_set()
+        assert agent.is_enabled("dataflow")
+
+
+# --- hostile clients ----------------------------------------------------------------
+
+
+async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=2)).returncode == 0
+    topics = server.topics
+    async with (
+        make_agent(server, tmp_path, "victim") as victim,
+        raw_client(server, "floatkeyd", "observer") as observer,
+        raw_client(server, "floatkey-agent", "mallory") as mallory,
+    ):
+        await observer.subscribe(f"{topics.root}/#", qos=1)
+        seen: list[str] = []
+
+        async def watch() -> None:
+            async for message in observer.messages:
+                seen.append(message.topic.value)  # noqa: PERF401 - a live record
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(0.3)
+        seen.clear()
+        # Mallory may speak only as 'mallory': everything else is dropped by the broker.
+        forged = protocol.encode(protocol.SeatRelease(client=victim.client_id))
+        await mallory.publish(topics.seat(victim.client_id, "release"), forged, qos=1)
+        await mallory.publish(
+            topics.seat(victim.client_id, "request"),
+            protocol.encode(protocol.SeatRequest(client=victim.client_id, nonce="x")),
+            qos=1,
+        )
+        await mallory.publish(topics.state, b"forged state", qos=1, retain=True)
+        await mallory.publish(topics.events, b"forged event", qos=1)
+        await mallory.publish(topics.admin_request, b"forged command", qos=1)
+        await mallory.publish(topics.client(victim.client_id), b"forged reply", qos=1)
+        # ...and may not read another client's replies.
+        await mallory.subscribe(topics.client(victim.client_id), qos=1)
+        await victim._send(
+            protocol.SeatRenew(client=victim.client_id, lease=victim._grant.lease), "renew"
+        )
+        await asyncio.sleep(1)
+        stolen: list[bytes] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for message in mallory.messages:
+                    if message.topic.value == topics.client(victim.client_id):
+                        stolen.append(bytes(message.payload))  # noqa: PERF401
+        watcher.cancel()
+        # The observer saw the victim's own renewal and its answer, nothing of mallory's.
+        assert topics.seat(victim.client_id, "release") not in seen
+        assert topics.seat(victim.client_id, "request") not in seen
+        assert topics.state not in seen
+        assert topics.events not in seen
+        assert topics.admin_request not in seen
+        assert seen.count(topics.client(victim.client_id)) == 1
+        assert stolen == []
+        assert [c["client"] for c in clients(server)] == [victim.client_id]
+        assert victim.has_seat
+        # Mallory can still use its own topics.
+        await mallory.publish(
+            topics.seat("mallory", "request"),
+            protocol.encode(protocol.SeatRequest(client="mallory", nonce="m")),
+            qos=1,
+        )
+        await eventually(lambda: len(clients(server)) == 2)
+
+
+async def test_a_flooding_client_does_not_delay_the_others(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=50)).returncode == 0
+    flood_stop = asyncio.Event()
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        async with raw_client(server, "floatkey-agent", "flooder") as client:
+            while not flood_stop.is_set():
+                await asyncio.gather(
+                    *(
+                        client.publish(
+                            server.topics.seat("flooder", "request"),
+                            protocol.encode(protocol.SeatRequest(client="flooder", nonce=str(i))),
+                            qos=0,
+                        )
+                        for i in range(200)
+                    )
+                )
+                sent += 200
+                await asyncio.sleep(0.02)
+
+    flooder = asyncio.create_task(flood())
+    await asyncio.sleep(1)
+    latencies = []
+    for i in range(10):
+        agent = make_agent(server, tmp_path, f"polite{i}")
+        started = time.monotonic()
+        async with agent:
+            latencies.append(time.monotonic() - started)
+            assert agent.has_seat
+    flood_stop.set()
+    await flooder
+    duration_rate = sent  # messages sent during the test, thousands
+    assert duration_rate > 2000
+    assert max(latencies) < 2.0, latencies
+    dropped = status(server)["dropped"]
+    assert dropped.get("rate_limited", 0) > 1000
+
+
+# --- broker and network faults -----------------------------------------------------------
+
+
+async def test_a_30_second_broker_outage_loses_nobody(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=5)).returncode == 0
+    async with make_agent(server, tmp_path, "a1") as a1, make_agent(server, tmp_path, "a2") as a2:
+        leases = {a1.client_id: a1._grant.lease, a2.client_id: a2._grant.lease}
+        server.mosquitto.stop()
+        await asyncio.sleep(30 if not os.environ.get("FLOATKEY_FAST_OUTAGE") else 5)
+        server.mosquitto.start()
+        back = time.monotonic()
+        await eventually(lambda: a1._connected.is_set() and a2._connected.is_set(), within=10)
+        listed = await eventually(
+            lambda: sorted(c["client"] for c in clients(server)) == sorted(leases) and True,
+            within=10,
+        )
+        assert listed
+        assert time.monotonic() - back < 5 + 3  # ctl's own round trips included
+        assert {a1.client_id: a1._grant.lease, a2.client_id: a2._grant.lease} == leases
+        assert not a1.shutdown_requested.is_set()
+        assert not a2.shutdown_requested.is_set()
+
+
+async def test_a_broker_restarted_with_its_persistence_wiped_gets_the_state_back(
+    server_factory,
+    tmp_path,
+):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue()).returncode == 0
+    genuine = await read_retained(server, server.topics.state)
+    server.mosquitto.stop()
+    server.mosquitto.wipe_persistence()
+    server.mosquitto.start()
+    # The daemon reconnects (it answers again) and publishes identity and state again.
+    await eventually(lambda: ctl(server, "status", "--timeout", "2").returncode == 0, within=15)
+    payload = await read_retained(server, server.topics.state)
+    assert payload == genuine
+    async with make_agent(server, tmp_path, "late") as late:
+        assert late.has_seat
+        assert late.license.status == "licensed"
+
+
+async def test_a_connection_cut_without_disconnect_keeps_the_seat(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    async with make_agent(server, tmp_path, "cut") as agent:
+        lease = agent._grant.lease
+        sock = agent._client._client.socket()
+        sock.shutdown(socket.SHUT_RDWR)  # the TCP connection dies; no DISCONNECT is sent
+        await eventually(lambda: not agent._connected.is_set(), within=5)
+        await eventually(agent._connected.is_set, within=10)
+        await asyncio.sleep(0.5)
+        assert agent._grant.lease == lease
+        assert [c["client"] for c in clients(server)] == [agent.client_id]
+        assert not agent.shutdown_requested.is_set()
+
+
+# --- crash consistency -------------------------------------------------------------------
+
+
+def check_database(server) -> dict:
+    """Every invariant a crash must not break; returns the meta table."""
+    with contextlib.closing(server.db()) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        generation = int(meta["generation"])
+        active = db.execute(
+            "SELECT generation, seats, key_text, licensee FROM licenses WHERE active = 1"
+        ).fetchall()
+        assert len(active) <= 1
+        if meta["status"] == "licensed":
+            assert len(active) == 1
+            _, seats, key_text, licensee = active[0]
+            assert licensee == "Ada Lovelace"
+            assert key_text.startswith("FK-")
+            held = db.execute(
+                "SELECT COUNT(*) FROM leases WHERE generation = ? AND licensed = 1 AND revoked = 0",
+                (generation,),
+            ).fetchone()[0]
+            assert held <= seats, (held, seats)
+        seqs = [row[0] for row in db.execute("SELECT seq FROM audit ORDER BY seq")]
+        assert seqs == list(range(1, len(seqs) + 1)), "the audit log has a gap"
+    return meta
+
+
+async def test_sigkill_at_random_moments_never_breaks_the_database(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    rng = random.Random(42)
+    operations = 0
+    cycles = 12 if not SLOW else 60
+    for cycle in range(cycles):
+        daemon = server.start_daemon()
+        meta = check_database(server)
+        state = await read_state(server)
+        assert (state.generation, state.revision) == (
+            int(meta["generation"]),
+            int(meta["revision"]),
+        )
+        assert state.status == meta["status"]
+
+        async def operate(cycle: int) -> None:
+            nonlocal operations
+            async with raw_client(server, "floatkeyd", f"load{cycle}") as client:
+                while True:
+                    action = rng.random()
+                    name = f"c{rng.randint(0, 30)}"
+                    if action < 0.05:
+                        await asyncio.to_thread(
+                            unlock, server, issue(seats=rng.randint(1, 8)), "--wait", "0"
+                        )
+                    elif action < 0.6:
+                        body = protocol.SeatRequest(client=name, nonce=str(operations))
+                        await client.publish(
+                            server.topics.seat(name, "request"), protocol.encode(body), qos=1
+                        )
+                    elif action < 0.8:
+                        body = protocol.SeatRenew(client=name, lease="x")
+                        await client.publish(
+                            server.topics.seat(name, "renew"), protocol.encode(body), qos=1
+                        )
+                    else:
+                        body = protocol.SeatRelease(client=name)
+                        await client.publish(
+                            server.topics.seat(name, "release"), protocol.encode(body), qos=1
+                        )
+                    operations += 1
+                    await asyncio.sleep(rng.random() * 0.01)
+
+        worker = asyncio.create_task(operate(cycle))
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
+        daemon.kill()  # SIGKILL, mid-whatever
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await worker
+    server.start_daemon()
+    check_database(server)
+    assert operations >= 200, operations
+
+
+# --- soak ----------------------------------------------------------------------------------
+
+
+async def test_soak_agents_renewing_keep_the_daemon_flat(server_factory):
+    from bench.harness import Worker, split  # noqa: PLC0415
+
+    server = server_factory("mosquitto", extra="max_requests_per_client = 100")
+    config = server.config_path.read_text().replace("lease_seconds = 30", "lease_seconds = 10")
+    server.config_path.write_text(config.replace('log_level = "debug"', 'log_level = "warning"'))
+    daemon = server.start_daemon()
+    agents = 1000 if SLOW else 300
+    duration = 600 if SLOW else 60
+    assert unlock(server, issue(seats=agents)).returncode == 0
+    agent_config = write_agent_config(
+        server, server.config_path.parent / "soak.toml", request_timeout=120
+    )
+    workers = [
+        Worker(
+            "soak-agents",
+            {
+                "agent_config": str(agent_config),
+                "count": n,
+                "prefix": f"soak{i}-",
+            },
+        )
+        for i, n in enumerate(split(agents, 2))
+    ]
+    try:
+        for worker in workers:
+            await worker.expect("ready", 300)
+        pid = daemon.process.pid
+        await asyncio.sleep(min(10, duration / 6))
+        start = (rss(pid), fds(pid), status(server)["tasks"])
+        await asyncio.sleep(duration - min(10, duration / 6))
+        end = (rss(pid), fds(pid), status(server)["tasks"])
+        current = status(server)
+        for worker in workers:
+            worker.go()
+        reports = [await worker.result(120) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert end[0] <= start[0] * 1.10, (start, end)
+    assert end[1] <= start[1] + 5, (start, end)
+    assert end[2] <= start[2] + 5, (start, end)
+    assert current["seats_in_use"] == agents
+    assert sum(r["renewals_lost"] for r in reports) == 0
+    assert all(r["still_seated"] == r["count"] for r in reports)
+    await eventually(lambda: status(server)["seats_in_use"] == 0, within=30)
+    assert daemon.process.poll() is None
