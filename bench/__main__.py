@@ -18,6 +18,15 @@ from bench.scenarios import checkout, scale, storm, unlock
 
 
 async def run(args: argparse.Namespace) -> Results:
+    runs = []
+    for attempt in range(args.repeat):
+        if args.repeat > 1:
+            print(f"\n## run {attempt + 1} of {args.repeat}\n", flush=True)
+        runs.append(await run_once(args))
+    return Results.median_of(runs)
+
+
+async def run_once(args: argparse.Namespace) -> Results:
     combined = Results(args.broker)
     for name in args.scenarios:
         if name == "checkout":
@@ -49,6 +58,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20, help="checkout rounds per agent")
     parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
     parser.add_argument("--procs", type=int, default=2, help="load-generating processes")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything N times; the final table shows medians",
+    )
     args = parser.parse_args()
     every = ["checkout", "storm", "unlock", "scale"]
     unknown = set(args.scenarios) - set(every)
@@ -62,7 +77,10 @@ def main() -> int:
         flush=True,
     )
     results = asyncio.run(run(args))
-    print("\n" + results.table())
+    print(
+        f"\n## {'medians of ' + str(args.repeat) + ' runs' if args.repeat > 1 else 'result'}"
+        f"\n\n{results.table()}"
+    )
     return 0 if all(results.checks.values()) else 1
 
 

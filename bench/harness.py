@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -30,6 +31,9 @@ from servers import (  # noqa: E402
     write_agent_config,
     write_daemon_config,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 DEV_ADMIN_KEY = REPO / "config" / "dev-admin.key"
 NAME, ORG = "Bench Customer", "Benchmarks Ltd"
@@ -55,6 +59,8 @@ class Row:
     unit: str
     target: str = ""
     passed: bool | None = None
+    #: The target as a rule on (floatkey, baseline), to judge medians of repeated runs.
+    rule: Callable[[float, float | None], bool] | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -71,6 +77,24 @@ class Results:
     broker: str
     rows: list[Row] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def median_of(cls, runs: list[Results]) -> Results:
+        """One table from repeated runs: the median of each figure and each baseline."""
+        merged = cls(runs[0].broker)
+        for index, row in enumerate(runs[0].rows):
+            same = [run.rows[index] for run in runs if len(run.rows) > index]
+            value = statistics.median(r.floatkey for r in same)
+            bases = [r.baseline for r in same if r.baseline is not None]
+            base = statistics.median(bases) if bases else None
+            passed = row.rule(value, base) if row.rule else row.passed
+            merged.rows.append(
+                Row(row.scenario, row.metric, value, base, row.unit, row.target, passed, row.rule)
+            )
+        for run in runs:
+            for name, ok in run.checks.items():
+                merged.checks[name] = merged.checks.get(name, True) and ok
+        return merged
 
     def table(self) -> str:
         """A Markdown table, as docs/PERFORMANCE.md shows it."""

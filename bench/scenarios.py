@@ -79,8 +79,26 @@ async def checkout(broker: str, agents: int = 100, rounds: int = 20, procs: int 
     p50, b50 = percentile(latencies, 0.5) * 1000, percentile(base_lat, 0.5) * 1000
     p99, b99 = percentile(latencies, 0.99) * 1000, percentile(base_lat, 0.99) * 1000
     results.rows += [
-        Row("checkout", "grant latency p50", p50, b50, "ms", "≤ 2.0×", p50 <= 2 * b50),
-        Row("checkout", "grant latency p99", p99, b99, "ms", "≤ 3.0×", p99 <= 3 * b99),
+        Row(
+            "checkout",
+            "grant latency p50",
+            p50,
+            b50,
+            "ms",
+            "≤ 2.0×",
+            p50 <= 2 * b50,
+            lambda f, b: b is not None and f <= 2 * b,
+        ),
+        Row(
+            "checkout",
+            "grant latency p99",
+            p99,
+            b99,
+            "ms",
+            "≤ 3.0×",
+            p99 <= 3 * b99,
+            lambda f, b: b is not None and f <= 3 * b,
+        ),
         Row("checkout", "grants per second", granted / elapsed, len(base_lat) / base_elapsed, "/s"),
     ]
     results.checks[f"checkout: {agents}×{rounds} requests, every one granted"] = (
@@ -168,6 +186,7 @@ async def storm(
         if row.unit == "/s":
             row.baseline, row.target = base_rate, "≥ 0.5×"
             row.passed = row.floatkey >= 0.5 * base_rate
+            row.rule = lambda f, b: b is not None and f >= 0.5 * b
         else:
             row.baseline = base_span
     return results
@@ -240,6 +259,7 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
             "ms",
             "≤ 1.5× + 50 ms",
             t_informed <= 1.5 * t_fan + 0.05,
+            lambda f, b: b is not None and f <= 1.5 * b + 50,
         ),
         Row(
             "unlock",
@@ -249,6 +269,7 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
             "ms",
             "≤ 3×",
             t_released <= 3 * t_fan,
+            lambda f, b: b is not None and f <= 3 * b,
         ),
     ]
     results.checks[f"unlock: {agents} seated, {agents} told, informed and released"] = (
@@ -348,8 +369,18 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
             "MiB",
             "≤ 100 MiB",
             rss_full <= 100 * 2**20,
+            lambda f, _: f <= 100,
         ),
-        Row("scale", "RSS per lease", per_lease / 1024, None, "KiB", "≤ 2 KiB", per_lease <= 2048),
+        Row(
+            "scale",
+            "RSS per lease",
+            per_lease / 1024,
+            None,
+            "KiB",
+            "≤ 2 KiB",
+            per_lease <= 2048,
+            lambda f, _: f <= 2,
+        ),
         Row("scale", "CPU per renewal", cpu_per_renewal * 1e6, None, "µs"),
         Row(
             "scale",
@@ -359,6 +390,7 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
             "ms",
             "≤ 1000 ms",
             ready <= 1.0,
+            lambda f, _: f <= 1000,
         ),
     ]
     results.checks[f"scale: {leases} granted, renewed, held and restored"] = (

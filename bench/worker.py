@@ -103,8 +103,8 @@ async def unlock_agents(spec: dict[str, Any]) -> dict[str, Any]:
     released: list[float] = []
 
     async def watch(agent: Agent) -> None:
-        await agent.shutdown_requested
-        informed.append(time.time())
+        reason = await agent.shutdown_requested
+        informed.append(reason.requested_at)  # when the agent read the event
         await agent.release()
         released.append(time.time())
 

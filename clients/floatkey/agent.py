@@ -99,6 +99,8 @@ class ShutdownReason:
     code: ShutdownCode
     message: str
     generation: int | None = None
+    #: When the agent learned it (Unix seconds).
+    requested_at: float = 0.0
 
 
 class ShutdownSignal:
@@ -349,7 +351,8 @@ class Agent:
         self, code: ShutdownCode, message: str, generation: int | None = None
     ) -> None:
         """Ask the application to stop (also used by the agent itself)."""
-        if self.shutdown_requested._set(ShutdownReason(code, message, generation)):  # noqa: SLF001
+        reason = ShutdownReason(code, message, generation, time.time())
+        if self.shutdown_requested._set(reason):  # noqa: SLF001
             log.warning("shutdown requested", client=self.client_id, reason=code, message=message)
 
     # --- tasks --------------------------------------------------------------------
