@@ -61,6 +61,17 @@ def wait_for_port(port: int, timeout: float = 10) -> None:
     raise TimeoutError(msg)
 
 
+def required_tool(name: str) -> str:
+    """The path of a tool the tests need; skip without it, or fail in CI."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed (scripts/test installs it with apt-get)"
+        if os.environ.get("FLOATKEY_REQUIRE_BROKER") == "1":
+            pytest.fail(message + "; FLOATKEY_REQUIRE_BROKER=1 forbids skipping")
+        pytest.skip(message)
+    return found
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -225,9 +236,12 @@ port = {port}
 class DaemonProcess:
     """A real ``floatkeyd run`` process, with a real NOTIFY_SOCKET to see READY=1."""
 
-    def __init__(self, config: Path, *, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self, config: Path, *, watchdog_usec: int | None = None, prefix: tuple[str, ...] = ()
+    ) -> None:
         self.config = config
         self.watchdog_usec = watchdog_usec
+        self.prefix = prefix  # e.g. ("faketime", "-f", "@2026-11-28 23:59:57")
         self.process: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
         self.log_path = config.with_suffix(f".{int(time.time() * 1000)}.log")
@@ -246,7 +260,7 @@ class DaemonProcess:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [command("floatkeyd"), "run", "--config", str(self.config)],
+                [*self.prefix, command("floatkeyd"), "run", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,

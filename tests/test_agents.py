@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,41 @@ async def test_exactly_s_of_n_agents_get_a_seat_and_a_release_lets_one_in(server
     finally:
         for agent in entered[1:]:
             await agent.__aexit__(None, None, None)
+
+
+async def test_many_agents_racing_for_the_last_seat_get_exactly_one(server, tmp_path):
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    async with make_agent(server, tmp_path, "h1"), make_agent(server, tmp_path, "h2"):
+        racers = [make_agent(server, tmp_path, f"r{i}") for i in range(8)]
+        entered = await asyncio.gather(*(agent.__aenter__() for agent in racers))
+        try:
+            assert sum(agent.has_seat for agent in entered) == 1
+            assert len([c for c in clients(server) if c["licensed"]]) == 3
+        finally:
+            await asyncio.gather(*(agent.__aexit__(None, None, None) for agent in entered))
+
+
+async def test_an_administrator_releasing_a_seat_stops_that_application(server, tmp_path):
+    server.start_daemon()
+    assert unlock(server, issue(seats=2)).returncode == 0
+    async with (
+        make_agent(server, tmp_path, "stuck") as stuck,
+        make_agent(server, tmp_path, "fine") as fine,
+    ):
+        result = ctl(server, "release", stuck.client_id)
+        assert result.returncode == 0, result.stderr
+        assert f"Released the seat of {stuck.client_id}" in result.stdout
+        reason = await asyncio.wait_for(stuck.shutdown_requested.wait(), 10)
+        assert reason.code == "seat.revoked"
+        assert not fine.shutdown_requested.is_set()
+        assert [c["client"] for c in clients(server)] == [fine.client_id]
+    with contextlib.closing(server.db()) as db:
+        row = db.execute(
+            "SELECT action, outcome, detail FROM audit WHERE action = 'admin.release'"
+        ).fetchone()
+    assert row[:2] == ("admin.release", "accepted")
+    assert stuck.client_id in row[2]
 
 
 async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_path):

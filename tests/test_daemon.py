@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -14,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from conftest import CONFIG, run
 from floatkey import protocol
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
-from floatkey.signing import key_id, load_private_key
+from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.admin_client import AdminSession
 from licensing import NAME, ORG, ctl, issue, unlock
-from servers import read_retained, read_state
+from servers import read_retained, read_state, required_tool
 
 pytestmark = pytest.mark.broker
 
@@ -356,3 +358,71 @@ async def test_secrets_stay_private_and_out_of_the_logs(server, tmp_path):
     identity = (server.state_dir / "server-identity.key").read_text()
     secret_line = identity.splitlines()[1]
     assert secret_line not in log
+
+
+async def test_the_license_expires_on_time_and_a_clock_set_back_does_not_revive_it(server):
+    required_tool("faketime")
+    libfaketime = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)  # noqa: ASYNC240
+    assert libfaketime is not None, "libfaketime.so.1 not found"
+
+    def at(moment: str) -> tuple[str, ...]:
+        # `env` execs the daemon in place (the faketime wrapper would fork and not pass
+        # SIGTERM on), with libfaketime preloaded and its clock starting at `moment`.
+        return ("env", f"LD_PRELOAD={libfaketime}", f"FAKETIME=@{moment}")
+
+    today = dt.datetime.now(dt.UTC).date()
+    daemon = server.start_daemon()
+    yesterday = today - dt.timedelta(days=1)
+    key = issue("--issued", yesterday.isoformat(), "--expires", today.isoformat())
+    assert unlock(server, key).returncode == 0
+    assert daemon.stop() == 0
+
+    # Three seconds before the key's last day ends: the timer fires, no polling involved.
+    late = server.start_daemon(prefix=at(f"{today} 23:59:57"))
+    assert (await read_state(server)).status == "licensed"
+    options = server.broker("floatkey-admin")
+    async with aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier="expiry-watch",
+    ) as watch:
+        await watch.subscribe(server.topics.events, qos=1)
+        async with asyncio.timeout(15):
+            async for message in watch.messages:
+                if message.topic.value == server.topics.events:  # amqtt sends others too
+                    break
+    key = server.server_key()
+    event = protocol.decode(
+        open_envelope(bytes(message.payload), server.topics.events, {key_id(key): key}),
+        protocol.Event,
+    )
+    assert event.name == "license.expired"
+    state = await read_state(server)
+    assert state.status == "expired"
+    assert state.generation == event.generation == 2
+    assert late.stop() == 0
+
+    # A week earlier on the clock: still expired, nothing un-expires.
+    early = server.start_daemon(prefix=at(f"{today - dt.timedelta(days=7)} 12:00:00"))
+    state = await read_state(server)
+    assert state.status == "expired"
+    assert state.generation == 2
+    assert early.stop() == 0
+
+
+async def test_sighup_reloads_the_admin_keys(server, tmp_path):
+    daemon = server.start_daemon()
+    extra = tmp_path / "extra.key"
+    assert run("floatkeyctl", "admin-key", "create", "--out", str(extra)).returncode == 0
+    public = (tmp_path / "extra.key.pub").read_text().strip()
+    added = run("floatkeyd", "admin-key", "add", public, "--config", str(server.config_path))
+    assert added.returncode == 0, added.stderr
+    daemon.process.send_signal(signal.SIGHUP)
+    deadline = asyncio.get_running_loop().time() + 10
+    while '"count": 2' not in daemon.log():
+        assert asyncio.get_running_loop().time() < deadline, daemon.log()
+        await asyncio.sleep(0.1)
+    listed = run("floatkeyd", "admin-key", "list", "--config", str(server.config_path))
+    assert key_id(parse_public_key(public)) in listed.stdout
