@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -20,6 +21,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,11 +30,15 @@ import aiomqtt
 import pytest
 
 from floatkey import protocol
+from floatkey.agent import Agent
 from floatkey.broker import BrokerOptions
+from floatkey.config import load_agent_config
 from floatkey.envelope import open_envelope
 from floatkey.signing import key_id, parse_public_key
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from floatkey.protocol import Topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -377,3 +383,59 @@ async def read_state(server: Server) -> protocol.State:
     key = server.server_key()
     body = open_envelope(payload, server.topics.state, {key_id(key): key})
     return protocol.decode(body, protocol.State)
+
+
+# --- clients and waiting, for the agent and fault tests -----------------------------
+
+
+def raw_client(server: Server, user: str, identifier: str) -> aiomqtt.Client:
+    """A plain MQTT client logged in as ``user`` (``floatkeyd`` may use every topic)."""
+    options = server.broker(user)
+    return aiomqtt.Client(
+        options.host,
+        options.port,
+        username=options.username,
+        password=options.password,
+        identifier=identifier,
+        keepalive=30,
+    )
+
+
+def make_agent(server: Server, workdir: Path, name: str, **overrides: object) -> Agent:
+    """A real ``floatkey.Agent`` for ``server``, with a unique client id."""
+    path = write_agent_config(server, workdir / f"{name}.toml", **overrides)
+    return Agent(
+        load_agent_config(path), app="test-app", client_id=f"{name}-{uuid.uuid4().hex[:8]}"
+    )
+
+
+async def eventually(
+    check: Callable[[], object], within: float = 10, interval: float = 0.05
+) -> object:
+    """Wait until ``check()`` is truthy; return its value."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    msg = f"condition not met within {within} s"
+    raise AssertionError(msg)
+
+
+def clients(server: Server) -> list[dict[str, object]]:
+    """``floatkeyctl clients --json``."""
+    from licensing import ctl  # noqa: PLC0415 - licensing imports this module
+
+    result = ctl(server, "clients", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["clients"]  # type: ignore[no-any-return]
+
+
+def status(server: Server) -> dict[str, object]:
+    """``floatkeyctl status --json``."""
+    from licensing import ctl  # noqa: PLC0415
+
+    result = ctl(server, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["status"]  # type: ignore[no-any-return]

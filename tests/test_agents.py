@@ -10,49 +10,21 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import command
 from floatkey import protocol
-from floatkey.agent import Agent
-from floatkey.config import load_agent_config
 from floatkey.envelope import Signer
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.signing import public_key_text
 from licensing import ctl, issue, unlock
-from servers import read_retained, write_agent_config
+from servers import clients, eventually, make_agent, raw_client, read_retained, write_agent_config
 
 pytestmark = pytest.mark.broker
 CHILD = Path(__file__).with_name("child_app.py")
-
-
-def make_agent(server, tmp_path: Path, name: str, **overrides: object) -> Agent:
-    path = write_agent_config(server, tmp_path / f"{name}.toml", **overrides)
-    return Agent(
-        load_agent_config(path), app="test-app", client_id=f"{name}-{uuid.uuid4().hex[:8]}"
-    )
-
-
-async def eventually(check, within: float = 10, interval: float = 0.05):
-    """Wait until ``check()`` is truthy; return its value."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {within} s")
-
-
-def clients(server) -> list[dict]:
-    result = ctl(server, "clients", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["clients"]
 
 
 # --- seats --------------------------------------------------------------------------
@@ -286,14 +258,7 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
     text = server.config_path.read_text().replace("lease_seconds = 30", "lease_seconds = 10")
     server.config_path.write_text(text)
     server.start_daemon()
-    options = server.broker("floatkey-agent")
-    async with aiomqtt.Client(
-        options.host,
-        options.port,
-        username=options.username,
-        password=options.password,
-        identifier="silent-1",
-    ) as client:
+    async with raw_client(server, "floatkey-agent", "silent-1") as client:
         request = protocol.SeatRequest(client="silent-1", nonce="n1", app="raw")
         await client.publish(
             server.topics.seat("silent-1", "request"), protocol.encode(request), qos=1
@@ -304,14 +269,7 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
 
 async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp_path):
     server.start_daemon()
-    options = server.broker("floatkeyd")
-    async with aiomqtt.Client(
-        options.host,
-        options.port,
-        username=options.username,
-        password=options.password,
-        identifier="recorder",
-    ) as recorder:
+    async with raw_client(server, "floatkeyd", "recorder") as recorder:
         await recorder.subscribe(server.topics.events, qos=1)
         assert unlock(server, issue()).returncode == 0
         old_state = await read_retained(server, server.topics.state)
@@ -323,14 +281,7 @@ async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp
         make_agent(server, tmp_path, "other") as other,
     ):
         assert agent.generation == 2
-        options = server.broker("floatkeyd")
-        async with aiomqtt.Client(
-            options.host,
-            options.port,
-            username=options.username,
-            password=options.password,
-            identifier="forger",
-        ) as forger:
+        async with raw_client(server, "floatkeyd", "forger") as forger:
             # 1. A revocation signed by another key.
             topic = server.topics.client(agent.client_id)
             revoke = protocol.SeatRevoked(lease="x", reason="forged", message="forged")

@@ -9,7 +9,6 @@ import json
 import signal
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,7 +18,7 @@ from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.admin_client import AdminSession
 from licensing import NAME, ORG, ctl, issue, unlock
-from servers import read_retained, read_state, required_tool
+from servers import raw_client, read_retained, read_state, required_tool
 
 pytestmark = pytest.mark.broker
 
@@ -241,14 +240,7 @@ async def test_forged_and_replayed_states_do_not_change_the_daemon(server, tmp_p
     )
     forged = Signer(Ed25519PrivateKey.generate()).seal(server.topics.state, forged_body)
     # The daemon's own broker user can publish there (an ACL would stop anyone else).
-    options = server.broker("floatkeyd")
-    async with aiomqtt.Client(
-        options.host,
-        options.port,
-        username=options.username,
-        password=options.password,
-        identifier="forger",
-    ) as client:
+    async with raw_client(server, "floatkeyd", "forger") as client:
         await client.publish(server.topics.state, forged, qos=1, retain=True)
         await client.publish(server.topics.state, old_state, qos=1, retain=True)
     await asyncio.sleep(0.5)
@@ -380,14 +372,7 @@ async def test_the_license_expires_on_time_and_a_clock_set_back_does_not_revive_
     # Three seconds before the key's last day ends: the timer fires, no polling involved.
     late = server.start_daemon(prefix=at(f"{today} 23:59:57"))
     assert (await read_state(server)).status == "licensed"
-    options = server.broker("floatkey-admin")
-    async with aiomqtt.Client(
-        options.host,
-        options.port,
-        username=options.username,
-        password=options.password,
-        identifier="expiry-watch",
-    ) as watch:
+    async with raw_client(server, "floatkey-admin", "expiry-watch") as watch:
         await watch.subscribe(server.topics.events, qos=1)
         async with asyncio.timeout(15):
             async for message in watch.messages:

@@ -13,74 +13,35 @@ import os
 import random
 import socket
 import time
-import uuid
 from pathlib import Path
 
 import aiomqtt
 import pytest
+from bench.harness import rss_bytes as rss
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from floatkey import protocol
-from floatkey.agent import Agent
-from floatkey.config import load_agent_config
 from floatkey.envelope import Signer
 from floatkey.signing import load_private_key
 from licensing import ctl, issue, unlock
-from servers import read_retained, read_state, write_agent_config
+from servers import (
+    clients,
+    eventually,
+    make_agent,
+    raw_client,
+    read_retained,
+    read_state,
+    status,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.broker
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 SLOW = os.environ.get("FLOATKEY_SLOW") == "1"
 
 
-def status(server) -> dict:
-    result = ctl(server, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["status"]
-
-
-def clients(server) -> list[dict]:
-    result = ctl(server, "clients", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["clients"]
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no RSS")
-
-
 def fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def raw_client(server, user: str, identifier: str) -> aiomqtt.Client:
-    options = server.broker(user)
-    return aiomqtt.Client(
-        options.host,
-        options.port,
-        username=options.username,
-        password=options.password,
-        identifier=identifier,
-        keepalive=30,
-    )
-
-
-async def eventually(check, within: float = 10, interval: float = 0.1):
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {within} s")
-
-
-def make_agent(server, tmp_path: Path, name: str, **overrides: object) -> Agent:
-    path = write_agent_config(server, tmp_path / f"{name}.toml", **overrides)
-    return Agent(load_agent_config(path), app="faults", client_id=f"{name}-{uuid.uuid4().hex[:6]}")
 
 
 # --- bad input ----------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_
 from floatkeyd.config import load_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from floatkey.protocol import AdminResult, LicenseInfo
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
@@ -208,13 +210,23 @@ async def _unlock(args: argparse.Namespace) -> int:
         return EXIT_OK if done else EXIT_TIMEOUT
 
 
-async def _status(args: argparse.Namespace) -> int:
+async def _query(
+    args: argparse.Namespace,
+    make: Callable[[str], protocol.AdminCommand],
+) -> AdminResult:
+    """Send one command; print the JSON if asked, and the refusal if refused."""
     async with await _session(args) as session:
-        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        result = await session.send(make(session.request_id()))
     if args.json:
         _print_json(result)
-    if not result.ok or result.status is None:
+    if not result.ok:
         print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+    return result
+
+
+async def _status(args: argparse.Namespace) -> int:
+    result = await _query(args, lambda rid: protocol.AdminStatus(request_id=rid))
+    if not result.ok or result.status is None:
         return _exit_code(result.reason)
     if args.json:
         return EXIT_OK
@@ -241,12 +253,8 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _clients(args: argparse.Namespace) -> int:
-    async with await _session(args) as session:
-        result = await session.send(protocol.AdminClients(request_id=session.request_id()))
-    if args.json:
-        _print_json(result)
+    result = await _query(args, lambda rid: protocol.AdminClients(request_id=rid))
     if not result.ok or result.clients is None:
-        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
         return _exit_code(result.reason)
     if args.json:
         return EXIT_OK
@@ -275,16 +283,12 @@ async def _clients(args: argparse.Namespace) -> int:
 
 
 async def _release(args: argparse.Namespace) -> int:
-    async with await _session(args) as session:
-        result = await session.send(
-            protocol.AdminRelease(request_id=session.request_id(), client=args.client_id),
-        )
-    if args.json:
-        _print_json(result)
-    elif result.ok:
+    result = await _query(
+        args,
+        lambda rid: protocol.AdminRelease(request_id=rid, client=args.client_id),
+    )
+    if result.ok and not args.json:
         print(result.message)
-    else:
-        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
     return EXIT_OK if result.ok else _exit_code(result.reason)
 
 

@@ -219,13 +219,7 @@ class Daemon:
             return
         now = self._now()
         try:
-            key = verify_product_key(
-                stored.key_text,
-                self._vendor_key,
-                name=stored.licensee,
-                organization=stored.organization,
-                today=_day(now),
-            )
+            key = self._verify(stored.key_text, stored.licensee, stored.organization, now)
         except ProductKeyError as exc:
             if exc.reason == "expired":
                 key = parse_product_key(stored.key_text).key
@@ -243,6 +237,12 @@ class Daemon:
         self._key, self._license = key, stored
         if key.is_expired(_day(now)) and self._status != "expired":
             await self._change_license("expired", None, "system", "license.expired", now)
+
+    def _verify(self, text: str, name: str, organization: str, now: int) -> ProductKey:
+        """Every product-key check, with today as the daemon's latest time has it."""
+        return verify_product_key(
+            text, self._vendor_key, name=name, organization=organization, today=_day(now)
+        )
 
     async def _drop_stored_license(self, reason: str, message: str, now: int) -> None:
         log.error("stored license refused", reason=reason, message=message)
@@ -742,13 +742,7 @@ class Daemon:
 
     async def _unlock(self, command: AdminUnlock, kid: str, now: int) -> AdminResult:
         try:
-            key = verify_product_key(
-                command.key,
-                self._vendor_key,
-                name=command.name,
-                organization=command.organization,
-                today=_day(now),
-            )
+            key = self._verify(command.key, command.name, command.organization, now)
         except ProductKeyError as exc:
             raise _Refused(exc.reason, exc.message) from None
         text = parse_product_key(command.key).text
