@@ -372,8 +372,7 @@ async def test_daemon_restart_keeps_leases(server_factory, tmp_path):
     assert unlock(server, issue()).returncode == 0
     async with make_agent(server, tmp_path, "loyal") as agent:
         lease = agent._grant.lease
-        await asyncio.sleep(0.3)  # the grant is written behind
-        assert daemon.stop() == 0
+        assert daemon.stop() == 0  # a clean stop writes the leases staged behind
         server.start_daemon()
         await agent._send(protocol.SeatRenew(client=agent.client_id, lease=lease), "renew")
         await eventually(lambda: [c["client"] for c in clients(server)] == [agent.client_id])
@@ -396,12 +395,13 @@ async def test_an_agent_offline_during_the_unlock_shuts_down_when_it_returns(
     tmp_path,
 ):
     server = server_factory("mosquitto")
-    server.start_daemon()
+    daemon = server.start_daemon()
     sleeper = start_supervised(server, tmp_path, "sleeper")
     await eventually((tmp_path / "sleeper.env").exists, within=20)
     os.kill(sleeper.pid, signal.SIGSTOP)  # frozen: the broker drops it after its keepalive
     try:
-        await asyncio.sleep(9)
+        # The broker publishes its will once the keepalive (5 s, x1.5) has passed.
+        await eventually(lambda: "client gone (will)" in daemon.log(), within=20)
         assert unlock(server, issue(), "--wait", "0").returncode == 0
     finally:
         os.kill(sleeper.pid, signal.SIGCONT)
