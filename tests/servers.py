@@ -439,3 +439,11 @@ def status(server: Server) -> dict[str, object]:
     result = ctl(server, "status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["status"]  # type: ignore[no-any-return]
+
+
+def answering(server: Server) -> bool:
+    """Whether the daemon answers an admin command now (after a broker restart, a command
+    sent before it has subscribed again is lost, and floatkeyctl waits out its timeout)."""
+    from licensing import ctl  # noqa: PLC0415
+
+    return ctl(server, "status", "--timeout", "2").returncode == 0

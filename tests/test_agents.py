@@ -21,7 +21,15 @@ from floatkey.envelope import Signer
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.signing import public_key_text
 from licensing import ctl, issue, unlock
-from servers import clients, eventually, make_agent, raw_client, read_retained, write_agent_config
+from servers import (
+    answering,
+    clients,
+    eventually,
+    make_agent,
+    raw_client,
+    read_retained,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.broker
 CHILD = Path(__file__).with_name("child_app.py")
@@ -359,6 +367,7 @@ async def test_broker_restart_keeps_everyone_and_their_leases(server_factory, tm
         await asyncio.sleep(1)
         server.mosquitto.start()
         await eventually(agent._connected.is_set, within=15)
+        await eventually(lambda: answering(server), within=15)
         await eventually(
             lambda: [c["client"] for c in clients(server)] == [agent.client_id], within=15
         )
