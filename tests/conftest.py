@@ -10,9 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from floatkey.protocol import Topics
 from servers import Mosquitto, Server, free_port, write_daemon_config
+
+# Property tests sign and verify Ed25519 keys: on a loaded 2-core CI machine one example
+# can take longer than hypothesis's default 200 ms deadline. Correctness, not speed, is
+# what they check.
+settings.register_profile("floatkey", deadline=None, print_blob=True)
+settings.load_profile("floatkey")
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"
