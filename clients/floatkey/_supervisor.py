@@ -105,7 +105,8 @@ async def _stop_child(child: asyncio.subprocess.Process, grace: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(child.wait(), grace)
+        async with asyncio.timeout(grace):
+            await child.wait()
     except TimeoutError:
         log.warning("application ignored SIGTERM; killing it", pid=child.pid, grace_s=grace)
         with contextlib.suppress(ProcessLookupError):

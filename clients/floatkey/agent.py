@@ -40,7 +40,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect
+from floatkey.broker import connect, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.protocol import (
@@ -299,9 +299,8 @@ class Agent:
         if self.shutdown_requested.is_set():
             # Let the hooks finish (they are bounded) before the seat goes.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    asyncio.shield(self._children[3]), self.config.hook_timeout + 1
-                )
+                async with asyncio.timeout(self.config.hook_timeout + 1):
+                    await asyncio.shield(self._children[3])
         await self.release()
         self._closing = True
         for task in self._children:
@@ -387,7 +386,7 @@ class Agent:
         if self._server_key is None:
             # Trust on first use: take the key from the retained identity before
             # anything signed is read.
-            await client.subscribe(self.topics.identity, qos=1)
+            await settled(client.subscribe(self.topics.identity, qos=1))
             self._client = client
             async with asyncio.timeout(self.config.request_timeout):
                 async for message in client.messages:
@@ -399,13 +398,15 @@ class Agent:
         # halves what a thousand agents must read at every unlock; it reads them again
         # at every reconnect, which is when it could have missed an event.
         self._reading_retained = True
-        await client.subscribe(
-            [
-                (self.topics.client(self.client_id), 1),
-                (self.topics.events, 1),
-                (self.topics.identity, 1),
-                (self.topics.state, 1),
-            ],
+        await settled(
+            client.subscribe(
+                [
+                    (self.topics.client(self.client_id), 1),
+                    (self.topics.events, 1),
+                    (self.topics.identity, 1),
+                    (self.topics.state, 1),
+                ],
+            )
         )
         self._client = client
         self._connected.set()
@@ -436,12 +437,14 @@ class Agent:
         if client is None:
             return
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(
-                self.topics.seat(self.client_id, action), protocol.encode(body), qos=1
+            await settled(
+                client.publish(
+                    self.topics.seat(self.client_id, action), protocol.encode(body), qos=1
+                )
             )
 
     async def _renewal(self) -> None:
-        while True:
+        while not self._closing:
             await self._answered.wait()  # nothing to renew before the first grant
             grant = self._grant
             if grant is None:
@@ -469,7 +472,8 @@ class Agent:
         reason = await self.shutdown_requested
         for hook in list(self._hooks):
             try:
-                await asyncio.wait_for(hook(reason), self.config.hook_timeout)
+                async with asyncio.timeout(self.config.hook_timeout):
+                    await hook(reason)
             except TimeoutError:
                 log.warning(
                     "shutdown hook timed out",

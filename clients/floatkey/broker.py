@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiomqtt
 import msgspec
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from aiomqtt.types import SocketOption
 
-__all__ = ["BrokerOptions", "TLSOptions", "connect"]
+__all__ = ["BrokerOptions", "TLSOptions", "connect", "settled"]
+
+T = TypeVar("T")
 
 # Without TCP_NODELAY a QoS 1 request/response round trip on loopback takes ~88 ms
 # instead of ~1 ms: Nagle's algorithm meets the peer's delayed ACK.
@@ -85,3 +89,20 @@ def connect(
         max_queued_incoming_messages=max_queued_incoming,
         timeout=10,
     )
+
+
+async def settled(operation: Awaitable[T]) -> T:
+    """Await an aiomqtt operation without losing a cancellation that arrives meanwhile.
+
+    aiomqtt waits for PUBACK/SUBACK with ``asyncio.wait_for``, which on Python 3.11
+    swallows a cancellation delivered in the same loop tick as the acknowledgement
+    (CPython gh-86296, fixed in 3.12). A background loop that loses its cancellation
+    runs on forever and its owner's shutdown hangs. The task still counts the request
+    (``cancelling()``), so it is raised again here. Only for tasks that are cancelled
+    solely to stop them: code that catches a cancellation and carries on must not call it.
+    """
+    result = await operation
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result

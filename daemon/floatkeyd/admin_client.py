@@ -96,7 +96,8 @@ class AdminSession:
             self._identity = loop.create_future()
             await self._client.subscribe(self.topics.identity, qos=1)
             try:
-                self.server_key = await asyncio.wait_for(self._identity, self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    self.server_key = await self._identity
             except TimeoutError:
                 await self.__aexit__(None, None, None)
                 raise DaemonUnreachable(
@@ -156,7 +157,8 @@ class AdminSession:
                 self._signer.seal(topic, protocol.encode(command)),
                 qos=1,
             )
-            return await asyncio.wait_for(waiter, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await waiter
         except TimeoutError:
             raise DaemonUnreachable(
                 f"The license server did not answer within {self.timeout:g} s. Check that "

@@ -30,7 +30,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect
+from floatkey.broker import connect, settled
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
 from floatkey.errors import ProductKeyError
 from floatkey.logs import redact
@@ -329,12 +329,14 @@ class Daemon:
                 revision=self._revision,
                 clients_told=told,
             )
-            await client.publish(
-                self.topics.events,
-                self._signer.seal(self.topics.events, protocol.encode(body)),
-                qos=1,
+            await settled(
+                client.publish(
+                    self.topics.events,
+                    self._signer.seal(self.topics.events, protocol.encode(body)),
+                    qos=1,
+                )
             )
-        await client.publish(self.topics.state, self._state_payload, qos=1, retain=True)
+        await settled(client.publish(self.topics.state, self._state_payload, qos=1, retain=True))
 
     # --- the MQTT task -----------------------------------------------------------
 
@@ -892,9 +894,8 @@ class Daemon:
                 delay = self.config.lease_seconds if nxt is None else (nxt - now) / 1000
                 # Woken early when a lease's end moves closer (a will's grace).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._expiry_moved.wait(), min(delay, self.config.lease_seconds) + 0.01
-                    )
+                    async with asyncio.timeout(min(delay, self.config.lease_seconds) + 0.01):
+                        await self._expiry_moved.wait()
                 continue
             for lease in self.ledger.expire(now):
                 self.store.stage_release(lease.client)
@@ -919,7 +920,8 @@ class Daemon:
             await self.store.set_latest_time(now)
             wait = 600.0 if deadline is None else min(600.0, max(0.0, (deadline - now) / 1000))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._license_changed.wait(), timeout=wait + 0.001)
+                async with asyncio.timeout(wait + 0.001):
+                    await self._license_changed.wait()
 
     async def _lease_flush(self) -> None:
         while True:
@@ -985,4 +987,5 @@ class Daemon:
 
 async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
+        async with asyncio.timeout(delay):
+            await stop.wait()
