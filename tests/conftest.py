@@ -79,7 +79,7 @@ def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: st
     # A unique server name per test: unique topics, as the brokers are shared by nothing else.
     name = f"t{os.getpid()}x{next(_names)}"
     mosq = None
-    if kind == "mosquitto":
+    if kind in {"mosquitto", "mosquitto-tls"}:
         mosq = Mosquitto()
         request.addfinalizer(mosq.cleanup)
         mosq.start()
@@ -87,7 +87,13 @@ def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: st
     state = tmp_path / "state"
     config = tmp_path / "floatkeyd.toml"
     write_daemon_config(
-        config, server=name, state_dir=state, port=port, mosquitto=mosq, extra=extra
+        config,
+        server=name,
+        state_dir=state,
+        port=port,
+        mosquitto=mosq,
+        extra=extra,
+        tls=kind == "mosquitto-tls",
     )
     server = Server(
         kind=kind,

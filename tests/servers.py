@@ -31,12 +31,14 @@ import pytest
 
 from floatkey import protocol
 from floatkey.agent import Agent
-from floatkey.broker import BrokerOptions
+from floatkey.broker import BrokerOptions, TLSOptions
 from floatkey.config import load_agent_config
 from floatkey.envelope import open_envelope
 from floatkey.signing import key_id, parse_public_key
+from tls import make_broker_certificates
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
 
     from floatkey.protocol import Topics
@@ -98,13 +100,22 @@ class Mosquitto:
         # which cannot enter root's 0700 pytest directory.
         workdir = self.workdir = Path(tempfile.mkdtemp(prefix="floatkey-mosquitto-"))
         self.port = port or free_port()
+        self.tls_port = free_port()
+        self.certificates = make_broker_certificates(workdir)
         self.process: subprocess.Popen[bytes] | None = None
         text = (CONFIG / "mosquitto.conf").read_text()
         text = re.sub(r"^listener 1883 ", f"listener {self.port} ", text, flags=re.MULTILINE)
+        # The agents' TLS listener: on loopback here, not on every interface.
+        text = re.sub(
+            r"^listener 8883$", f"listener {self.tls_port} 127.0.0.1", text, flags=re.MULTILINE
+        )
+        text = text.replace("/etc/mosquitto/certs/floatkey.crt", str(self.certificates.cert))
+        text = text.replace("/etc/mosquitto/certs/floatkey.key", str(self.certificates.key))
         text = text.replace("/etc/mosquitto/floatkey.passwd", str(workdir / "floatkey.passwd"))
         text = text.replace("/etc/mosquitto/floatkey.acl", str(workdir / "floatkey.acl"))
         text = text.replace("/var/lib/mosquitto/", str(workdir) + "/")
         assert f"listener {self.port} 127.0.0.1" in text, "the shipped config changed shape"
+        assert f"listener {self.tls_port} 127.0.0.1" in text, "the shipped config changed shape"
         for name, target in [
             ("mosquitto.passwd", "floatkey.passwd"),
             ("mosquitto.acl", "floatkey.acl"),
@@ -127,6 +138,7 @@ class Mosquitto:
             )
         try:
             wait_for_port(self.port)
+            wait_for_port(self.tls_port)
         except TimeoutError:
             self.stop()
             log_text = (self.workdir / "mosquitto.log").read_text(errors="replace")
@@ -154,6 +166,16 @@ class Mosquitto:
             host="127.0.0.1", port=self.port, username=user, password=PASSWORDS[user]
         )
 
+    def tls_options(self, user: str, ca: Path | None = None) -> BrokerOptions:
+        """The TLS listener, trusting ``ca`` (the test CA by default)."""
+        return BrokerOptions(
+            host="127.0.0.1",
+            port=self.tls_port,
+            username=user,
+            password=PASSWORDS[user],
+            tls=TLSOptions(ca=str(ca or self.certificates.ca)),
+        )
+
 
 @dataclass
 class Server:
@@ -169,6 +191,8 @@ class Server:
 
     def broker(self, user: str = "floatkey-agent") -> BrokerOptions:
         if self.mosquitto is not None:
+            if self.kind == "mosquitto-tls":
+                return self.mosquitto.tls_options(user)
             return self.mosquitto.options(user)
         return BrokerOptions(host="127.0.0.1", port=self.port)
 
@@ -207,6 +231,7 @@ def write_daemon_config(
     port: int,
     mosquitto: Mosquitto | None,
     extra: str = "",
+    tls: bool = False,
 ) -> None:
     vendor = (CONFIG / "dev-vendor.key.pub").read_text().strip()
     admin = (CONFIG / "dev-admin.key.pub").read_text().strip()
@@ -222,14 +247,8 @@ log_level = "debug"
 {extra}
 """
     if mosquitto is not None:
-        text += f"""
-[broker]
-host = "127.0.0.1"
-port = {mosquitto.port}
-username = "floatkeyd"
-password = "{PASSWORDS["floatkeyd"]}"
-keepalive = 5
-"""
+        options = mosquitto.tls_options("floatkeyd") if tls else mosquitto.options("floatkeyd")
+        text += "\n" + broker_toml(options)
     else:
         text += f"""
 [embedded_broker]
@@ -329,10 +348,15 @@ class DaemonProcess:
 
 
 def write_agent_config(
-    server: Server, path: Path, *, pin: bool = True, **overrides: object
+    server: Server,
+    path: Path,
+    *,
+    pin: bool = True,
+    broker: BrokerOptions | None = None,
+    **overrides: object,
 ) -> Path:
     """An agent config for ``server``: the agents' broker user, the server key pinned."""
-    options = server.broker("floatkey-agent")
+    options = broker or server.broker("floatkey-agent")
     fields: dict[str, object] = {
         "server": server.topics.server,
         "state_file": str(path.parent / f"{path.stem}-known.json"),
@@ -347,11 +371,23 @@ def write_agent_config(
     lines = [
         f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in fields.items()
     ]
-    lines += ["", "[broker]", 'host = "127.0.0.1"', f"port = {options.port}", "keepalive = 5"]
+    path.write_text("\n".join(lines) + "\n\n" + broker_toml(options))
+    return path
+
+
+def broker_toml(options: BrokerOptions) -> str:
+    """The ``[broker]`` section (and ``[broker.tls]``) of a daemon or agent config."""
+    lines = ["[broker]", f'host = "{options.host}"', f"port = {options.port}", "keepalive = 5"]
     if options.username:
         lines += [f'username = "{options.username}"', f'password = "{options.password}"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    if options.tls is not None:
+        lines += ["", "[broker.tls]", f'ca = "{options.tls.ca}"']
+    return "\n".join(lines) + "\n"
+
+
+def tls_context(options: BrokerOptions) -> ssl.SSLContext | None:
+    """The SSL context for a plain aiomqtt client (the tests' paths are absolute)."""
+    return options.tls.context(Path("/")) if options.tls else None
 
 
 async def read_retained(server: Server, topic: str) -> bytes:
@@ -374,6 +410,7 @@ def _plain(server: Server) -> dict[str, object]:
         "port": options.port,
         "username": options.username,
         "password": options.password,
+        "tls_context": tls_context(options),
         "identifier": f"plain-{id(server)}",
     }
 
@@ -398,6 +435,7 @@ def raw_client(server: Server, user: str, identifier: str) -> aiomqtt.Client:
         password=options.password,
         identifier=identifier,
         keepalive=30,
+        tls_context=tls_context(options),
     )
 
 

@@ -40,7 +40,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect, settled
+from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.protocol import (
@@ -178,6 +178,7 @@ class Agent:
         self._answered = asyncio.Event()
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
+        self._broker_error: str | None = None  # the last failed connection's reason
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
         self._tasks: asyncio.TaskGroup | None = None
@@ -277,17 +278,22 @@ class Agent:
                     changed.cancel()
             self.check_server_key()
         except TimeoutError:
+            connected, error = self._connected.is_set(), self._broker_error
             await self.__aexit__(None, None, None)
             broker = self.config.broker.describe()
-            what = (
-                "the broker"
-                if not self._connected.is_set()
-                else f"the license server {self.config.server!r}"
-            )
-            raise NoAnswer(
-                f"No answer from {what} ({broker}) within {self.config.request_timeout:g} s. "
-                "Check that the license server is running and reachable.",
-            ) from None
+            if not connected:
+                detail = f": {error}. {connection_advice(error)}" if error else "."
+                message = (
+                    f"Cannot connect to the broker ({broker}) within "
+                    f"{self.config.request_timeout:g} s{detail}"
+                )
+            else:
+                message = (
+                    f"No answer from the license server {self.config.server!r} ({broker}) "
+                    f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
+                    "running and connected to the same broker."
+                )
+            raise NoAnswer(message) from None
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -368,11 +374,13 @@ class Agent:
                 async with connect(
                     self.config.broker, identifier=self.client_id, base=self._loaded.base, will=will
                 ) as client:
+                    self._broker_error = None
                     await self._on_connect(client)
                     backoff = _BACKOFF_START
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
+                self._broker_error = str(exc)
                 log.info("broker connection lost", client=self.client_id, error=str(exc))
             finally:
                 self._client = None

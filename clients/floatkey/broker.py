@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from aiomqtt.types import SocketOption
 
-__all__ = ["BrokerOptions", "TLSOptions", "connect", "settled"]
+__all__ = ["BrokerOptions", "TLSOptions", "connect", "connection_advice", "settled"]
 
 T = TypeVar("T")
 
@@ -106,3 +106,25 @@ async def settled(operation: Awaitable[T]) -> T:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
     return result
+
+
+def connection_advice(error: str) -> str:
+    """What to check, for an aiomqtt connection error's text (said to customers)."""
+    text = error.lower()
+    if "certificate" in text or "ssl" in text or "tls" in text:
+        return (
+            "The TLS handshake with the broker failed: `[broker.tls] ca` must name the CA "
+            "that signed the broker's certificate, the certificate must be issued for the "
+            "name in `[broker] host`, and the port must be the broker's TLS listener."
+        )
+    if "not authori" in text or "user name or password" in text:
+        return (
+            "The broker refused the login: check `[broker] username` and `password` against "
+            "the broker's password file."
+        )
+    if "refused" in text or "timed out" in text or "unreachable" in text:
+        return (
+            "Nothing answered there: check `[broker] host` and `port`, and that the broker "
+            "is running."
+        )
+    return "Check the `[broker]` settings and that the broker is running."

@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect
+from floatkey.broker import connect, connection_advice
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.errors import FloatkeyError
 from floatkey.signing import key_id, parse_public_key
@@ -86,8 +86,7 @@ class AdminSession:
             await self._client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise DaemonUnreachable(
-                f"Cannot reach the MQTT broker: {exc}. Check that the broker is running and "
-                "that the configuration names it correctly.",
+                f"Cannot reach the MQTT broker: {exc}. {connection_advice(str(exc))}"
             ) from None
         self._listener = asyncio.create_task(self._listen(), name="admin-replies")
         await self._client.subscribe(self.topics.admin_reply("+"), qos=1)

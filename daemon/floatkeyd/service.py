@@ -30,7 +30,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect, settled
+from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
 from floatkey.errors import ProductKeyError
 from floatkey.logs import redact
@@ -382,6 +382,7 @@ class Daemon:
                     "broker unreachable",
                     broker=options.describe(),
                     error=str(exc),
+                    advice=connection_advice(str(exc)),
                     retry_in_s=round(delay, 2),
                 )
                 self.notifier.status(f"Broker {options.describe()} unreachable; retrying")
