@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from floatkey import protocol
 from floatkey.envelope import Signer
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.signing import public_key_text
-from licensing import ctl, issue, unlock
+from licensing import NAME, ORG, ctl, issue, unlock
 from servers import (
     answering,
     clients,
@@ -186,6 +187,7 @@ async def test_unlock_shuts_down_supervised_clients_which_restart_with_the_featu
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 connected clients were told to shut down" in result.stdout
     assert "All 3 clients have shut down" in result.stdout
+    assert "\r" not in result.stdout  # the live count is for terminals, not pipes or logs
     for n, proc in zip(names, procs, strict=True):
         assert proc.wait(15) == 75, output(tmp_path, n)
         assert (tmp_path / f"{n}.term").read_text() == str(int(signal.SIGTERM))
@@ -211,6 +213,50 @@ async def test_unlock_shuts_down_supervised_clients_which_restart_with_the_featu
         proc.send_signal(signal.SIGTERM)  # passed on to the child, which exits 0
         assert proc.wait(15) == 0
     await eventually(lambda: clients(server) == [])
+
+
+async def test_unlock_on_a_terminal_counts_the_clients_down_live(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    agents = [make_agent(server, tmp_path, f"tty{i}") for i in range(2)]
+    for delay, agent in zip([1.0, 2.5], agents, strict=True):
+        # Applications saving their work for a while: their seats come back one by one.
+        agent.on_shutdown(lambda _reason, delay=delay: asyncio.sleep(delay))
+    async with contextlib.AsyncExitStack() as stack:
+        for agent in agents:
+            await stack.enter_async_context(agent)
+        assert all(agent.has_seat for agent in agents)
+
+        primary, secondary = pty.openpty()
+        process = await asyncio.create_subprocess_exec(
+            command("floatkeyctl"),
+            *("unlock", "--name", NAME, "--organization", ORG, "--key", issue(seats=4)),
+            *("--config", str(server.config_path)),
+            stdout=secondary,
+            stderr=secondary,
+        )
+        os.close(secondary)
+        screen = await asyncio.to_thread(read_terminal, primary)
+        assert await process.wait() == 0, screen
+    assert "Clients told to shut down: 2" in screen
+    assert "\rWaiting for clients to shut down: 0/2 done" in screen
+    assert "\rWaiting for clients to shut down: 1/2 done" in screen
+    assert "\rWaiting for clients to shut down: 2/2 done" in screen
+    assert screen.index("1/2 done") < screen.index("2/2 done") < screen.index("All 2 clients")
+
+
+def read_terminal(primary: int) -> str:
+    """Everything written to a pseudo-terminal until its last writer closes it."""
+    chunks = []
+    try:
+        while chunk := os.read(primary, 4096):
+            chunks.append(chunk)
+    except OSError:  # EIO: the process on the other side has exited
+        pass
+    finally:
+        os.close(primary)
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_the_supervisor_exits_with_the_childs_status_and_refuses_without_a_seat(
