@@ -10,7 +10,10 @@ coordinator can compare them across processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import cProfile
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +25,8 @@ from floatkey.config import load_agent_config
 from floatkey.logs import configure_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import aiomqtt
 
 
@@ -37,6 +42,22 @@ async def wait_for_go() -> None:
 
 def _options(spec: dict[str, Any]) -> BrokerOptions:
     return BrokerOptions(**spec["broker"])
+
+
+@contextlib.contextmanager
+def profiled(spec: dict[str, Any]) -> Iterator[None]:
+    """cProfile the measured phase when FLOATKEY_BENCH_PROFILE names a directory."""
+    directory = os.environ.get("FLOATKEY_BENCH_PROFILE")
+    if not directory:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(Path(directory) / f"{spec['prefix']}.prof")
 
 
 # --- floatkey agents -------------------------------------------------------------------
@@ -110,7 +131,8 @@ async def unlock_agents(spec: dict[str, Any]) -> dict[str, Any]:
 
     watchers = [asyncio.create_task(watch(a)) for a in agents]
     say(ready=True, seated=sum(a.has_seat for a in agents))
-    await asyncio.wait_for(asyncio.gather(*watchers), spec.get("timeout", 120))
+    with profiled(spec):
+        await asyncio.wait_for(asyncio.gather(*watchers), spec.get("timeout", 120))
     await asyncio.gather(*(a.__aexit__(None, None, None) for a in agents))
     return {"informed": informed, "released": released}
 
@@ -246,7 +268,10 @@ async def fanout_subscribers(spec: dict[str, Any]) -> dict[str, Any]:
         await anext(aiter(client.messages))
         received.append(time.time())
 
-    await asyncio.wait_for(asyncio.gather(*(receive(c) for c in clients)), spec.get("timeout", 60))
+    with profiled(spec):
+        await asyncio.wait_for(
+            asyncio.gather(*(receive(c) for c in clients)), spec.get("timeout", 60)
+        )
     await asyncio.gather(*(c.__aexit__(None, None, None) for c in clients))
     return {"received": received}
 

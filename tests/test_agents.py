@@ -303,6 +303,10 @@ async def test_a_killed_agent_frees_its_seat_through_its_will(server, tmp_path):
     assert len(clients(server)) == 1
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    # The application does not outlive its agent: Linux sends it SIGTERM (PDEATHSIG).
+    term = tmp_path / "victim.term"
+    await eventually(term.exists, within=10)
+    assert term.read_text() == str(int(signal.SIGTERM))
     # The broker publishes the will as soon as it sees the connection gone.
     await eventually(lambda: clients(server) == [], within=15)
 

@@ -9,7 +9,9 @@ The agent asks for a seat, then starts COMMAND with the license in its environme
 file (``FLOATKEY_LICENSE_FILE``) it keeps current. When the application must stop (a new
 license, expiry, revocation, the server silent past the offline grace) it sends COMMAND
 SIGTERM, then SIGKILL after the shutdown grace, releases the seat and exits with
-:data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service`` restarts.
+:data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service`` restarts. If the agent
+itself is killed (even with SIGKILL), Linux sends COMMAND SIGTERM: an application never
+outlives the agent that holds its seat.
 
 Exit status: COMMAND's own when it exits by itself (128+N when killed by signal N);
 75 restart requested; 69 no seat (all in use, or the license expired); 76 license server
@@ -21,14 +23,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 from floatkey.agent import Agent, LicenseView, ShutdownReason
 from floatkey.config import load_agent_config
@@ -99,6 +106,30 @@ def _write_license_file(path: Path, document: dict[str, object]) -> None:
     tmp.replace(path)  # atomic: the application never reads half a file
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _terminate_with_supervisor() -> Callable[[], None] | None:
+    """In the child, before exec: have Linux send SIGTERM when this supervisor dies.
+
+    Without it, ``kill -9`` of the agent would leave the application running with the
+    features of a seat that the will then frees. Run between fork and exec, so it only
+    calls ``prctl`` (looked up here, before the fork) and checks the parent is still
+    the supervisor (it may have died before ``prctl``). Outside Linux: nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    supervisor = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 async def _stop_child(child: asyncio.subprocess.Process, grace: float) -> None:
     if child.returncode is not None:
         return
@@ -128,6 +159,7 @@ async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
     child = await asyncio.create_subprocess_exec(
         *program,
         env={**os.environ, **license_environment(agent, license_file)},
+        preexec_fn=_terminate_with_supervisor(),
     )
     log.info(
         "application started",
