@@ -39,6 +39,10 @@ def test_the_shipped_configs_load():
             "port must be between",
         ),
         (f'server = "a/b"\nvendor_public_key = "{VENDOR}"\n', "server must be"),
+        (
+            f'server = "s"\nvendor_public_key = "{VENDOR}"\n[embedded_broker]\nhost = "0.0.0.0"\n',
+            "embedded_broker.host must be a loopback address",
+        ),
         ('server = "s"\nvendor_public_key = "rsa:abc"\n', "vendor_public_key"),
         (
             f'server = "s"\nvendor_public_key = "{VENDOR}"\nlease_seconds = "long"\n',

@@ -6,6 +6,7 @@ development config works from any working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,28 @@ class EmbeddedBroker(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     host: str = "127.0.0.1"
     port: int = 1883
+
+    def __post_init__(self) -> None:
+        # amqtt as embedded here has no logins and no ACL: anyone who reaches it could
+        # speak as any agent (docs/SECURITY.md). Loopback only, on purpose.
+        if not _is_loopback(self.host):
+            raise msgspec.ValidationError(
+                "embedded_broker.host must be a loopback address (127.0.0.1, ::1 or "
+                "localhost): the embedded broker has no logins and no ACL. For agents on "
+                "other machines, run Mosquitto with config/mosquitto.conf and name it in "
+                "[broker]"
+            )
+        if not 0 < self.port < 65536:
+            raise msgspec.ValidationError("embedded_broker.port must be between 1 and 65535")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
