@@ -402,9 +402,10 @@ async def unlock_in_background(server, key: str) -> None:
             await process.wait()
 
 
+@pytest.mark.timeout(900 if SLOW else 120)  # 60 kills with FLOATKEY_SLOW=1
 async def test_sigkill_at_random_moments_never_breaks_the_database(server_factory, tmp_path):
     server = server_factory("mosquitto")
-    rng = random.Random(42)
+    plan = random.Random(42)  # when to kill: after how many operations, and how much later
     operations = 0
     cycles = 12 if not SLOW else 60
     for cycle in range(cycles):
@@ -417,10 +418,14 @@ async def test_sigkill_at_random_moments_never_breaks_the_database(server_factor
         )
         assert state.status == meta["status"]
 
-        stopping = asyncio.Event()
+        stopping, reached = asyncio.Event(), asyncio.Event()
+        target = operations + plan.randint(20, 40)
 
-        async def operate(cycle: int, stopping: asyncio.Event) -> None:
+        async def operate(
+            cycle: int, target: int, stopping: asyncio.Event, reached: asyncio.Event
+        ) -> None:
             nonlocal operations
+            rng = random.Random(cycle)  # what to do: its own seed, whatever the timing
             async with raw_client(server, "floatkeyd", f"load{cycle}") as client:
                 # A flag, not only the cancellation: aiomqtt's acknowledgement waits can
                 # lose a cancellation on Python 3.11 (see floatkey.broker.settled).
@@ -445,11 +450,19 @@ async def test_sigkill_at_random_moments_never_breaks_the_database(server_factor
                             server.topics.seat(name, "release"), protocol.encode(body), qos=1
                         )
                     operations += 1
+                    if operations >= target:
+                        reached.set()  # the worker goes on: the kill lands mid-whatever
                     await asyncio.sleep(rng.random() * 0.01)
 
-        worker = asyncio.create_task(operate(cycle, stopping))
-        await asyncio.sleep(rng.uniform(0.2, 1.5))
-        daemon.kill()  # SIGKILL, mid-whatever
+        worker = asyncio.create_task(operate(cycle, target, stopping, reached))
+        waiter = asyncio.ensure_future(reached.wait())
+        async with asyncio.timeout(60):
+            await asyncio.wait({worker, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if worker.done():
+            worker.result()  # the worker failed: show why
+        await asyncio.sleep(plan.uniform(0, 0.3))
+        daemon.kill()  # SIGKILL
         stopping.set()
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
@@ -457,12 +470,13 @@ async def test_sigkill_at_random_moments_never_breaks_the_database(server_factor
                 await worker
     server.start_daemon()
     check_database(server)
-    assert operations >= 200, operations
+    assert operations >= cycles * 20, operations
 
 
 # --- soak ----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(900 if SLOW else 120)  # the long soak runs 10 minutes
 async def test_soak_agents_renewing_keep_the_daemon_flat(server_factory):
     from bench.harness import Worker, split  # noqa: PLC0415
 
