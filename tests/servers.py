@@ -485,3 +485,16 @@ def answering(server: Server) -> bool:
     from licensing import ctl  # noqa: PLC0415
 
     return ctl(server, "status", "--timeout", "2").returncode == 0
+
+
+def read_terminal(primary: int) -> str:
+    """Everything written to a pseudo-terminal until its last writer closes it."""
+    chunks = []
+    try:
+        while chunk := os.read(primary, 4096):
+            chunks.append(chunk)
+    except OSError:  # EIO: the process on the other side has exited
+        pass
+    finally:
+        os.close(primary)
+    return b"".join(chunks).decode(errors="replace")

@@ -29,6 +29,7 @@ from servers import (
     make_agent,
     raw_client,
     read_retained,
+    read_terminal,
     write_agent_config,
 )
 
@@ -244,19 +245,6 @@ async def test_unlock_on_a_terminal_counts_the_clients_down_live(server_factory,
     assert "\rWaiting for clients to shut down: 1/2 done" in screen
     assert "\rWaiting for clients to shut down: 2/2 done" in screen
     assert screen.index("1/2 done") < screen.index("2/2 done") < screen.index("All 2 clients")
-
-
-def read_terminal(primary: int) -> str:
-    """Everything written to a pseudo-terminal until its last writer closes it."""
-    chunks = []
-    try:
-        while chunk := os.read(primary, 4096):
-            chunks.append(chunk)
-    except OSError:  # EIO: the process on the other side has exited
-        pass
-    finally:
-        os.close(primary)
-    return b"".join(chunks).decode(errors="replace")
 
 
 async def test_the_supervisor_exits_with_the_childs_status_and_refuses_without_a_seat(

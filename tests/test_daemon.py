@@ -6,19 +6,21 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
+import pty
 import signal
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import CONFIG, run
+from conftest import CONFIG, command, run
 from floatkey import protocol
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.admin_client import AdminSession
 from licensing import NAME, ORG, ctl, issue, unlock
-from servers import raw_client, read_retained, read_state, required_tool
+from servers import raw_client, read_retained, read_state, read_terminal, required_tool
 
 pytestmark = pytest.mark.broker
 
@@ -66,6 +68,39 @@ async def test_unlock_happy_path_with_the_real_tools(server):
     assert "already active" in noop.stdout
     assert (await read_state(server)).generation == 3
     assert daemon.stop() == 0
+
+
+async def test_the_product_key_can_come_from_standard_input(server_factory):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    args = ("unlock", "--name", NAME, "--organization", ORG, "--config", str(server.config_path))
+
+    nothing = run("floatkeyctl", *args, input="")
+    assert nothing.returncode == 2
+    assert "no product key given" in nothing.stderr
+
+    piped = run("floatkeyctl", *args, input=issue(seats=2) + "\n")
+    assert piped.returncode == 0, piped.stderr
+    assert "successfully activated" in piped.stdout
+
+    # On a terminal: a prompt, and a key pasted over two lines (as from an e-mail).
+    key = issue(seats=3)
+    primary, secondary = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        command("floatkeyctl"),
+        *args,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    half = len(key) // 2
+    os.write(primary, f"{key[:half]}\n{key[half:]}\n".encode())
+    screen = await asyncio.to_thread(read_terminal, primary)
+    assert await process.wait() == 0, screen
+    assert "Product key (paste it, then press Enter):" in screen
+    assert "successfully activated: 3 seats" in screen
+    assert (await read_state(server)).license.seats == 3
 
 
 async def test_a_state_moved_to_another_topic_fails_verification(server):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -32,6 +33,7 @@ import msgspec
 
 from floatkey import protocol
 from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
+from floatkey.productkey import parse_product_key
 from floatkey.signing import create_private_key_file, load_private_key, public_key_text
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
 from floatkeyd.config import load_config
@@ -70,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     unlock = commands.add_parser("unlock", parents=[common], help="activate a product key")
     unlock.add_argument("--name", required=True, help="licensee name, as on the license")
     unlock.add_argument("--organization", required=True, help="organization, as on the license")
-    unlock.add_argument("--key", required=True, help="the product key")
+    unlock.add_argument(
+        "--key",
+        default="-",
+        help="the product key; '-' (the default) reads it from standard input, which keeps "
+        "it out of the process list and the shell history",
+    )
     unlock.add_argument(
         "--wait",
         type=float,
@@ -180,14 +187,48 @@ async def _wait_for_release(session: AdminSession, told: int, wait: float) -> bo
     return False
 
 
+def _product_key(given: str) -> str:
+    """The key from ``--key``, or from standard input for ``-``.
+
+    On a terminal it prompts and reads lines until they make a whole key (a key pasted
+    from an e-mail may be broken over lines) or an empty line; from a pipe, everything.
+    """
+    if given != "-":
+        return given
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    print("Product key (paste it, then press Enter):", file=sys.stderr, flush=True)
+    lines: list[str] = []
+    while True:
+        try:
+            line = input()
+        except EOFError:
+            break
+        if not line.strip():
+            if lines:
+                break
+            continue
+        lines.append(line)
+        with contextlib.suppress(ProductKeyError):
+            parse_product_key(" ".join(lines))
+            break  # a whole key; the daemon checks the rest
+    return " ".join(lines)
+
+
 async def _unlock(args: argparse.Namespace) -> int:
+    key = _product_key(args.key)
+    if not key.strip():
+        print(
+            "floatkeyctl: no product key given (--key KEY, or on standard input)", file=sys.stderr
+        )
+        return EXIT_USAGE
     async with await _session(args) as session:
         result = await session.send(
             protocol.AdminUnlock(
                 request_id=session.request_id(),
                 name=args.name,
                 organization=args.organization,
-                key=args.key,
+                key=key,
             )
         )
         if args.json:
