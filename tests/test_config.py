@@ -73,3 +73,32 @@ def test_bad_agent_configs_name_the_key(tmp_path):
     result = run("floatkey-agent", "run", "--config", str(path), "--", "true")
     assert result.returncode == 78
     assert "unknown field `colour`" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ca_text", "words"),
+    [
+        (None, "No such file or directory"),
+        ("not a certificate\n", "NO_CERTIFICATE_OR_CRL_FOUND"),
+    ],
+)
+def test_unusable_tls_files_are_refused_at_start_naming_the_setting(tmp_path, ca_text, words):
+    if ca_text is not None:
+        (tmp_path / "ca.pem").write_text(ca_text)
+    tls = '[broker]\nhost = "127.0.0.1"\n[broker.tls]\nca = "ca.pem"\n'
+    daemon = write(tmp_path, f'server = "s"\nvendor_public_key = "{VENDOR}"\n{tls}')
+    agent = tmp_path / "agent.toml"
+    agent.write_text(f'server = "s"\n{tls}')
+    for load in (load_config, load_agent_config):
+        with pytest.raises(ConfigError, match=r"\[broker.tls\] ca = 'ca.pem'") as refused:
+            load(daemon if load is load_config else agent)
+        assert words in refused.value.message
+    # The processes say it and stop with their configuration status, no traceback.
+    result = run("floatkeyd", "run", "--config", str(daemon))
+    assert result.returncode == 1
+    assert "[broker.tls] ca = 'ca.pem'" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run("floatkey-agent", "run", "--config", str(agent), "--", "true")
+    assert result.returncode == 78
+    assert "[broker.tls] ca = 'ca.pem'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -42,7 +42,7 @@ import structlog
 from floatkey import protocol
 from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
-from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.protocol import (
     SeatDenied,
     SeatGranted,
@@ -379,7 +379,7 @@ class Agent:
                     backoff = _BACKOFF_START
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ConfigError) as exc:  # ConfigError: TLS files gone
                 self._broker_error = str(exc)
                 log.info("broker connection lost", client=self.client_id, error=str(exc))
             finally:

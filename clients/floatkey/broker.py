@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, TypeVar
 import aiomqtt
 import msgspec
 
+from floatkey.errors import ConfigError
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable
     from pathlib import Path
@@ -33,11 +35,32 @@ class TLSOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     key: str | None = None
 
     def context(self, base: Path) -> ssl.SSLContext:
-        """Return the SSL context; relative paths are taken from ``base``."""
-        context = ssl.create_default_context(cafile=str(base / self.ca) if self.ca else None)
+        """Return the SSL context; relative paths are taken from ``base``.
+
+        Raises ``ConfigError`` naming the setting when a file cannot be read or used.
+        """
+        try:
+            context = ssl.create_default_context(cafile=str(base / self.ca) if self.ca else None)
+        except OSError as exc:  # ssl.SSLError included: not a certificate
+            raise ConfigError(
+                f"[broker.tls] ca = {self.ca!r}: cannot use {base / str(self.ca)} as the CA "
+                f"bundle ({_why(exc)}). Name a PEM file with the CA that signed the broker's "
+                "certificate."
+            ) from None
         if self.cert:
-            context.load_cert_chain(base / self.cert, base / self.key if self.key else None)
+            try:
+                context.load_cert_chain(base / self.cert, base / self.key if self.key else None)
+            except OSError as exc:
+                raise ConfigError(
+                    f"[broker.tls] cert = {self.cert!r}, key = {self.key!r}: cannot use them as "
+                    f"the client certificate ({_why(exc)}). Name PEM files of a certificate "
+                    "and its private key."
+                ) from None
         return context
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or str(error)
 
 
 class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -73,6 +96,7 @@ def connect(
 
     3.1.1 because the embedded broker speaks nothing newer; the protocol needs no more.
     ``max_queued_incoming`` bounds memory when a flood arrives faster than it is handled.
+    Raises ``ConfigError`` when the TLS files cannot be used (checked at load as well).
     """
     return aiomqtt.Client(
         options.host,

@@ -72,4 +72,7 @@ class LoadedAgentConfig:
 def load_agent_config(path: Path) -> LoadedAgentConfig:
     """Read and validate an agent config file. Raises ``ConfigError``."""
     path = Path(path).absolute()
-    return LoadedAgentConfig(config=load_toml(path, AgentConfig), base=path.parent)
+    loaded = LoadedAgentConfig(config=load_toml(path, AgentConfig), base=path.parent)
+    if loaded.config.broker.tls is not None:
+        loaded.config.broker.tls.context(loaded.base)  # unusable TLS files: refuse now
+    return loaded

@@ -146,4 +146,7 @@ class LoadedConfig:
 def load_config(path: Path) -> LoadedConfig:
     """Read and validate a daemon config file. Raises ``ConfigError``."""
     path = Path(path).absolute()
-    return LoadedConfig(path=path, config=load_toml(path, DaemonConfig))
+    loaded = LoadedConfig(path=path, config=load_toml(path, DaemonConfig))
+    if loaded.config.broker is not None and loaded.config.broker.tls is not None:
+        loaded.config.broker.tls.context(loaded.base)  # unusable TLS files: refuse now
+    return loaded

@@ -32,7 +32,7 @@ import structlog
 from floatkey import protocol
 from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
-from floatkey.errors import ProductKeyError
+from floatkey.errors import ConfigError, ProductKeyError
 from floatkey.logs import redact
 from floatkey.productkey import ProductKey, parse_product_key, verify_product_key
 from floatkey.protocol import (
@@ -371,7 +371,7 @@ class Daemon:
                     else:
                         self.notifier.status(self._status_line())
                     await self._consume(client, stop)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ConfigError) as exc:  # ConfigError: TLS files gone
                 self._client = None
                 if self._offline_since is None:
                     self._offline_since = self._now()
