@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from conftest import CONFIG, run
@@ -101,4 +103,33 @@ def test_unusable_tls_files_are_refused_at_start_naming_the_setting(tmp_path, ca
     result = run("floatkey-agent", "run", "--config", str(agent), "--", "true")
     assert result.returncode == 78
     assert "[broker.tls] ca = 'ca.pem'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_state_directory_or_a_taken_port_is_one_sentence(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = write(
+        tmp_path,
+        f'server = "s"\nvendor_public_key = "{VENDOR}"\nstate_dir = "{blocker}/state"\n',
+    )
+    result = run("floatkeyd", "run", "--config", str(path))
+    assert result.returncode == 1
+    assert f"state_dir = '{blocker}/state': cannot use it as the state directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(
+            tmp_path,
+            f'server = "s"\nvendor_public_key = "{VENDOR}"\nstate_dir = "{tmp_path}/state"\n'
+            f"[embedded_broker]\nport = {port}\n",
+        )
+        result = run("floatkeyd", "run", "--config", str(path))
+    assert result.returncode == 1
+    assert f"[embedded_broker] cannot listen on 127.0.0.1:{port} (Address already in use)" in (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any
+
+from floatkey.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -32,6 +35,7 @@ class _SnapshotDict(dict[Any, Any]):
 async def embedded_broker(host: str, port: int) -> AsyncIterator[None]:
     """Run an amqtt broker on ``host:port`` (MQTT 3.1.1, anonymous) for the block."""
     from amqtt.broker import Broker  # noqa: PLC0415 - only a daemon without a broker needs it
+    from amqtt.errors import BrokerError  # noqa: PLC0415
 
     for name in ("amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -43,7 +47,19 @@ async def embedded_broker(host: str, port: int) -> AsyncIterator[None]:
     }
     broker = Broker(config)
     broker._subscriptions = _SnapshotDict()  # noqa: SLF001 - see _SnapshotDict
-    await broker.start()
+    amqtt_log = logging.getLogger("amqtt.broker")
+    amqtt_log.disabled = True  # a failed start is reported below, in one sentence
+    try:
+        await broker.start()
+    except BrokerError as exc:
+        cause = exc.__cause__
+        why = os.strerror(cause.errno) if isinstance(cause, OSError) and cause.errno else str(exc)
+        raise ConfigError(
+            f"[embedded_broker] cannot listen on {host}:{port} ({why}). Is another floatkeyd "
+            "or an MQTT broker using that port? Stop it, or set another `port`."
+        ) from None
+    finally:
+        amqtt_log.disabled = False
     try:
         yield
     finally:

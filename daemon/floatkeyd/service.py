@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import random
 import time
 from collections import Counter
@@ -64,6 +65,7 @@ from floatkeyd.store import AuditEntry, Store, StoredLicense
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -165,6 +167,7 @@ class Daemon:
 
     async def _start(self) -> None:
         state_dir = self.loaded.state_dir
+        _prepare_state_dir(state_dir)
         identity, created = load_or_create_identity(state_dir)
         self._signer = Signer(identity)
         public = public_key_text(identity.public_key())
@@ -984,6 +987,21 @@ class Daemon:
     async def wait_ready(self) -> None:
         """Return once the broker connection and the state publication are up."""
         await self._ready.wait()
+
+
+def _prepare_state_dir(path: Path) -> None:
+    """Create the state directory (0700) or say clearly why it cannot be used."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        usable = os.access(path, os.W_OK | os.X_OK)
+        why = "not writable by this user"
+    except OSError as exc:
+        usable, why = False, exc.strerror or str(exc)
+    if not usable:
+        raise ConfigError(
+            f"state_dir = '{path}': cannot use it as the state directory ({why}). Name a "
+            "directory floatkeyd may create and write (under systemd: StateDirectory=)."
+        )
 
 
 async def _sleep_or_stop(delay: float, stop: asyncio.Event) -> None:
