@@ -7,6 +7,7 @@ import socket
 import pytest
 
 from conftest import CONFIG, run
+from floatkey.agent import Agent
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError
 from floatkeyd.config import load_config
@@ -132,4 +133,18 @@ def test_an_unusable_state_directory_or_a_taken_port_is_one_sentence(tmp_path):
     assert f"[embedded_broker] cannot listen on 127.0.0.1:{port} (Address already in use)" in (
         result.stderr
     )
+    assert "Traceback" not in result.stderr
+
+
+async def test_an_agent_that_cannot_keep_a_pinned_key_refuses_to_start(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "agent.toml"
+    path.write_text(f'server = "s"\nstate_file = "{blocker}/known.json"\n')
+    agent = Agent(load_agent_config(path))  # no server_key: it would trust on first use
+    with pytest.raises(ConfigError, match="cannot keep the pinned server key there"):
+        async with agent:
+            pass
+    result = run("floatkey-agent", "run", "--config", str(path), "--", "true")
+    assert result.returncode == 78
     assert "Traceback" not in result.stderr

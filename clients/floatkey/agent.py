@@ -141,7 +141,9 @@ class Agent:
     """A licensed client. ``async with Agent(loaded_config) as agent:``.
 
     Entering connects, requests a seat and returns once the daemon answered (granted or
-    denied), or raises ``NoAnswer`` after ``request_timeout`` seconds. Leaving runs the
+    denied), or raises ``NoAnswer`` after ``request_timeout`` seconds, ``ServerKeyChanged``
+    when the server's key is not the pinned one, ``ConfigError`` when the server key is
+    to be trusted on first use and ``state_file`` cannot keep it. Leaving runs the
     shutdown hooks if a stop was requested, releases the seat and disconnects.
     """
 
@@ -257,6 +259,8 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._server_key is None:
+            self._check_state_file()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._children = [
@@ -666,6 +670,22 @@ class Agent:
             else {}
         )
 
+    def _check_state_file(self) -> None:
+        """Refuse to start trusting on first use where the pin could not be kept."""
+        folder = self._loaded.state_path().parent
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            usable = os.access(folder, os.W_OK | os.X_OK)
+            why = "not writable by this user"
+        except OSError as exc:
+            usable, why = False, exc.strerror or str(exc)
+        if not usable:
+            raise ConfigError(
+                f"state_file = '{self._loaded.state_path()}': cannot keep the pinned server "
+                f"key there ({why}). Set state_file to a writable path, or pin the server's "
+                "key with server_key."
+            )
+
     def _load_pinned_key(self) -> None:
         text = self._known_servers().get(self.topics.root)
         if text:
@@ -686,7 +706,15 @@ class Agent:
             fingerprint=key_id(key),
             state_file=str(path),
         )
-        _write_private_json(path, {"servers": known})
+        try:
+            _write_private_json(path, {"servers": known})
+        except OSError as exc:  # checked at start; it went away since
+            log.error(  # noqa: TRY400 - the reason is enough; a traceback is noise here
+                "cannot save the pinned server key; it is trusted for this run only",
+                client=self.client_id,
+                state_file=str(path),
+                error=exc.strerror or str(exc),
+            )
 
     def check_server_key(self) -> None:
         """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
