@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -275,6 +276,7 @@ class Environment:
                 process.stop(10)
         if self.mosquitto is not None:
             self.mosquitto.cleanup()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def rss_bytes(pid: int) -> int:

@@ -290,6 +290,7 @@ async def _lease_load(env: Environment, action: str, tokens: dict[str, str], cou
         identifier=f"loader-{action}",
         base=Path.cwd(),
         max_queued_incoming=100_000,
+        max_in_flight=1_000,  # a window of 500 requests in flight is the point
     ) as client:
         await client.subscribe(f"{topics.root}/clients/+", qos=1)
         ids = [f"lease-{i}" for i in range(count)]

@@ -181,6 +181,7 @@ async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
         identifier=spec["prefix"] + "-responder",
         base=Path.cwd(),
         max_queued_incoming=100_000,
+        max_in_flight=2_000,  # pipelined like the daemon's replies
     ) as client:
         await client.subscribe(f"{spec['root']}/+/req", qos=1)
         sender = asyncio.create_task(send(client))

@@ -84,21 +84,24 @@ class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def connect(
+def connect(  # noqa: PLR0913 - keyword-only tuning of one connection
     options: BrokerOptions,
     *,
     identifier: str,
     base: Path,
     will: aiomqtt.Will | None = None,
     max_queued_incoming: int = 10_000,
+    max_in_flight: int = 10,
 ) -> aiomqtt.Client:
     """Return an unconnected aiomqtt client (use ``async with``), MQTT 3.1.1, TCP_NODELAY.
 
     3.1.1 because the embedded broker speaks nothing newer; the protocol needs no more.
     ``max_queued_incoming`` bounds memory when a flood arrives faster than it is handled.
+    ``max_in_flight``: how many unacknowledged publishes are normal for this client;
+    aiomqtt logs a warning for every publish beyond it.
     Raises ``ConfigError`` when the TLS files cannot be used (checked at load as well).
     """
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         options.host,
         options.port,
         username=options.username,
@@ -113,6 +116,8 @@ def connect(
         max_queued_incoming_messages=max_queued_incoming,
         timeout=10,
     )
+    client.pending_calls_threshold = max_in_flight
+    return client
 
 
 async def settled(operation: Awaitable[T]) -> T:

@@ -48,5 +48,23 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # amqtt logs through the standard library; keep its chatter out of our journal.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # aiomqtt, amqtt and asyncio log through the standard library: their warnings go
+    # through the same renderer, so a JSON log stays all JSON lines for the journal.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)

@@ -354,6 +354,8 @@ class Daemon:
                     identifier=identifier,
                     base=self.loaded.base,
                     max_queued_incoming=50_000,
+                    # Replies are pipelined a batch at a time, beside events and admin replies.
+                    max_in_flight=2 * _REPLY_BATCH,
                 ) as client:
                     await client.subscribe(self.topics.seats_wildcard, qos=1)
                     await client.subscribe(self.topics.admin_request, qos=1)
