@@ -352,7 +352,7 @@ class Agent:
         body = SeatRelease(client=self.client_id, lease=self._grant.lease)
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             await client.publish(
-                self.topics.seat(self.client_id, "release"), protocol.encode(body), qos=1, timeout=2
+                self.topics.seat(self.client_id, "release"), protocol.encode(body), qos=0, timeout=2
             )
         log.info("seat released", client=self.client_id)
 
