@@ -148,3 +148,15 @@ async def test_an_agent_that_cannot_keep_a_pinned_key_refuses_to_start(tmp_path)
     result = run("floatkey-agent", "run", "--config", str(path), "--", "true")
     assert result.returncode == 78
     assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_database_stops_the_daemon_with_a_sentence_not_a_hang(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "floatkeyd.db").write_bytes(b"this is not SQLite " * 300)
+    path = write(tmp_path, f'server = "s"\nvendor_public_key = "{VENDOR}"\nstate_dir = "{state}"\n')
+    result = run("floatkeyd", "run", "--config", str(path), timeout=20)  # it used to hang
+    assert result.returncode == 1
+    assert "cannot be used (file is not a database)" in result.stderr
+    assert "restore it from a backup" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -476,6 +477,44 @@ async def test_sigkill_at_random_moments_never_breaks_the_database(server_factor
     server.start_daemon()
     check_database(server)
     assert operations >= cycles * 20, operations
+
+
+async def test_a_database_that_cannot_be_written_refuses_and_loses_nothing(
+    server_factory, tmp_path
+):
+    """Disk full, or another program holding the database: refuse, retry, never crash."""
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    before = await read_state(server)
+    blocker = sqlite3.connect(server.state_dir / "floatkeyd.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # every write of the daemon now fails (busy)
+    try:
+        refused = await asyncio.to_thread(unlock, server, issue(seats=5))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "Refused (store_failed)" in refused.stderr
+        assert "could not write its database" in refused.stderr
+        # A seat granted meanwhile lives in memory; its write waits for the database.
+        late = make_agent(server, tmp_path, "late")
+        await late.__aenter__()
+        assert late.has_seat
+    finally:
+        blocker.rollback()
+        blocker.close()
+    try:
+        after = await read_state(server)
+        assert (after.generation, after.license.seats) == (before.generation, 3)
+        assert daemon.process.poll() is None
+
+        def lease_written() -> bool:
+            with contextlib.closing(server.db()) as db:
+                rows = db.execute("SELECT client FROM leases").fetchall()
+            return (late.client_id,) in rows
+
+        await eventually(lease_written, within=15)
+        assert unlock(server, issue(seats=5)).returncode == 0  # and it works again
+    finally:
+        await late.__aexit__(None, None, None)
 
 
 # --- soak ----------------------------------------------------------------------------------

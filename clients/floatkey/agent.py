@@ -709,7 +709,7 @@ class Agent:
         try:
             _write_private_json(path, {"servers": known})
         except OSError as exc:  # checked at start; it went away since
-            log.error(  # noqa: TRY400 - the reason is enough; a traceback is noise here
+            log.error(
                 "cannot save the pinned server key; it is trusted for this run only",
                 client=self.client_id,
                 state_file=str(path),

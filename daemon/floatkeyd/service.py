@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import os
 import random
+import sqlite3
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -81,6 +82,7 @@ MAX_CLOCK_SKEW_MS = 60_000
 # Capped low: after a broker outage everyone should be back within seconds of its return.
 _BACKOFF_START, _BACKOFF_CAP = 0.25, 4.0
 _OUTBOX_SIZE, _REPLY_BATCH = 20_000, 1_000
+_STORE_RETRY_S = 1.0  # after a failed database write (disk full, locked)
 _FLUSH_DELAY = 0.05
 
 
@@ -713,14 +715,29 @@ class Daemon:
                 if isinstance(command, AdminUnlock)
                 else {}
             )
-            await self.store.audit(
-                AuditEntry(kid, str(action), "refused", refusal.reason, detail), now
-            )
+            try:
+                await self.store.audit(
+                    AuditEntry(kid, str(action), "refused", refusal.reason, detail), now
+                )
+            except sqlite3.Error as exc:  # the refusal stands; say it was not audited
+                log.error("refusal not audited: database error", action=action, error=str(exc))
             result = AdminResult(
                 request_id=command.request_id,
                 ok=False,
                 reason=refusal.reason,
                 message=refusal.message,
+            )
+        except sqlite3.Error as exc:
+            # Disk full, database locked by another program, ...: the transaction was
+            # rolled back and nothing in memory changed; the administrator hears why.
+            log.error("admin command failed: database error", action=action, error=str(exc))
+            result = AdminResult(
+                request_id=command.request_id,
+                ok=False,
+                reason="store_failed",
+                message=f"The license server could not write its database ({exc}); nothing "
+                "was changed. Check the server's disk (space, permissions, other programs "
+                "holding the database) and try again.",
             )
         await self._admin_reply(result)
 
@@ -789,10 +806,14 @@ class Daemon:
             features=key.features,
             activated_at=now,
         )
-        self._key = key
-        told = await self._change_license(
-            "licensed", stored, kid, "admin.unlock", now, outcome="accepted"
-        )
+        previous, self._key = self._key, key
+        try:
+            told = await self._change_license(
+                "licensed", stored, kid, "admin.unlock", now, outcome="accepted"
+            )
+        except BaseException:
+            self._key = previous  # the store refused the change: nothing changed
+            raise
         log.info(
             "license activated",
             serial=key.serial,
@@ -918,12 +939,19 @@ class Daemon:
             self._license_changed.clear()
             deadline = _expiry_instant_ms(self._key) if self._key else None
             now = self._now()
-            if deadline is not None and self._status == "licensed" and now >= deadline:
-                log.warning("license expired", serial=self._key.serial if self._key else None)
-                told = await self._change_license("expired", None, "system", "license.expired", now)
-                await self._publish_state("license.expired", told)
+            try:
+                if deadline is not None and self._status == "licensed" and now >= deadline:
+                    log.warning("license expired", serial=self._key.serial if self._key else None)
+                    told = await self._change_license(
+                        "expired", None, "system", "license.expired", now
+                    )
+                    await self._publish_state("license.expired", told)
+                    continue
+                await self.store.set_latest_time(now)
+            except sqlite3.Error as exc:
+                log.error("database write failed; retrying", task="license-expiry", error=str(exc))
+                await asyncio.sleep(_STORE_RETRY_S)
                 continue
-            await self.store.set_latest_time(now)
             wait = 600.0 if deadline is None else min(600.0, max(0.0, (deadline - now) / 1000))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait + 0.001):
@@ -937,7 +965,13 @@ class Daemon:
             # lost in a crash is only a `seat.lost` and a new request for its agent.
             await asyncio.sleep(_FLUSH_DELAY)
             self._staged.clear()
-            await self.store.flush_leases()
+            try:
+                await self.store.flush_leases()
+            except sqlite3.Error as exc:
+                # The changes stay staged (see Store.flush_leases) and go with the next try.
+                log.error("database write failed; retrying", task="lease-flush", error=str(exc))
+                await asyncio.sleep(_STORE_RETRY_S)
+                self._staged.set()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

@@ -16,11 +16,13 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
 
+from floatkey.errors import StoreError
 from floatkeyd.ledger import Lease
 
 if TYPE_CHECKING:
@@ -163,10 +165,12 @@ class Store:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # Also after a failed COMMIT (disk full, locked): never leave it open.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -176,12 +180,26 @@ class Store:
         if fresh:
             # Created 0600 before SQLite touches it: the database holds the product key.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        store = cls(db)
-        await store._migrate()
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the database {path}: {exc}.") from None
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db)
+            await store._migrate()
+        except sqlite3.DatabaseError as exc:
+            await db.close()  # its thread would keep the process alive
+            raise StoreError(
+                f"The database {path} cannot be used ({exc}). If it is damaged, restore it "
+                "from a backup; moving it away starts the server unlicensed, and the product "
+                "key must be entered again."
+            ) from None
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -399,13 +417,18 @@ class Store:
         staged, self._staged = self._staged, {}
         upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
         deletes = [(client,) for client, lease in staged.items() if lease is None]
-        async with self._transaction():
-            await self._db.executemany(
-                f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                upserts,
-            )
-            await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+        try:
+            async with self._transaction():
+                await self._db.executemany(
+                    f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    upserts,
+                )
+                await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+        except BaseException:
+            # Not written: stage them again, under anything staged since (newer).
+            self._staged = staged | self._staged
+            raise
         return len(staged)
 
 
