@@ -344,6 +344,20 @@ async def test_sigterm_stops_cleanly_and_notifies_systemd(server):
     assert daemon.wait_exit(5) == 0
 
 
+async def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(server):
+    first = server.start_daemon()
+    # Two ledgers over one database would each grant every seat: an oversell.
+    second = run("floatkeyd", "run", "--config", str(server.config_path), timeout=20)
+    assert second.returncode == 1
+    assert "Another floatkeyd is already serving" in second.stderr
+    assert f"pid {first.process.pid}" in second.stderr
+    assert first.process.poll() is None
+    assert unlock(server, issue(seats=1)).returncode == 0  # the first one still serves
+    assert first.stop() == 0
+    third = server.start_daemon()  # the lock went with the first
+    assert third.process.poll() is None
+
+
 async def test_status_and_clients_as_tables_and_json(server):
     server.start_daemon()
     table = ctl(server, "status")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import random
 import sqlite3
@@ -34,7 +35,7 @@ import structlog
 from floatkey import protocol
 from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
-from floatkey.errors import ConfigError, ProductKeyError
+from floatkey.errors import ConfigError, ProductKeyError, StoreError
 from floatkey.logs import redact
 from floatkey.productkey import ProductKey, parse_product_key, verify_product_key
 from floatkey.protocol import (
@@ -72,11 +73,12 @@ if TYPE_CHECKING:
 
     from floatkeyd.config import LoadedConfig
 
-__all__ = ["DB_FILE", "Daemon"]
+__all__ = ["DB_FILE", "LOCK_FILE", "Daemon"]
 
 log = structlog.get_logger("floatkeyd")
 
 DB_FILE = "floatkeyd.db"
+LOCK_FILE = "floatkeyd.lock"  # held (flock) by the one daemon serving the state directory
 #: Admin commands whose ``ts`` is further than this from the daemon's clock are refused.
 MAX_CLOCK_SKEW_MS = 60_000
 # Capped low: after a broker outage everyone should be back within seconds of its return.
@@ -138,6 +140,7 @@ class Daemon:
         # Seat replies waiting for the `replies` task; bounded, so a flood cannot grow it.
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=_OUTBOX_SIZE)
         self._idle = False
+        self._lock_fd = -1  # the state directory lock, taken at start
         self._offline_since: int | None = None
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
@@ -170,6 +173,7 @@ class Daemon:
     async def _start(self) -> None:
         state_dir = self.loaded.state_dir
         _prepare_state_dir(state_dir)
+        self._lock_fd = _take_state_lock(state_dir)
         identity, created = load_or_create_identity(state_dir)
         self._signer = Signer(identity)
         public = public_key_text(identity.public_key())
@@ -1018,11 +1022,34 @@ class Daemon:
         finally:
             await self.store.close()
             self.notifier.close()
+            os.close(self._lock_fd)  # releases the state directory for the next daemon
             log.info("stopped", drops=dict(self.drops))
 
     async def wait_ready(self) -> None:
         """Return once the broker connection and the state publication are up."""
         await self._ready.wait()
+
+
+def _take_state_lock(state_dir: Path) -> int:
+    """Hold the state directory for the life of this process; return the lock's fd.
+
+    Two daemons over one database would each keep a ledger and grant every seat: an
+    oversell. ``flock`` goes with the process, however it ends.
+    """
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"Another floatkeyd is already serving {state_dir} (pid {holder}). One daemon "
+            "per state directory: two would each grant every seat. Stop the other one "
+            "first (systemctl stop floatkeyd)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _prepare_state_dir(path: Path) -> None:
