@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from typing import TYPE_CHECKING, TypeVar
 
@@ -28,3 +29,12 @@ def load_toml(path: Path, kind: type[T]) -> T:
     except msgspec.ValidationError as exc:
         # msgspec names the key: "Object contains unknown field `x` - at `$.broker`".
         raise ConfigError(f"{path}: {exc}.") from None
+
+
+def private_directory_problem(path: Path) -> str | None:
+    """Create ``path`` (0700) if needed; return why it cannot be written, or ``None``."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if os.access(path, os.W_OK | os.X_OK) else "not writable by this user"

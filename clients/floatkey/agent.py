@@ -40,6 +40,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
+from floatkey._configfile import private_directory_problem
 from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
@@ -672,14 +673,8 @@ class Agent:
 
     def _check_state_file(self) -> None:
         """Refuse to start trusting on first use where the pin could not be kept."""
-        folder = self._loaded.state_path().parent
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            usable = os.access(folder, os.W_OK | os.X_OK)
-            why = "not writable by this user"
-        except OSError as exc:
-            usable, why = False, exc.strerror or str(exc)
-        if not usable:
+        why = private_directory_problem(self._loaded.state_path().parent)
+        if why is not None:
             raise ConfigError(
                 f"state_file = '{self._loaded.state_path()}': cannot keep the pinned server "
                 f"key there ({why}). Set state_file to a writable path, or pin the server's "

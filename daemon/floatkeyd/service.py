@@ -33,6 +33,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
+from floatkey._configfile import private_directory_problem
 from floatkey.broker import connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
 from floatkey.errors import ConfigError, ProductKeyError, StoreError
@@ -1054,13 +1055,8 @@ def _take_state_lock(state_dir: Path) -> int:
 
 def _prepare_state_dir(path: Path) -> None:
     """Create the state directory (0700) or say clearly why it cannot be used."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        usable = os.access(path, os.W_OK | os.X_OK)
-        why = "not writable by this user"
-    except OSError as exc:
-        usable, why = False, exc.strerror or str(exc)
-    if not usable:
+    why = private_directory_problem(path)
+    if why is not None:
         raise ConfigError(
             f"state_dir = '{path}': cannot use it as the state directory ({why}). Name a "
             "directory floatkeyd may create and write (under systemd: StateDirectory=)."
