@@ -143,6 +143,7 @@ class Daemon:
         self._idle = False
         self._lock_fd = -1  # the state directory lock, taken at start
         self._offline_since: int | None = None
+        self._broker_back = asyncio.Event()  # set by _after_outage, for the lease-expiry task
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
         # Filled in by run(): nothing below is valid before the store is open.
@@ -387,6 +388,7 @@ class Daemon:
                 self._client = None
                 if self._offline_since is None:
                     self._offline_since = self._now()
+                    self._broker_back.clear()
                 if stop.is_set():
                     break
                 delay = random.uniform(backoff / 2, backoff)  # noqa: S311 - jitter, not crypto
@@ -413,6 +415,7 @@ class Daemon:
         since, self._offline_since = self._offline_since, None
         if since is None:
             return
+        self._broker_back.set()
         outage = self._now() - since
         extended = self.ledger.extend_all(outage + self.config.will_grace_seconds * 1000)
         for lease in extended:
@@ -917,7 +920,7 @@ class Daemon:
         while True:
             if self._offline_since is not None:
                 # Without a broker nobody can renew: expire nothing until it is back.
-                await asyncio.sleep(0.5)
+                await self._broker_back.wait()
                 continue
             self._expiry_moved.clear()
             nxt = self.ledger.next_expiry()
@@ -950,7 +953,10 @@ class Daemon:
                     told = await self._change_license(
                         "expired", None, "system", "license.expired", now
                     )
-                    await self._publish_state("license.expired", told)
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        # Broker gone meanwhile: the new state is published on reconnect
+                        # (agents read it then), so this task must not die of it.
+                        await self._publish_state("license.expired", told)
                     continue
                 await self.store.set_latest_time(now)
             except sqlite3.Error as exc:
