@@ -40,8 +40,8 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey._configfile import private_directory_problem
 from floatkey.broker import connect, connection_advice, settled
+from floatkey.configfile import private_directory_problem
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.protocol import (

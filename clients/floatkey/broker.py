@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 from typing import TYPE_CHECKING, TypeVar
@@ -18,7 +19,14 @@ if TYPE_CHECKING:
 
     from aiomqtt.types import SocketOption
 
-__all__ = ["BrokerOptions", "TLSOptions", "connect", "connection_advice", "settled"]
+__all__ = [
+    "Backoff",
+    "BrokerOptions",
+    "TLSOptions",
+    "connect",
+    "connection_advice",
+    "settled",
+]
 
 T = TypeVar("T")
 
@@ -82,6 +90,33 @@ class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def describe(self) -> str:
         """``mqtt://host:port`` or ``mqtts://host:port``, for status output."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+class Backoff:
+    """Capped, jittered exponential back-off between reconnection attempts.
+
+    Shared by the daemon and the agents. Capped low: after a broker outage every client
+    should be back within seconds of its return. Jittered (each delay drawn from the
+    upper half of the current step), so a thousand agents cut off together do not all
+    knock on the broker in the same instant.
+    """
+
+    def __init__(self, start: float = 0.25, cap: float = 4.0) -> None:
+        if not 0 < start <= cap:
+            msg = f"back-off needs 0 < start <= cap, not {start} and {cap}"
+            raise ValueError(msg)
+        self._start, self._cap = start, cap
+        self._step = start
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call doubles the step, up to the cap."""
+        delay = random.uniform(self._step / 2, self._step)  # noqa: S311 - jitter, not crypto
+        self._step = min(self._step * 2, self._cap)
+        return delay
+
+    def reset(self) -> None:
+        """A connection succeeded: the next failure starts from the shortest delay."""
+        self._step = self._start
 
 
 def connect(  # noqa: PLR0913 - keyword-only tuning of one connection

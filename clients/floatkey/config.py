@@ -8,8 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from floatkey._configfile import load_toml
 from floatkey.broker import BrokerOptions
+from floatkey.configfile import load_toml
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
 

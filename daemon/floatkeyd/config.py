@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from floatkey._configfile import load_toml
 from floatkey.broker import BrokerOptions
+from floatkey.configfile import load_toml
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
 

@@ -33,8 +33,8 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey._configfile import private_directory_problem
 from floatkey.broker import connect, connection_advice, settled
+from floatkey.configfile import private_directory_problem
 from floatkey.envelope import EnvelopeError, Signer, open_envelope, peek_kid
 from floatkey.errors import ConfigError, ProductKeyError, StoreError
 from floatkey.logs import redact

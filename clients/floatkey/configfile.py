@@ -1,4 +1,7 @@
-"""Reading TOML configuration into typed structs, with errors that name the key."""
+"""Reading TOML configuration into typed structs, with errors that name the key.
+
+Shared by the daemon and the agent (both read TOML and keep private directories).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from floatkey.errors import ConfigError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+__all__ = ["load_toml", "private_directory_problem"]
 
 T = TypeVar("T")
 
