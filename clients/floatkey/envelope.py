@@ -64,7 +64,8 @@ class Signer:
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
-        self.kid = key_id(key.public_key())
+        self.public_key = key.public_key()
+        self.kid = key_id(self.public_key)
 
     def seal(self, topic: str, body: bytes) -> bytes:
         """Return the envelope carrying ``body`` for publication on ``topic``."""

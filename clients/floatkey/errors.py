@@ -17,11 +17,12 @@ and in exit codes) and ``message``, a sentence a customer can act on.
     │   └── SeatsOutOfRange              seats_out_of_range: seats outside 1..100000
     ├── KeyFileError                     key_file: a key file is missing, unreadable or unsafe
     ├── ConfigError                      config: a configuration file is unreadable or wrong
-    ├── StoreError                       store: the daemon's database cannot be opened or used
     └── AgentError                       the client agent cannot do what was asked
         ├── NoAnswer                     no_answer: broker or license server unreachable in time
         ├── ServerKeyChanged             server_key_changed: the server's key is not the pinned one
         └── FeatureNotLicensed           feature_not_licensed: the license lacks a feature
+
+The daemon's own errors (``StoreError``, ``Refused``) live in ``floatkeyd.errors``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ __all__ = [
     "ProductKeyError",
     "SeatsOutOfRange",
     "ServerKeyChanged",
-    "StoreError",
     "UnknownKeyFormat",
     "WrongProductVersion",
 ]
@@ -128,12 +128,6 @@ class KeyFileError(FloatkeyError):
     """A signing key file is missing, unreadable, malformed or not private enough."""
 
     reason: ClassVar[str] = "key_file"
-
-
-class StoreError(FloatkeyError):
-    """The daemon's SQLite database cannot be opened, is damaged, or is not floatkeyd's."""
-
-    reason: ClassVar[str] = "store"
 
 
 class ConfigError(FloatkeyError):

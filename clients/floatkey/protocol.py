@@ -136,9 +136,6 @@ class SeatRelease(_Body, tag="seat.release"):
     lease: str | None = None
 
 
-AgentToDaemon = SeatRequest | SeatRenew | SeatRelease
-
-
 # --- daemon -> one agent (signed) ----------------------------------------------------
 
 
@@ -155,10 +152,10 @@ class SeatGranted(_Body, tag="seat.granted"):
 
 
 class SeatDenied(_Body, tag="seat.denied"):
-    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``bad_request``."""
+    """No seat: ``reason`` is ``seats_exhausted`` or ``expired``."""
 
     nonce: str
-    reason: Literal["seats_exhausted", "expired", "bad_request", "rate_limited"]
+    reason: Literal["seats_exhausted", "expired"]
     message: str
     seats: int
     in_use: int
@@ -249,6 +246,8 @@ class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dropped: dict[str, int] = msgspec.field(default_factory=dict)
     #: asyncio tasks in the daemon (flat under load; a leak shows here).
     tasks: int = 0
+    #: Admin keys the daemon trusts now (after a SIGHUP reload, say).
+    admin_keys: int = 0
 
 
 class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

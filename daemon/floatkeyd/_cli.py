@@ -19,7 +19,8 @@ from floatkey.logs import configure_logging
 from floatkey.protocol import now_ms
 from floatkey.signing import key_id, parse_public_key, public_key_text
 from floatkeyd.config import load_config
-from floatkeyd.service import DB_FILE, Daemon
+from floatkeyd.service import open_daemon
+from floatkeyd.statedir import DB_FILE
 from floatkeyd.store import Store
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
@@ -31,6 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    run.add_argument(
+        "--state-dir", type=Path, help="use this state directory instead of the config's"
+    )
+    run.add_argument(
+        "--embedded-port",
+        type=int,
+        metavar="PORT",
+        help="run the embedded broker on this port instead of the config's",
+    )
     admin = commands.add_parser("admin-key", help="manage the admin keys this server trusts")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add = admin_commands.add_parser("add", help="authorize an admin public key")
@@ -41,10 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config_path: Path) -> int:
-    loaded = load_config(config_path)
+async def _serve(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, state_dir=args.state_dir, embedded_port=args.embedded_port)
     configure_logging(loaded.config.log_level, loaded.config.log_format)
-    daemon = Daemon(loaded)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -56,19 +65,12 @@ async def _serve(config_path: Path) -> int:
         log.info("signal received; stopping", signal=signal.Signals(signum).name)
         stop.set()
 
-    reloads: set[asyncio.Task[None]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(daemon.reload_admin_keys(), name="reload-admin-keys")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await daemon.run(stop)
-    for task in reloads:
-        task.cancel()
+    async with open_daemon(loaded) as daemon:
+        # The reload runs in the daemon's own admin-reload task, which logs its errors.
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+        await daemon.serve(stop)
     return 0
 
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return asyncio.run(_serve(args.config))
+            return asyncio.run(_serve(args))
         return asyncio.run(_admin_key(args))
     except FloatkeyError as exc:
         print(f"floatkeyd: {exc.message}", file=sys.stderr)

@@ -18,7 +18,7 @@ from floatkey.broker import connect, connection_advice
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.errors import FloatkeyError
 from floatkey.signing import key_id, parse_public_key
-from floatkeyd.identity import IDENTITY_FILE
+from floatkeyd.statedir import IDENTITY_FILE
 
 if TYPE_CHECKING:
     from pathlib import Path

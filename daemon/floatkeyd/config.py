@@ -16,6 +16,7 @@ import msgspec
 
 from floatkey.broker import BrokerOptions
 from floatkey.configfile import load_toml
+from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
 
@@ -143,10 +144,25 @@ class LoadedConfig:
         return parse_public_key(self.config.vendor_public_key)
 
 
-def load_config(path: Path) -> LoadedConfig:
-    """Read and validate a daemon config file. Raises ``ConfigError``."""
+def load_config(
+    path: Path, *, state_dir: Path | None = None, embedded_port: int | None = None
+) -> LoadedConfig:
+    """Read and validate a daemon config file. Raises ``ConfigError``.
+
+    ``state_dir`` and ``embedded_port`` override the file's (``floatkeyd run`` flags: a
+    second development daemon beside ``scripts/run``, as the quick-start test runs).
+    """
     path = Path(path).absolute()
-    loaded = LoadedConfig(path=path, config=load_toml(path, DaemonConfig))
+    config = load_toml(path, DaemonConfig)
+    if state_dir is not None:
+        config = msgspec.structs.replace(config, state_dir=str(Path(state_dir).absolute()))
+    if embedded_port is not None:
+        try:
+            embedded = EmbeddedBroker(host=config.embedded_broker.host, port=embedded_port)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"--embedded-port: {exc}.") from None
+        config = msgspec.structs.replace(config, embedded_broker=embedded)
+    loaded = LoadedConfig(path=path, config=config)
     if loaded.config.broker is not None and loaded.config.broker.tls is not None:
         loaded.config.broker.tls.context(loaded.base)  # unusable TLS files: refuse now
     return loaded

@@ -218,6 +218,14 @@ class SeatLedger:
             heapq.heappop(self._expiry)
         return None
 
+    def awaiting_release(self, generation: int) -> int:
+        """Revoked leases of ``generation`` still held by their agents.
+
+        After an unlock to generation ``g`` these are the clients told to shut down that
+        have not yet gone; leases revoked by earlier changes are not counted.
+        """
+        return sum(1 for lease in self.revoked.values() if lease.generation == generation)
+
     def change_license(self, mode: LedgerMode, seats: int, generation: int) -> list[Lease]:
         """Switch to a new license generation; revoke and return every current lease."""
         revoked = list(self.leases.values())
@@ -228,7 +236,3 @@ class SeatLedger:
         self._licensed_in_use = 0
         self.mode, self.seats, self.generation = mode, seats, generation
         return revoked
-
-    def set_mode(self, mode: LedgerMode) -> None:
-        """Change the mode without a new generation (expiry: current leases stay until released)."""
-        self.mode = mode

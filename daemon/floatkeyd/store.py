@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
 
-from floatkey.errors import StoreError
+from floatkeyd.errors import StoreError
 from floatkeyd.ledger import Lease
 
 if TYPE_CHECKING:
@@ -370,6 +370,14 @@ class Store:
                 status=status, generation=generation, revision=revision, latest_time_ms=now
             )
             await self._audit(audit, now)
+
+    async def release_lease(self, client: str, audit: AuditEntry, now: int) -> None:
+        """Delete ``client``'s lease on an administrator's order, audited, in one transaction."""
+        async with self._transaction():
+            await self._db.execute("DELETE FROM leases WHERE client = ?", (client,))
+            await self._audit(audit, now)
+        # A flush that fails and stages its batch again must not bring the row back.
+        self._staged[client] = None
 
     async def remember_request(self, request_id: str, ts: int, forget_before: int) -> bool:
         """Record an admin request id; ``False`` if it was seen before (a replay)."""

@@ -1,0 +1,325 @@
+"""The admin desk: signed admin commands in, audited results out.
+
+Every command on the admin topic is opened against the admin keyring (the keys in the
+config plus those added with ``floatkeyd admin-key add``), decoded, checked for
+freshness against the machine's real clock and for replay, then carried out. Every
+command that changes something (unlock, release) and every refusal is audited; the
+read-only ``status`` and ``clients`` are not (they change nothing, and floatkeyctl
+polls ``status`` while it waits for clients to shut down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from floatkey import protocol
+from floatkey.envelope import EnvelopeError, open_envelope, peek_kid
+from floatkey.errors import ProductKeyError
+from floatkey.logs import redact
+from floatkey.protocol import (
+    AdminClients,
+    AdminCommand,
+    AdminRelease,
+    AdminResult,
+    AdminStatus,
+    AdminUnlock,
+    StatusReport,
+    UnlockReport,
+)
+from floatkey.signing import b64url_decode, key_id, parse_public_key
+from floatkeyd.drops import clip
+from floatkeyd.errors import Refused
+from floatkeyd.store import AuditEntry
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from floatkey.envelope import Signer
+    from floatkeyd.authority import LicenseAuthority
+    from floatkeyd.clock import Clock
+    from floatkeyd.drops import Drops
+    from floatkeyd.link import Link
+    from floatkeyd.seats import SeatDesk
+    from floatkeyd.store import Store
+
+__all__ = ["MAX_CLOCK_SKEW_MS", "AdminDesk", "Keyring"]
+
+log = structlog.get_logger("floatkeyd")
+
+#: Admin commands whose ``ts`` is further than this from the server's clock are refused.
+MAX_CLOCK_SKEW_MS = 60_000
+_KID = re.compile(r"[0-9a-f]{16}")
+
+
+class Keyring:
+    """The admin public keys this server trusts, by key id."""
+
+    def __init__(self, configured: list[str], store: Store) -> None:
+        self._configured = configured
+        self._store = store
+        self.keys: dict[str, Ed25519PublicKey] = {}
+
+    async def reload(self) -> None:
+        """Read the configured and the stored keys again. A damaged stored key is skipped.
+
+        Raises ``sqlite3.Error`` (the old keys stay).
+        """
+        keys: dict[str, Ed25519PublicKey] = {}
+        for text in [*self._configured, *await self._store.admin_keys()]:
+            try:
+                key = parse_public_key(text)
+            except ValueError as exc:
+                log.error("admin key skipped: not a public key", key=clip(text, 40), error=str(exc))
+                continue
+            keys[key_id(key)] = key
+        self.keys = keys
+        log.info("admin keys loaded", count=len(keys), kids=sorted(keys))
+
+
+class AdminDesk:
+    """Opens, checks, carries out, audits and answers admin commands."""
+
+    def __init__(  # noqa: PLR0913 - wired once by the daemon's factory
+        self,
+        *,
+        topics: protocol.Topics,
+        keyring: Keyring,
+        store: Store,
+        clock: Clock,
+        authority: LicenseAuthority,
+        seats: SeatDesk,
+        signer: Signer,
+        link: Link,
+        drops: Drops,
+        broker: str,
+    ) -> None:
+        self._topics = topics
+        self.keyring = keyring
+        self._store = store
+        self._clock = clock
+        self._authority = authority
+        self._seats = seats
+        self._signer = signer
+        self._link = link
+        self._drops = drops
+        self._broker = broker
+        self._reload_requested = asyncio.Event()
+
+    # --- reloads (SIGHUP) ---------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Ask for the admin keys to be read again (from a signal handler)."""
+        self._reload_requested.set()
+
+    async def reload_step(self) -> None:
+        """Wait for a reload request and carry it out; a failure keeps the old keys."""
+        await self._reload_requested.wait()
+        self._reload_requested.clear()
+        try:
+            await self.keyring.reload()
+        except sqlite3.Error as exc:
+            log.error("admin keys not reloaded: database error; the old keys stay", error=str(exc))
+
+    # --- inbound ------------------------------------------------------------------
+
+    async def handle(self, payload: bytes) -> None:
+        """One message on the admin request topic."""
+        topic = self._topics.admin_request
+        try:
+            raw = open_envelope(payload, topic, self.keyring.keys)
+        except EnvelopeError as exc:
+            if exc.reason != "unknown_key":
+                await self._refuse_unverified(payload, exc)
+                return
+            await self.keyring.reload()  # perhaps just added with `admin-key add`
+            try:
+                raw = open_envelope(payload, topic, self.keyring.keys)
+            except EnvelopeError as again:
+                await self._refuse_unverified(payload, again)
+                return
+        kid = peek_kid(payload) or "?"
+        try:
+            command = protocol.decode_admin_command(raw)
+        except msgspec.DecodeError as exc:
+            self._drops("bad_admin_body", topic, kid=kid, error=exc)
+            return
+        if not protocol.CLIENT_ID.fullmatch(command.request_id):
+            self._drops("bad_request_id", topic, kid=kid)
+            return
+        with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
+            result = await self._run(command, kid)
+        await self._reply(result)
+
+    async def _run(self, command: AdminCommand, kid: str) -> AdminResult:
+        action = command.__struct_config__.tag
+        try:
+            await self._check_fresh(command)
+            return await self._carry_out(command, kid)
+        except Refused as refusal:
+            log.warning("admin command refused", action=action, reason=refusal.code)
+            detail = (
+                {
+                    "name": clip(command.name),
+                    "organization": clip(command.organization),
+                    "key": redact(command.key),
+                }
+                if isinstance(command, AdminUnlock)
+                else {}
+            )
+            try:
+                await self._store.audit(
+                    AuditEntry(kid, str(action), "refused", refusal.code, detail), self._clock.now()
+                )
+            except sqlite3.Error as exc:  # the refusal stands; say it was not audited
+                log.error("refusal not audited: database error", action=action, error=str(exc))
+            return AdminResult(
+                request_id=command.request_id,
+                ok=False,
+                reason=refusal.code,
+                message=refusal.message,
+            )
+        except sqlite3.Error as exc:
+            # Disk full, database locked by another program, ...: the transaction was
+            # rolled back and nothing in memory changed; the administrator hears why.
+            log.error("admin command failed: database error", action=action, error=str(exc))
+            return AdminResult(
+                request_id=command.request_id,
+                ok=False,
+                reason="store_failed",
+                message=f"The license server could not write its database ({exc}); nothing "
+                "was changed. Check the server's disk (space, permissions, other programs "
+                "holding the database) and try again.",
+            )
+
+    async def _check_fresh(self, command: AdminCommand) -> None:
+        """Refuse a command from a clock too far off either way, or one seen before."""
+        wall = self._clock.wall()
+        skew = command.ts - wall
+        if abs(skew) > MAX_CLOCK_SKEW_MS:
+            direction = "ahead of" if skew > 0 else "behind"
+            raise Refused(
+                "clock_skew",
+                f"The command's clock is {abs(skew) // 1000} s {direction} the server's (at "
+                "most 60 s allowed). Check the time on both machines.",
+            )
+        forget_before = wall - 2 * MAX_CLOCK_SKEW_MS
+        if not await self._store.remember_request(command.request_id, command.ts, forget_before):
+            raise Refused(
+                "replayed",
+                "This command was already received once; it was not run again. Send a new command.",
+            )
+
+    async def _carry_out(self, command: AdminCommand, kid: str) -> AdminResult:
+        request_id = command.request_id
+        if isinstance(command, AdminStatus):
+            return AdminResult(request_id=request_id, ok=True, status=self.status_report())
+        if isinstance(command, AdminClients):
+            return AdminResult(request_id=request_id, ok=True, clients=self._seats.client_rows())
+        if isinstance(command, AdminRelease):
+            return await self._release(command, kid)
+        return await self._unlock(command, kid)
+
+    async def _unlock(self, command: AdminUnlock, kid: str) -> AdminResult:
+        try:
+            done = await self._authority.activate(
+                command.key, command.name, command.organization, kid
+            )
+        except ProductKeyError as exc:
+            raise Refused(exc.reason, exc.message) from None
+        report = UnlockReport(
+            changed=done.changed,
+            license=done.info,
+            generation=done.generation,
+            clients_told=done.clients_told,
+        )
+        if not done.changed:
+            return AdminResult(
+                request_id=command.request_id,
+                ok=True,
+                reason="already_active",
+                message="This product key is already active. Nothing changed and no client "
+                "was shut down.",
+                unlock=report,
+            )
+        told, info = done.clients_told, done.info
+        return AdminResult(
+            request_id=command.request_id,
+            ok=True,
+            message=f"The license has been successfully activated: {info.seats} seats, "
+            f"features {', '.join(info.features) or '(none)'}. {told} connected "
+            f"client{'s were' if told != 1 else ' was'} told to shut down.",
+            unlock=report,
+        )
+
+    async def _release(self, command: AdminRelease, kid: str) -> AdminResult:
+        if not await self._seats.release_by_admin(command.client, kid):
+            raise Refused("unknown_client", f"No client {clip(command.client)!r} holds a seat.")
+        return AdminResult(
+            request_id=command.request_id,
+            ok=True,
+            message=f"Released the seat of {command.client}.",
+        )
+
+    async def _refuse_unverified(self, payload: bytes, exc: EnvelopeError) -> None:
+        """Answer a command we cannot trust with ``not_authorized``, if it says where."""
+        kid = exc.kid if exc.kid is not None and _KID.fullmatch(exc.kid) else "invalid"
+        self._drops(f"admin_{exc.reason}", self._topics.admin_request, kid=kid)
+        await self._store.audit(
+            AuditEntry(kid, "admin", "refused", "not_authorized", {"envelope": exc.reason}),
+            self._clock.now(),
+        )
+        request_id = _unverified_request_id(payload)
+        if request_id is not None:
+            await self._reply(
+                AdminResult(
+                    request_id=request_id,
+                    ok=False,
+                    reason="not_authorized",
+                    message="This admin key is not authorized on this license server. Authorize "
+                    "it with `floatkeyd admin-key add PUBLIC_KEY` on the server.",
+                )
+            )
+
+    async def _reply(self, result: AdminResult) -> None:
+        topic = self._topics.admin_reply(result.request_id)
+        await self._link.publish(topic, self._signer.seal(topic, protocol.encode(result)))
+
+    # --- reports ------------------------------------------------------------------
+
+    def status_report(self) -> StatusReport:
+        """What ``floatkeyctl status`` shows."""
+        authority, ledger = self._authority, self._seats.ledger
+        unlicensed = sum(1 for lease in ledger.leases.values() if not lease.licensed)
+        return StatusReport(
+            server=self._topics.server,
+            status=authority.status,
+            license=authority.info,
+            generation=authority.generation,
+            revision=authority.revision,
+            seats_in_use=ledger.in_use,
+            unlicensed_sessions=unlicensed,
+            awaiting_release=ledger.awaiting_release(authority.generation - 1),
+            fingerprint=self._signer.kid,
+            dropped=dict(self._drops.counts),
+            tasks=len(asyncio.all_tasks()),
+            broker=self._broker,
+            admin_keys=len(self.keyring.keys),
+        )
+
+
+def _unverified_request_id(payload: bytes) -> str | None:
+    """The request id of a command we cannot verify: only to address the refusal."""
+    try:
+        envelope = msgspec.json.decode(payload)
+        request_id = msgspec.json.decode(b64url_decode(envelope["body"]))["request_id"]
+    except Exception:  # noqa: BLE001 - any failure just means nobody to answer
+        return None
+    if isinstance(request_id, str) and protocol.CLIENT_ID.fullmatch(request_id):
+        return request_id
+    return None

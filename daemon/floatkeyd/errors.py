@@ -1,0 +1,33 @@
+"""The daemon's own errors, under the shared ``floatkey.errors.FloatkeyError``.
+
+::
+
+    FloatkeyError            (floatkey.errors)
+    ├── StoreError           the database or the state directory cannot be used
+    └── Refused              an admin command was refused: reason code and sentence
+
+Errors both sides raise (``ConfigError``, ``KeyFileError``, the product-key errors) stay in
+``floatkey.errors``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from floatkey.errors import FloatkeyError
+
+__all__ = ["Refused", "StoreError"]
+
+
+class StoreError(FloatkeyError):
+    """The database or the state directory cannot be used; the sentence says what to do."""
+
+    reason: ClassVar[str] = "store"
+
+
+class Refused(FloatkeyError):
+    """An admin command was refused; ``code`` goes in the reply and the audit row."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,346 @@
+"""The seat desk: seat messages in, decisions of the pure :class:`SeatLedger` out.
+
+It decodes and checks every seat message (size, shape, the client id in the topic,
+rate), asks the ledger, stages what changed for the database, and queues the signed
+reply. Two loops belong to it, each one step at a time (the daemon runs them and
+survives a step that fails):
+
+- :meth:`SeatDesk.expire_step` sleeps until the next lease runs out, then frees it;
+- :meth:`SeatDesk.flush_step` writes staged lease changes, one transaction per burst.
+
+While the broker is unreachable nobody can renew, so no lease expires then, and the
+time it was away is given back to every lease when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+
+from floatkey import protocol
+from floatkey.protocol import (
+    ClientRow,
+    SeatDenied,
+    SeatGranted,
+    SeatLost,
+    SeatRelease,
+    SeatRenew,
+    SeatRenewed,
+    SeatRequest,
+    SeatRevoked,
+)
+from floatkeyd.ledger import Denied
+from floatkeyd.store import AuditEntry
+
+if TYPE_CHECKING:
+    from floatkey.envelope import Signer
+    from floatkeyd.authority import LicenseAuthority
+    from floatkeyd.clock import Clock
+    from floatkeyd.config import DaemonConfig
+    from floatkeyd.drops import Drops
+    from floatkeyd.ledger import Lease, SeatLedger
+    from floatkeyd.link import Link
+    from floatkeyd.store import Store
+
+__all__ = ["SeatDesk"]
+
+log = structlog.get_logger("floatkeyd")
+
+_FLUSH_DELAY = 0.05
+_STORE_RETRY_S = 1.0  # after a failed database write (disk full, locked)
+
+
+class SeatDesk:
+    """Seat requests, renewals, releases and wills; lease expiry and persistence."""
+
+    def __init__(  # noqa: PLR0913 - wired once by the daemon's factory
+        self,
+        *,
+        config: DaemonConfig,
+        topics: protocol.Topics,
+        ledger: SeatLedger,
+        store: Store,
+        clock: Clock,
+        authority: LicenseAuthority,
+        signer: Signer,
+        link: Link,
+        drops: Drops,
+    ) -> None:
+        self._lease_s = config.lease_seconds
+        self._will_grace_ms = config.will_grace_seconds * 1000
+        self._max_rate = config.max_requests_per_client
+        self._topics = topics
+        self.ledger = ledger
+        self._store = store
+        self._clock = clock
+        self._authority = authority
+        self._signer = signer
+        self._link = link
+        self._drops = drops
+        self._staged = asyncio.Event()
+        self._expiry_moved = asyncio.Event()
+        self._broker_back = asyncio.Event()
+        self._broker_back.set()
+        self._offline_since: int | None = None
+        self._rate_window = 0
+        self._rate_counts: Counter[str] = Counter()
+
+    # --- inbound ------------------------------------------------------------------
+
+    def handle(self, client_id: str, action: str, payload: bytes) -> None:
+        """One message on ``seats/{client_id}/{action}``; dropped (and counted) if bad."""
+        topic = f"{self._topics.root}/seats/{client_id}/{action}"
+        body: SeatRequest | SeatRenew | SeatRelease
+        try:
+            if action == "request":
+                body = protocol.decode(payload, SeatRequest)
+            elif action == "renew":
+                body = protocol.decode(payload, SeatRenew)
+            else:
+                body = protocol.decode(payload, SeatRelease)
+        except msgspec.DecodeError as exc:
+            self._drops("bad_body", topic, error=exc)
+            return
+        if body.client != client_id:
+            self._drops("client_mismatch", topic, claimed=body.client)
+            return
+        if self._rate_limited(client_id):
+            self._drops("rate_limited", topic)
+            return
+        now = self._clock.now()
+        if isinstance(body, SeatRequest):
+            self._request(body, now)
+        elif isinstance(body, SeatRenew):
+            self._renew(body, now)
+        elif body.lease is None:
+            self._will(client_id, now)
+        else:
+            self._release(body)
+
+    def _rate_limited(self, client_id: str) -> bool:
+        window = int(time.monotonic())
+        if window != self._rate_window:
+            self._rate_window, self._rate_counts = window, Counter()
+        self._rate_counts[client_id] += 1
+        return self._rate_counts[client_id] > self._max_rate
+
+    def _request(self, body: SeatRequest, now: int) -> None:
+        decision = self.ledger.request(
+            body.client,
+            now,
+            app=body.app[:128],
+            user=body.user[:128],
+            host=body.host[:256],
+            pid=body.pid,
+        )
+        if isinstance(decision, Denied):
+            log.info(
+                "seat denied",
+                client=body.client,
+                reason=decision.reason,
+                in_use=decision.in_use,
+                seats=decision.seats,
+            )
+            self._reply(
+                body.client,
+                SeatDenied(
+                    nonce=body.nonce,
+                    reason=decision.reason,
+                    message=decision.message,
+                    seats=decision.seats,
+                    in_use=decision.in_use,
+                ),
+            )
+            return
+        lease = decision.lease
+        self._stage(lease)
+        if decision.fresh:
+            log.info(
+                "seat granted",
+                client=body.client,
+                app=lease.app,
+                user=lease.user,
+                host=lease.host,
+                licensed=lease.licensed,
+                generation=lease.generation,
+                in_use=self.ledger.in_use,
+            )
+        self._reply(
+            body.client,
+            SeatGranted(
+                nonce=body.nonce,
+                lease=lease.token,
+                generation=lease.generation,
+                licensed=lease.licensed,
+                features=self._authority.features if lease.licensed else [],
+                expires_at=lease.expires_at,
+                renew_after_s=self._lease_s / 3,
+            ),
+        )
+
+    def _renew(self, body: SeatRenew, now: int) -> None:
+        lease = self.ledger.renew(body.client, body.lease, now)
+        if lease is None:
+            message = "The license server no longer holds this seat; ask again."
+            self._reply(body.client, SeatLost(lease=body.lease, message=message))
+            return
+        self._stage(lease)
+        self._reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
+
+    def _will(self, client_id: str, now: int) -> None:
+        # The MQTT will cannot know the lease; the agent may only have been cut off by a
+        # broker restart (which sends every will), so the seat is kept for a short grace.
+        freed = self.ledger.orphan(client_id, now, self._will_grace_ms)
+        self._expiry_moved.set()
+        if freed is not None:
+            self._store.stage_release(client_id)
+            self._staged.set()
+        log.info("client gone (will)", client=client_id, freed=freed is not None)
+
+    def _release(self, body: SeatRelease) -> None:
+        released = self.ledger.release(body.client, body.lease)
+        if released is None:
+            return
+        self._store.stage_release(body.client)
+        self._staged.set()
+        log.info(
+            "seat released",
+            client=body.client,
+            generation=released.generation,
+            revoked=released.revoked,
+        )
+
+    def _reply(self, client_id: str, body: msgspec.Struct) -> None:
+        topic = self._topics.client(client_id)
+        self._link.send(topic, self._signer.seal(topic, protocol.encode(body)))
+
+    def _stage(self, lease: Lease) -> None:
+        self._store.stage_lease(lease)
+        self._staged.set()
+
+    # --- on an administrator's order ----------------------------------------------
+
+    async def release_by_admin(self, client_id: str, actor: str) -> bool:
+        """Free ``client_id``'s seat and tell its agent; ``False`` if it holds none.
+
+        The database first (the lease row and the audit row in one transaction): if that
+        fails, ``sqlite3.Error`` is raised and the seat is still held, as the reply says.
+        """
+        lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)
+        if lease is None:
+            return False
+        audit = AuditEntry(actor, "admin.release", "accepted", "", {"client": client_id})
+        await self._store.release_lease(client_id, audit, self._clock.now())
+        released = self.ledger.release(client_id, lease.token)
+        if released is None:
+            return True  # its agent released it meanwhile
+        self._reply(
+            client_id,
+            SeatRevoked(
+                lease=released.token,
+                reason="released_by_admin",
+                message="An administrator released this seat; the application must stop.",
+            ),
+        )
+        log.info("seat released by an administrator", client=client_id, admin=actor)
+        return True
+
+    # --- the broker's absence -----------------------------------------------------
+
+    def broker_lost(self) -> None:
+        """No agent can renew from now on: stop expiring leases until the broker is back."""
+        if self._offline_since is None:
+            self._offline_since = self._clock.now()
+            self._broker_back.clear()
+
+    def broker_back(self) -> None:
+        """Give every lease back the time the broker was unreachable.
+
+        Nor may that time count against a will's grace: a broker shutting down sends
+        every connected client's will.
+        """
+        since, self._offline_since = self._offline_since, None
+        if since is None:
+            return
+        self._broker_back.set()
+        outage = self._clock.now() - since
+        extended = self.ledger.extend_all(outage + self._will_grace_ms)
+        for lease in extended:
+            self._store.stage_lease(lease)
+        self._staged.set()
+        log.info(
+            "broker back; leases extended by the outage", outage_ms=outage, leases=len(extended)
+        )
+
+    # --- loops, one step at a time ------------------------------------------------
+
+    async def expire_step(self) -> None:
+        """Wait for the next lease to run out (or for that moment to move), then free it."""
+        await self._broker_back.wait()
+        self._expiry_moved.clear()
+        nxt = self.ledger.next_expiry()
+        now = self._clock.now()
+        if nxt is None or nxt > now:
+            delay = self._lease_s if nxt is None else min((nxt - now) / 1000, self._lease_s)
+            # Woken early when a lease's end moves closer (a will's grace).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay + 0.01):
+                    await self._expiry_moved.wait()
+            return
+        expired = self.ledger.expire(now)
+        for lease in expired:
+            self._store.stage_release(lease.client)
+            log.info(
+                "lease expired",
+                client=lease.client,
+                generation=lease.generation,
+                revoked=lease.revoked,
+            )
+        if expired:
+            self._staged.set()
+
+    async def flush_step(self) -> None:
+        """Write the staged lease changes of one burst in one transaction.
+
+        Gathered over a few milliseconds: each flush costs four hops to the SQLite thread
+        and an fsync. A lease change lost in a crash is only a ``seat.lost`` and a new
+        request for its agent.
+        """
+        await self._staged.wait()
+        await asyncio.sleep(_FLUSH_DELAY)
+        self._staged.clear()
+        try:
+            await self._store.flush_leases()
+        except sqlite3.Error as exc:
+            # The changes stay staged (see Store.flush_leases) and go with the next try.
+            log.error("database write failed; retrying", task="lease-flush", error=str(exc))
+            self._staged.set()
+            await asyncio.sleep(_STORE_RETRY_S)
+
+    # --- reports ------------------------------------------------------------------
+
+    def client_rows(self) -> list[ClientRow]:
+        """Every lease, current and awaiting release, oldest first."""
+        leases = [*self.ledger.leases.values(), *self.ledger.revoked.values()]
+        return [
+            ClientRow(
+                client=lease.client,
+                app=lease.app,
+                user=lease.user,
+                host=lease.host,
+                pid=lease.pid,
+                licensed=lease.licensed,
+                generation=lease.generation,
+                since=lease.since,
+                expires_at=lease.expires_at,
+                revoked=lease.revoked,
+            )
+            for lease in sorted(leases, key=lambda lease: lease.since)
+        ]

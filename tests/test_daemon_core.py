@@ -1,0 +1,243 @@
+"""The daemon's logic in-process (an in-memory link, a settable clock, a real database).
+
+Each test here guards a defect found in review; the real-broker tests cover the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import sqlite3
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from floatkey import protocol
+from floatkey.envelope import Signer, open_envelope
+from floatkeyd.retained import FIGHT_LIMIT
+from inprocess import (
+    MemoryLink,
+    Wall,
+    ask,
+    product_key,
+    running,
+    states,
+    unlock_command,
+    write_config,
+)
+from servers import eventually
+
+
+@pytest.fixture
+def link():
+    return MemoryLink()
+
+
+@pytest.fixture
+def wall():
+    return Wall()
+
+
+async def test_an_expired_license_does_not_spin(tmp_path, link, wall, monkeypatch):
+    today = dt.datetime.now(dt.UTC).date()
+    async with running(write_config(tmp_path), link, wall) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(expires=today), "a1"))).ok
+        writes = 0
+        remember = daemon.authority.remember_time
+
+        async def counted() -> None:
+            nonlocal writes
+            writes += 1
+            await remember()
+
+        monkeypatch.setattr(daemon.authority, "remember_time", counted)
+        wall.jump(2)
+        daemon.authority.changed.set()  # the clock jumped: look at the deadline now
+        await eventually(lambda: daemon.authority.status == "expired")
+        before = writes
+        # Nothing to wait for: a spinning loop writes the latest time every millisecond
+        # (hundreds of times here), a waiting one not at all until its next persist.
+        await asyncio.sleep(0.3)
+        assert writes - before <= 1
+
+
+async def test_an_unlock_and_an_expiry_racing_never_share_a_generation(tmp_path, link, wall):
+    today = dt.datetime.now(dt.UTC).date()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        authority = daemon.authority
+        first = unlock_command(product_key(expires=today), "r1")
+        assert (await ask(daemon, link, first)).ok
+        wall.jump(2)  # the first key is past its last day
+        # The unlock first, then the expiry: the expiry must see the new key's deadline.
+        await asyncio.gather(
+            authority.activate(product_key(seats=7), "Ada Lovelace", "Analytical Engines Ltd", "t"),
+            authority.expire_if_due(),
+        )
+        assert (authority.status, authority.generation, authority.seats) == ("licensed", 2, 7)
+        # The expiry first, then the unlock: two changes, two generations, in order.
+        later = today + dt.timedelta(days=3)
+        second = unlock_command(product_key(expires=later), "r2", ts=wall())
+        assert (await ask(daemon, link, second)).ok
+        wall.jump(2)  # the never-backwards clock is now past that key's last day too
+        await asyncio.gather(
+            authority.expire_if_due(),
+            authority.activate(product_key(seats=5), "Ada Lovelace", "Analytical Engines Ltd", "t"),
+        )
+        assert (authority.status, authority.generation, authority.seats) == ("licensed", 5, 5)
+        published = states(daemon, link)
+        generations = [state.generation for state in published]
+        revisions = [state.revision for state in published]
+        assert generations == sorted(generations)
+        assert revisions == sorted(set(revisions))
+        assert [s.status for s in published[-2:]] == ["expired", "licensed"]
+        with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            audited = [
+                row[0]
+                for row in db.execute(
+                    "SELECT json_extract(detail, '$.generation') FROM audit "
+                    "WHERE action IN ('admin.unlock', 'license.expired') AND outcome != 'refused'"
+                )
+            ]
+        assert meta["generation"] == "5"
+        assert audited == [1, 2, 3, 4, 5]
+
+
+def seat_request(daemon, client: str) -> tuple[str, bytes]:
+    body = protocol.SeatRequest(client=client, nonce="n-" + client, app="app", pid=1)
+    return daemon.topics.seat(client, "request"), protocol.encode(body)
+
+
+async def test_an_admin_release_that_cannot_be_written_changes_nothing(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "victim"))
+        await daemon.seats.flush_step()
+        sent_before = len(link.sent)
+        blocker = sqlite3.connect(tmp_path / "state" / "floatkeyd.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # every write of the daemon now fails (busy)
+        try:
+            release = protocol.AdminRelease(request_id="rel1", client="victim")
+            result = await ask(daemon, link, release)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert (result.ok, result.reason) == (False, "store_failed")
+        assert "nothing was changed" in result.message
+        assert "victim" in daemon.seats.ledger.leases  # the seat is still held...
+        assert len(link.sent) == sent_before  # ...and nobody was told otherwise
+        again = await ask(daemon, link, protocol.AdminRelease(request_id="rel2", client="victim"))
+        assert again.ok
+        assert "victim" not in daemon.seats.ledger.leases
+        revoked = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(revoked, protocol.SeatRevoked)
+
+
+def _body(daemon, topic: str, payload: bytes) -> bytes:
+    return open_envelope(payload, topic, daemon.guard._trusted)
+
+
+async def test_awaiting_release_counts_only_the_clients_the_last_unlock_told(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "g1"))).ok
+        for client in ("a", "b"):
+            await daemon.handle(*seat_request(daemon, client))
+        second = await ask(daemon, link, unlock_command(product_key(), "g2"))
+        assert second.unlock.clients_told == 2
+        status = await ask(daemon, link, protocol.AdminStatus(request_id="s1"))
+        assert status.status.awaiting_release == 2
+        # Neither client goes (crashed, say); a third unlock tells nobody, so nobody is
+        # awaited, though the two old leases still wait for their expiry.
+        third = await ask(daemon, link, unlock_command(product_key(), "g3"))
+        assert third.unlock.clients_told == 0
+        status = await ask(daemon, link, protocol.AdminStatus(request_id="s2"))
+        assert status.status.awaiting_release == 0
+        assert len(daemon.seats.ledger.revoked) == 2
+
+
+async def test_the_retained_guard_ignores_its_own_echo_and_never_fights(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        topic = daemon.topics.state
+        old = daemon.authority.state_payload
+        assert (await ask(daemon, link, unlock_command(product_key(), "e1"))).ok
+        link.published.clear()
+        await daemon.handle(topic, old)  # the broker echoes our earlier state
+        assert link.published == []
+        assert daemon.drops.counts["foreign_retained"] == 0
+        # A second daemon for the same server name (another key) keeps publishing.
+        other = Signer(Ed25519PrivateKey.generate())
+        for revision in range(20):
+            body = protocol.State(
+                server="core", revision=revision, generation=1, status="unlicensed", license=None
+            )
+            await daemon.handle(topic, other.seal(topic, protocol.encode(body)))
+        assert daemon.drops.counts["foreign_retained"] == 20
+        republished = [item for item in link.published if item.topic == topic]
+        assert len(republished) == FIGHT_LIMIT
+        assert daemon.guard.contested
+
+
+async def test_a_damaged_stored_admin_key_is_skipped_and_the_others_load(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False):
+        pass  # creates the database
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        db.execute("INSERT INTO admin_keys VALUES ('0000000000000000', 'ed25519:garbage', 0)")
+        db.commit()
+    async with running(config, link, wall) as daemon:
+        daemon.reload()
+        status = await ask(daemon, link, protocol.AdminStatus(request_id="k1"))
+        assert status.ok
+        assert status.status.admin_keys == 1
+
+
+async def test_a_failing_background_step_is_counted_and_the_loop_goes_on(
+    tmp_path, link, wall, monkeypatch
+):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        flush = daemon.seats.flush_step
+        calls = 0
+
+        async def failing_once() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OverflowError("injected")
+            await flush()
+
+        monkeypatch.setattr(daemon.seats, "flush_step", failing_once)
+        monkeypatch.setattr("floatkeyd.service._STEP_RETRY_S", 0.01)
+        stop = asyncio.Event()
+        serving = asyncio.create_task(daemon.serve(stop))
+        await daemon.wait_ready()
+        await daemon.handle(*seat_request(daemon, "after"))
+
+        def written() -> bool:
+            with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+                return bool(db.execute("SELECT 1 FROM leases WHERE client = 'after'").fetchone())
+
+        await eventually(written)
+        assert daemon.drops.counts["internal_error"] == 1
+        stop.set()
+        await serving
+
+
+async def test_admin_commands_dated_in_the_future_are_refused(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        ahead = unlock_command(product_key(), "f1", ts=wall() + 61_000)
+        result = await ask(daemon, link, ahead)
+        assert (result.ok, result.reason) == (False, "clock_skew")
+        assert "ahead of" in result.message
+        assert daemon.authority.status == "unlicensed"
+
+
+async def test_a_clock_that_once_ran_ahead_does_not_lock_out_administrators(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        wall.jump(1)
+        await daemon.authority.remember_time()  # the never-backwards time is a day ahead
+    wall.jump(-1)
+    async with running(config, link, wall, serve=False) as daemon:
+        result = await ask(daemon, link, protocol.AdminStatus(request_id="c1", ts=wall()))
+        assert result.ok, result.message
