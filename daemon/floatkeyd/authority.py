@@ -14,6 +14,8 @@ state is sealed, and the event and the retained state are published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 __all__ = ["Activation", "LicenseAuthority"]
 
 log = structlog.get_logger("floatkeyd")
+
+#: The latest time is persisted at least this often (a clock set back cannot un-expire).
+_TIME_PERSIST_S = 600.0
+_MIN_WAIT_S = 0.05
+_STORE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,6 +268,29 @@ class LicenseAuthority:
     async def remember_time(self) -> None:
         """Persist the latest time seen, so a clock set back cannot un-expire the license."""
         await self._store.set_latest_time(self._clock.now())
+
+    async def expiry_step(self) -> None:
+        """Expire the license on time; persist the latest time now and then.
+
+        The wait is always positive: a deadline already past has just been handled (the
+        license is expired, so it has no deadline any more), never a zero-second loop.
+        """
+        self.changed.clear()
+        try:
+            if await self.expire_if_due():
+                return  # a new state: look at the (absent) deadline again
+            await self.remember_time()
+        except sqlite3.Error as exc:
+            log.error("database write failed; retrying", task="license-expiry", error=str(exc))
+            await asyncio.sleep(_STORE_RETRY_S)
+            return
+        wait = _TIME_PERSIST_S
+        until = self.seconds_to_expiry()
+        if until is not None:
+            wait = min(wait, max(_MIN_WAIT_S, until))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.changed.wait()
 
     # --- inside the lock ----------------------------------------------------------
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from typing import TYPE_CHECKING
 
 import structlog
@@ -58,9 +57,6 @@ log = structlog.get_logger("floatkeyd")
 
 #: How long a failing background loop waits before its next step.
 _STEP_RETRY_S = 1.0
-_MIN_WAIT_S = 0.05
-#: The latest time is persisted at least this often (a clock set back cannot un-expire).
-_TIME_PERSIST_S = 600.0
 
 
 class Daemon:
@@ -143,7 +139,7 @@ class Daemon:
         steps = {
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
-            "license-expiry": self._license_expiry_step,
+            "license-expiry": self.authority.expiry_step,
             "admin-reload": self.admin.reload_step,
         }
         async with asyncio.TaskGroup() as tasks:
@@ -167,30 +163,6 @@ class Daemon:
                 log.exception("background step failed; going on", task=name)
                 self.drops.add("internal_error")
                 await asyncio.sleep(_STEP_RETRY_S)
-
-    async def _license_expiry_step(self) -> None:
-        """Expire the license on time; persist the latest time now and then.
-
-        The wait is always positive: a deadline already past was just handled (the
-        license is expired, so there is no deadline any more), never a zero-second loop.
-        """
-        authority = self.authority
-        authority.changed.clear()
-        try:
-            if await authority.expire_if_due():
-                return  # a new state: look at the (absent) deadline again
-            await authority.remember_time()
-        except sqlite3.Error as exc:
-            log.error("database write failed; retrying", task="license-expiry", error=str(exc))
-            await asyncio.sleep(_STEP_RETRY_S)
-            return
-        wait = _TIME_PERSIST_S
-        until = authority.seconds_to_expiry()
-        if until is not None:
-            wait = min(wait, max(_MIN_WAIT_S, until))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await authority.changed.wait()
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
