@@ -176,6 +176,11 @@ async def test_the_retained_guard_ignores_its_own_echo_and_never_fights(tmp_path
         republished = [item for item in link.published if item.topic == topic]
         assert len(republished) == FIGHT_LIMIT
         assert daemon.guard.contested
+        # Garbage is no rival: our state goes back every time.
+        link.published.clear()
+        for _ in range(5):
+            await daemon.handle(topic, b"not a state")
+        assert [item.payload for item in link.published] == [daemon.authority.state_payload] * 5
 
 
 async def test_a_damaged_stored_admin_key_is_skipped_and_the_others_load(tmp_path, link, wall):

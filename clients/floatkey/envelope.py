@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["ENVELOPE_VERSION", "EnvelopeError", "Signer", "open_envelope"]
+__all__ = ["ENVELOPE_VERSION", "EnvelopeError", "Signer", "open_envelope", "peek", "peek_kid"]
 
 ENVELOPE_VERSION = 1
 _CONTEXT = b"floatkey/v1\n"
@@ -82,9 +82,20 @@ class Signer:
 
 def peek_kid(payload: bytes) -> str | None:
     """Return the key id an envelope claims, without trusting it (for refusal messages)."""
+    peeked = peek(payload)
+    return peeked[0] if peeked else None
+
+
+def peek(payload: bytes) -> tuple[str, bytes] | None:
+    """Return the key id and body an envelope claims, WITHOUT verifying the signature.
+
+    Only to tell what someone else published (never to act on it); ``None`` when the
+    payload is not an envelope.
+    """
     try:
-        return _decoder.decode(payload).kid
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        envelope = _decoder.decode(payload)
+        return envelope.kid, b64url_decode(envelope.body)
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
         return None
 
 

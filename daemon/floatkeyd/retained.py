@@ -5,15 +5,13 @@ there is one of:
 
 - its own current message, or an echo of an earlier one (a state it sealed, with a
   revision not above the current one; an identity with its own key id): nothing to do;
-- anything else: someone overwrote it. Agents would refuse a forged state anyway (bad
-  signature), but until the daemon puts its own back they have no valid state to read,
-  so it republishes.
-
-If foreign messages keep coming (more than :data:`FIGHT_LIMIT` a minute), someone is
-publishing there on purpose, most likely a second floatkeyd started with the same
-``server`` name on the same broker. Republishing against it would be a publishing fight
-that never ends, so the daemon steps back (stops republishing for that minute) and says
-so in one error line, once.
+- a rival's: a well-formed state or identity for this server name under another key
+  id, which is what a second floatkeyd started with the same ``server`` name on the same
+  broker publishes. The daemon puts its own back, but if rivals keep coming (more than
+  :data:`FIGHT_LIMIT` a minute) it steps back for that minute and says so in one error
+  line: republishing against another daemon is a publishing fight that never ends;
+- anything else (garbage, a damaged message): put our own back. Agents would refuse it
+  anyway, but until the daemon republishes they have no valid state to read there.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.envelope import EnvelopeError, open_envelope
+from floatkey.envelope import EnvelopeError, open_envelope, peek
 
 if TYPE_CHECKING:
     from floatkey.envelope import Signer
@@ -73,6 +71,9 @@ class RetainedGuard:
         if payload == ours or self._is_echo(is_state, topic, payload):
             return
         self._drops("foreign_retained", topic)
+        if not self._is_rival(is_state, payload):
+            await self._link.publish(topic, ours, retain=True)
+            return
         now = time.monotonic()
         self._foreign.append(now)
         while self._foreign and self._foreign[0] < now - _WINDOW_S:
@@ -94,6 +95,23 @@ class RetainedGuard:
             self.contested = False
             log.warning("the retained state is ours again", topic=topic)
         await self._link.publish(topic, ours, retain=True)
+
+    def _is_rival(self, is_state: bool, payload: bytes) -> bool:
+        """Whether ``payload`` is a well-formed message for this server under another key."""
+        try:
+            if is_state:
+                peeked = peek(payload)
+                if peeked is None or peeked[0] == self._kid:
+                    return False
+                server = protocol.decode(peeked[1], protocol.State).server
+            else:
+                identity = protocol.decode(payload, protocol.Identity)
+                if identity.kid == self._kid:
+                    return False
+                server = identity.server
+        except msgspec.DecodeError:
+            return False
+        return server == self._topics.server
 
     def _is_echo(self, is_state: bool, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is one of our own earlier messages."""

@@ -151,7 +151,10 @@ def _lease_row(lease: Lease) -> tuple[object, ...]:
 
 
 class Store:
-    """The daemon's database. Use ``async with Store.open(path) as store``."""
+    """The daemon's database. ``store = await Store.open(path)``; ``await store.close()``.
+
+    Also an async context manager (``async with await Store.open(path) as store``).
+    """
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -287,13 +290,6 @@ class Store:
         async with self._db.execute("SELECT public_key FROM admin_keys ORDER BY added_at") as cur:
             return [str(r[0]) async for r in cur]
 
-    async def audit_log(self) -> list[tuple[int, int, str, str, str, str, str]]:
-        """The whole audit log, oldest first."""
-        async with self._db.execute(
-            "SELECT seq, ts, actor, action, outcome, reason, detail FROM audit ORDER BY seq",
-        ) as cursor:
-            return [tuple(r) async for r in cursor]
-
     # --- writing ------------------------------------------------------------------
 
     async def _audit(self, entry: AuditEntry, ts: int) -> None:
@@ -412,11 +408,6 @@ class Store:
     def stage_release(self, client: str) -> None:
         """Remember to delete ``client``'s lease."""
         self._staged[client] = None
-
-    @property
-    def has_staged(self) -> bool:
-        """Whether lease changes wait to be written."""
-        return bool(self._staged)
 
     async def flush_leases(self) -> int:
         """Write every staged lease change in one transaction; return how many."""
