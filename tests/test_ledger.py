@@ -26,15 +26,17 @@ def test_grants_up_to_the_seats_then_denies_with_a_sentence():
     assert (denied.seats, denied.in_use) == (2, 2)
 
 
-def test_asking_again_returns_the_same_lease():
+def test_asking_again_gets_the_same_seat_under_a_new_secret():
     book = ledger(1)
     first = book.request("a", 0)
     again = book.request("a", 10)
     assert isinstance(first, Granted)
     assert isinstance(again, Granted)
-    assert again.lease.token == first.lease.token
+    assert again.lease.token != first.lease.token  # a lease's secret is sent only once
     assert not again.fresh
     assert book.in_use == 1
+    assert book.renew("a", first.lease.token, 20) is None
+    assert book.renew("a", again.lease.token, 20) is again.lease
 
 
 def test_renew_needs_the_token_and_extends_the_lease():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
@@ -52,6 +52,16 @@ MAX_PAYLOAD: Final = 64 * 1024
 # A client id is used inside topics: no MQTT wildcards or separators, bounded length.
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
+# Bounds on what arrives from the network, checked at decode time: nothing unbounded is
+# ever logged, stored or sized a buffer from (a pid of 2**64 once stopped the daemon's
+# database writes: SQLite integers are 64-bit signed).
+Timestamp = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+ClientId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+RequestId = ClientId
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Label = Annotated[str, msgspec.Meta(max_length=256)]
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+
 Status = Literal["unlicensed", "licensed", "expired"]
 EventName = Literal["license.activated", "license.expired"]
 
@@ -62,7 +72,7 @@ def now_ms() -> int:
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", kw_only=True):
-    ts: int = msgspec.field(default_factory=now_ms)
+    ts: Timestamp = msgspec.field(default_factory=now_ms)
 
 
 # --- daemon -> all ------------------------------------------------------------------
@@ -114,26 +124,26 @@ class Event(_Body, tag="event"):
 class SeatRequest(_Body, tag="seat.request"):
     """Ask for a seat."""
 
-    client: str
-    nonce: str
-    app: str = ""
-    user: str = ""
-    host: str = ""
-    pid: int = 0
+    client: ClientId
+    nonce: Token
+    app: Label = ""
+    user: Label = ""
+    host: Label = ""
+    pid: Pid = 0
 
 
 class SeatRenew(_Body, tag="seat.renew"):
     """Extend a lease before it expires."""
 
-    client: str
-    lease: str
+    client: ClientId
+    lease: Token
 
 
 class SeatRelease(_Body, tag="seat.release"):
     """Give the seat back. Also the agent's MQTT will, which cannot know the lease."""
 
-    client: str
-    lease: str | None = None
+    client: ClientId
+    lease: Token | None = None
 
 
 # --- daemon -> one agent (signed) ----------------------------------------------------
@@ -189,32 +199,37 @@ DaemonToClient = SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked
 # --- admin <-> daemon (both signed) --------------------------------------------------
 
 
-class AdminUnlock(_Body, tag="admin.unlock"):
+class _AdminBody(_Body):
+    """Every admin command has a bounded ``request_id``, and on the wire a ``ts``.
+
+    ``ts`` defaults to now when a command is made, but a command that arrives without
+    one is refused by :func:`decode_admin_command`: a receiver's default would let it be
+    replayed after the replay window.
+    """
+
+    request_id: RequestId
+
+
+class AdminUnlock(_AdminBody, tag="admin.unlock"):
     """Activate a product key."""
 
-    request_id: str
-    name: str
-    organization: str
-    key: str
+    name: Label
+    organization: Label
+    key: Annotated[str, msgspec.Meta(max_length=2048)]
 
 
-class AdminStatus(_Body, tag="admin.status"):
+class AdminStatus(_AdminBody, tag="admin.status"):
     """Report the license and seat usage."""
 
-    request_id: str
 
-
-class AdminClients(_Body, tag="admin.clients"):
+class AdminClients(_AdminBody, tag="admin.clients"):
     """List the connected clients."""
 
-    request_id: str
 
-
-class AdminRelease(_Body, tag="admin.release"):
+class AdminRelease(_AdminBody, tag="admin.release"):
     """Free a client's seat."""
 
-    request_id: str
-    client: str
+    client: ClientId
 
 
 AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease
@@ -312,8 +327,16 @@ _admin_decoder: msgspec.json.Decoder[AdminCommand] = msgspec.json.Decoder(AdminC
 _to_client_decoder: msgspec.json.Decoder[DaemonToClient] = msgspec.json.Decoder(DaemonToClient)
 
 
+class _Stamp(msgspec.Struct):
+    ts: Timestamp
+
+
+_stamp_decoder = msgspec.json.Decoder(_Stamp)
+
+
 def decode_admin_command(data: bytes) -> AdminCommand:
-    """Decode an admin command body; raise ``msgspec.DecodeError``."""
+    """Decode an admin command body (``ts`` required); raise ``msgspec.DecodeError``."""
+    _guarded(_stamp_decoder, data)
     return _guarded(_admin_decoder, data)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -64,6 +65,7 @@ class Keyring:
         self._configured = configured
         self._store = store
         self.keys: dict[str, Ed25519PublicKey] = {}
+        self._stored = 0  # configured plus stored keys at the last load, damaged ones too
 
     async def reload(self) -> None:
         """Read the configured and the stored keys again. A damaged stored key is skipped.
@@ -71,7 +73,8 @@ class Keyring:
         Raises ``sqlite3.Error`` (the old keys stay).
         """
         keys: dict[str, Ed25519PublicKey] = {}
-        for text in [*self._configured, *await self._store.admin_keys()]:
+        texts = [*self._configured, *await self._store.admin_keys()]
+        for text in texts:
             try:
                 key = parse_public_key(text)
             except ValueError as exc:
@@ -79,7 +82,19 @@ class Keyring:
                 continue
             keys[key_id(key)] = key
         self.keys = keys
+        self._stored = len(texts)
         log.info("admin keys loaded", count=len(keys), kids=sorted(keys))
+
+    async def reload_if_added(self) -> bool:
+        """Reload if keys were added since the last load; return whether it reloaded.
+
+        One cheap count per unknown key id, not a reload: a flood of commands signed by
+        strangers must not make the daemon parse its keyring for each.
+        """
+        if await self._store.admin_key_count() + len(self._configured) == self._stored:
+            return False
+        await self.reload()
+        return True
 
 
 class AdminDesk:
@@ -110,6 +125,9 @@ class AdminDesk:
         self._drops = drops
         self._broker = broker
         self._reload_requested = asyncio.Event()
+        # Unverifiable commands are audited once per reason per minute, then counted.
+        self._refusal_minute = -1
+        self._refusals: Counter[str] = Counter()
 
     # --- reloads (SIGHUP) ---------------------------------------------------------
 
@@ -134,10 +152,10 @@ class AdminDesk:
         try:
             raw = open_envelope(payload, topic, self.keyring.keys)
         except EnvelopeError as exc:
-            if exc.reason != "unknown_key":
+            # An unknown key may have just been added with `floatkeyd admin-key add`.
+            if exc.reason != "unknown_key" or not await self.keyring.reload_if_added():
                 await self._refuse_unverified(payload, exc)
                 return
-            await self.keyring.reload()  # perhaps just added with `admin-key add`
             try:
                 raw = open_envelope(payload, topic, self.keyring.keys)
             except EnvelopeError as again:
@@ -270,10 +288,7 @@ class AdminDesk:
         """Answer a command we cannot trust with ``not_authorized``, if it says where."""
         kid = exc.kid if exc.kid is not None and _KID.fullmatch(exc.kid) else "invalid"
         self._drops(f"admin_{exc.reason}", self._topics.admin_request, kid=kid)
-        await self._store.audit(
-            AuditEntry(kid, "admin", "refused", "not_authorized", {"envelope": exc.reason}),
-            self._clock.now(),
-        )
+        await self._audit_unverified(exc.reason, kid)
         request_id = _unverified_request_id(payload)
         if request_id is not None:
             await self._reply(
@@ -285,6 +300,25 @@ class AdminDesk:
                     "it with `floatkeyd admin-key add PUBLIC_KEY` on the server.",
                 )
             )
+
+    async def _audit_unverified(self, reason: str, kid: str) -> None:
+        """One audit row per reason per minute; the rest are counted into the next row.
+
+        Anyone who can publish on the admin topic can send unverifiable commands as fast
+        as the broker carries them: one row each would grow the database without bound.
+        """
+        now = self._clock.now()
+        minute = now // 60_000
+        if minute != self._refusal_minute:
+            more = {r: n - 1 for r, n in self._refusals.items() if n > 1}
+            if more:
+                entry = AuditEntry("various", "admin", "refused", "not_authorized", {"more": more})
+                await self._store.audit(entry, now)
+            self._refusal_minute, self._refusals = minute, Counter()
+        self._refusals[reason] += 1
+        if self._refusals[reason] == 1:
+            entry = AuditEntry(kid, "admin", "refused", "not_authorized", {"envelope": reason})
+            await self._store.audit(entry, now)
 
     async def _reply(self, result: AdminResult) -> None:
         topic = self._topics.admin_reply(result.request_id)

@@ -40,7 +40,7 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Granted:
-    """A seat was granted; ``fresh`` is false when the client already held it."""
+    """A seat was granted; ``fresh`` is false when the client already held one (replaced)."""
 
     lease: Lease
     fresh: bool
@@ -112,12 +112,30 @@ class SeatLedger:
         host: str = "",
         pid: int = 0,
     ) -> Granted | Denied:
-        """Grant a seat, or say why not. A client asking again gets its lease back."""
+        """Grant a seat, or say why not.
+
+        A client that asks again while it holds a seat gets the same seat under a new
+        token, never the old one: whoever asks on a client id may not be who asked
+        first (an id can be taken over on the broker), so a lease's secret is only ever
+        sent once. The old token stops working; a genuine agent told ``seat.lost`` asks
+        again.
+        """
         held = self.leases.get(client)
         if held is not None:
-            held.expires_at = now + self.lease_ms
-            heapq.heappush(self._expiry, (held.expires_at, client, held.token))
-            return Granted(held, fresh=False)
+            lease = Lease(
+                client=client,
+                token=secrets.token_urlsafe(16),
+                generation=held.generation,
+                licensed=held.licensed,
+                since=now,
+                expires_at=now + self.lease_ms,
+                app=app,
+                user=user,
+                host=host,
+                pid=pid,
+            )
+            self._add(lease)
+            return Granted(lease, fresh=False)
         if self.mode == "expired":
             return Denied(
                 "expired",

@@ -290,6 +290,12 @@ class Store:
         async with self._db.execute("SELECT public_key FROM admin_keys ORDER BY added_at") as cur:
             return [str(r[0]) async for r in cur]
 
+    async def admin_key_count(self) -> int:
+        """How many admin keys are stored (cheap: to notice one just added)."""
+        async with self._db.execute("SELECT count(*) FROM admin_keys") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     # --- writing ------------------------------------------------------------------
 
     async def _audit(self, entry: AuditEntry, ts: int) -> None:

@@ -1,0 +1,124 @@
+"""What one hostile client can try, and that it costs only its own messages.
+
+Each test is a hole a security test of an earlier version found (docs/SECURITY.md lists
+them with their outcome); the attacker holds only what every client machine has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from floatkey import protocol
+from floatkey.envelope import Signer, open_envelope
+from inprocess import ADMIN, MemoryLink, Wall, ask, running, write_config
+from licensing import issue, unlock
+from servers import clients, eventually, make_agent, raw_client, status
+
+pytestmark = pytest.mark.broker
+
+OVERFLOW = b'{"type":"seat.request","client":"x","nonce":"n","pid":18446744073709551615}'
+
+
+async def test_a_seat_request_with_a_huge_pid_is_dropped_and_the_daemon_serves_on(server, tmp_path):
+    daemon = server.start_daemon()
+    assert (await asyncio.to_thread(unlock, server, issue(seats=2))).returncode == 0
+    async with raw_client(server, "floatkeyd", "x") as attacker:
+        await attacker.publish(server.topics.seat("x", "request"), OVERFLOW, qos=1)
+    await eventually(lambda: status(server)["dropped"].get("bad_body", 0) >= 1)
+    # Still serving, and still writing: a legitimate agent's lease reaches the database.
+    async with make_agent(server, tmp_path, "after") as agent:
+        assert agent.licensed
+
+        def written() -> bool:
+            with contextlib.closing(server.db()) as db:
+                return bool(
+                    db.execute(
+                        "SELECT 1 FROM leases WHERE client = ?", (agent.client_id,)
+                    ).fetchone()
+                )
+
+        await eventually(written)
+    assert daemon.process.poll() is None
+    assert "x" not in [row["client"] for row in await asyncio.to_thread(clients, server)]
+
+
+def _seat(daemon, client: str, nonce: str) -> tuple[str, bytes]:
+    body = protocol.SeatRequest(client=client, nonce=nonce)
+    return daemon.topics.seat(client, "request"), protocol.encode(body)
+
+
+def _granted(daemon, link: MemoryLink) -> protocol.SeatGranted:
+    topic, payload = link.sent[-1]
+    body = open_envelope(payload, topic, daemon.guard._trusted)
+    reply = protocol.decode_to_client(body)
+    assert isinstance(reply, protocol.SeatGranted)
+    return reply
+
+
+async def test_a_request_on_a_held_client_id_never_gets_the_held_lease(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await daemon.handle(*_seat(daemon, "victim", "v1"))
+        victim = _granted(daemon, link)
+        await daemon.handle(*_seat(daemon, "victim", "m1"))  # someone else, same id
+        impostor = _granted(daemon, link)
+        assert impostor.lease != victim.lease
+        assert daemon.seats.ledger.in_use == 0  # unlicensed sessions hold no seat
+        assert len(daemon.seats.ledger.leases) == 1
+
+
+async def test_an_admin_command_without_ts_is_refused(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        topic = daemon.topics.admin_request
+        body = b'{"type":"admin.status","request_id":"nots"}'
+        await daemon.handle(topic, ADMIN.seal(topic, body))
+        assert daemon.drops.counts["bad_admin_body"] == 1
+        assert not [p for p in link.published if p.topic.endswith("/nots")]
+
+
+async def test_refused_admin_commands_do_not_grow_the_database(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        topic = daemon.topics.admin_request
+        stranger = Signer(Ed25519PrivateKey.generate())
+        for n in range(500):
+            command = protocol.AdminStatus(request_id=f"r{n}")
+            await daemon.handle(topic, stranger.seal(topic, protocol.encode(command)))
+        long_kid = b'{"v":1,"kid":"' + b"k" * 60_000 + b'","body":"e30","sig":"AA"}'
+        for _ in range(50):
+            await daemon.handle(topic, long_kid)
+        status_reply = await ask(daemon, link, protocol.AdminStatus(request_id="s"))
+        assert status_reply.ok
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        rows = db.execute("SELECT actor, detail FROM audit WHERE outcome = 'refused'").fetchall()
+    assert len(rows) <= 4  # one row per reason per minute, not one per message
+    assert all(len(actor) <= 16 for actor, _ in rows)
+    assert sum(len(detail) for _, detail in rows) < 2_000
+
+
+async def test_long_client_ids_neither_flood_the_log_nor_grow_the_daemon(server):
+    daemon = server.start_daemon()
+    await eventually(lambda: status(server))
+    log_before = len(daemon.log())
+    huge = "v" * 60_000
+    payload = protocol.encode(protocol.SeatRequest(client="v", nonce="n"))
+    async with raw_client(server, "floatkeyd", "flooder") as flooder:
+        for n in range(2_000):
+            await flooder.publish(f"{server.topics.root}/seats/{huge}/request", payload, qos=0)
+            if n % 200 == 0:
+                await asyncio.sleep(0.01)  # let the broker keep up
+        await flooder.publish(f"{server.topics.root}/seats/{huge}/request", payload, qos=1)
+    dropped = await eventually(
+        lambda: (n := status(server)["dropped"].get("unknown_topic", 0)) >= 1_000 and n,
+        within=60,
+    )
+    assert dropped >= 1_000
+    grown = len(daemon.log()) - log_before
+    assert grown < 64 * 1024, grown  # 2,000 drops, a handful of short lines
+    assert "v" * 200 not in daemon.log()
