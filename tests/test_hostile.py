@@ -122,3 +122,45 @@ async def test_long_client_ids_neither_flood_the_log_nor_grow_the_daemon(server)
     grown = len(daemon.log()) - log_before
     assert grown < 64 * 1024, grown  # 2,000 drops, a handful of short lines
     assert "v" * 200 not in daemon.log()
+
+
+async def test_connecting_with_the_daemons_old_client_id_does_not_kick_it_off(server):
+    daemon = server.start_daemon()
+    identifier = (server.state_dir / "broker-client-id").read_text().strip()
+    assert identifier.startswith("floatkeyd-")
+    assert len(identifier) >= 30  # 96 random bits: not guessable
+    assert oct((server.state_dir / "broker-client-id").stat().st_mode & 0o777) == "0o600"
+    for _ in range(5):
+        async with raw_client(server, "floatkey-agent", f"floatkeyd-{server.topics.server}"):
+            pass
+    assert status(server)["status"] == "unlicensed"  # answers at once: still connected
+    assert "broker unreachable" not in daemon.log()
+
+
+@pytest.mark.parametrize("template", ["{victim}/release", "{victim}/renew", "+", "#", "{victim}/+"])
+async def test_the_shipped_acl_holds_against_hostile_client_ids(server_factory, tmp_path, template):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert (await asyncio.to_thread(unlock, server, issue(seats=2))).returncode == 0
+    topics = server.topics
+    async with make_agent(server, tmp_path, "victim") as victim:
+        # The hostile client's id names the victim's topics; the forged release carries
+        # the victim's real lease (the worst case: as if it had been read somehow).
+        forged = protocol.encode(
+            protocol.SeatRelease(client=victim.client_id, lease=victim._grant.lease)
+        )
+        hostile_id = template.format(victim=victim.client_id)
+        targets = [
+            f"{topics.root}/seats/{victim.client_id}/release",
+            f"{topics.root}/seats/{hostile_id}/release",
+            f"{topics.root}/seats/{hostile_id}",  # "{victim}/release" under a '#' rule
+        ]
+        async with raw_client(server, "floatkey-agent", hostile_id) as hostile:
+            for topic in targets:
+                if "+" not in topic and "#" not in topic:  # not publishable anyway
+                    await hostile.publish(topic, forged, qos=1)
+        # The daemon answers its administrator after anything the broker passed on from
+        # the hostile client (one connection to the broker: its messages keep order).
+        rows = await asyncio.to_thread(clients, server)
+        assert [row["client"] for row in rows] == [victim.client_id]
+        assert victim.has_seat
