@@ -1,7 +1,7 @@
 """The benchmark environment: a broker, a real floatkeyd, worker processes, the table.
 
-Brokers and daemons are started exactly as the integration tests start them
-(``tests/servers.py``): Mosquitto from the shipped config, or the daemon's embedded amqtt.
+Brokers and daemons come from the testbed (``bench/testbed.py``), which the integration
+tests use too: Mosquitto from the shipped config, or the daemon's embedded amqtt.
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from floatkey import protocol  # noqa: E402
-from floatkey.protocol import Topics  # noqa: E402
-from floatkey.signing import load_private_key  # noqa: E402
-from floatkeyd.admin_client import AdminSession  # noqa: E402
-from servers import (  # noqa: E402
+from bench.testbed import (
+    REPO,
     Mosquitto,
     Server,
     free_port,
     write_agent_config,
     write_daemon_config,
 )
+from floatkey import protocol
+from floatkey.protocol import Topics
+from floatkey.signing import load_private_key
+from floatkeyd.admin_client import AdminSession
 
 if TYPE_CHECKING:
     from collections.abc import Callable
