@@ -172,7 +172,16 @@ class Worker:
 class Environment:
     """One broker and one daemon for a scenario; torn down by :meth:`close`."""
 
-    def __init__(self, broker: str, *, lease_seconds: int = 3600, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        lease_seconds: int = 3600,
+        extra_config: str = "",
+        max_requests_per_client: int | None = 1000,
+    ) -> None:
+        """``max_requests_per_client``: high, so that load is not refused; None: the
+        daemon's default, for a scenario that measures the rate limit at work."""
         self.broker_kind = broker
         self.workdir = Path(tempfile.mkdtemp(prefix="floatkey-bench-"))
         self.mosquitto = Mosquitto() if broker == "mosquitto" else None
@@ -187,7 +196,11 @@ class Environment:
             state_dir=self.workdir / "state",
             port=port,
             mosquitto=self.mosquitto,
-            extra=f"max_requests_per_client = 1000\n{extra_config}",
+            extra=(
+                f"max_requests_per_client = {max_requests_per_client}\n{extra_config}"
+                if max_requests_per_client is not None
+                else extra_config
+            ),
         )
         text = config.read_text().replace("lease_seconds = 30", f"lease_seconds = {lease_seconds}")
         config.write_text(text.replace('log_level = "debug"', 'log_level = "warning"'))

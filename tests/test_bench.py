@@ -72,3 +72,9 @@ async def test_scale_smoke():
 async def test_storm_smoke_on_the_embedded_broker():
     results = await scenarios.storm("embedded", agents=8, procs=1, seat_counts=(5,))
     assert all(results.checks.values()), results.table()
+
+
+async def test_flood_smoke():
+    results = await scenarios.flood("mosquitto", agents=8)
+    assert all(results.checks.values()), results.table()
+    assert all(row.baseline for row in results.rows if row.target)
