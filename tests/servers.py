@@ -8,6 +8,7 @@ in CI, failing) when a tool is missing, plain MQTT clients, agents, and waiting.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
@@ -159,10 +160,16 @@ def make_agent(server: Server, workdir: Path, name: str, **overrides: object) ->
 async def eventually(
     check: Callable[[], object], within: float = 10, interval: float = 0.05
 ) -> object:
-    """Wait until ``check()`` is truthy; return its value."""
+    """Wait until ``check()`` is truthy; return its value.
+
+    ``check`` may return an awaitable (``lambda: asyncio.to_thread(status, server)``),
+    which is awaited: a floatkeyctl round trip then does not freeze the test's loop.
+    """
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         await asyncio.sleep(interval)
