@@ -14,7 +14,7 @@ import platform
 import sys
 
 from bench.harness import Results
-from bench.scenarios import checkout, scale, storm, unlock
+from bench.scenarios import checkout, flood, scale, storm, unlock
 
 
 async def run(args: argparse.Namespace) -> Results:
@@ -37,6 +37,8 @@ async def run_once(args: argparse.Namespace) -> Results:
             part = await storm(args.broker, agents=args.agents or 1000, procs=args.procs)
         elif name == "unlock":
             part = await unlock(args.broker, agents=args.agents or 1000, procs=args.procs)
+        elif name == "flood":
+            part = await flood(args.broker, agents=args.agents or 50)
         else:
             part = await scale(args.broker, leases=args.leases)
         combined.rows += part.rows
@@ -51,10 +53,12 @@ def main() -> int:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="checkout, storm, unlock, scale (default: all four)",
+        help="checkout, storm, unlock, scale, flood (default: all five)",
     )
     parser.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
-    parser.add_argument("--agents", type=int, help="agents (default: 100 checkout, 1000 others)")
+    parser.add_argument(
+        "--agents", type=int, help="agents (default: 100 checkout, 50 flood, 1000 others)"
+    )
     parser.add_argument("--rounds", type=int, default=20, help="checkout rounds per agent")
     parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
     parser.add_argument("--procs", type=int, default=2, help="load-generating processes")
@@ -65,7 +69,7 @@ def main() -> int:
         help="run everything N times; the final table shows medians",
     )
     args = parser.parse_args()
-    every = ["checkout", "storm", "unlock", "scale"]
+    every = ["checkout", "storm", "unlock", "scale", "flood"]
     unknown = set(args.scenarios) - set(every)
     if unknown:
         parser.error(f"unknown scenario {sorted(unknown)}; choose from {', '.join(every)}")

@@ -1,7 +1,7 @@
 """The benchmark environment: a broker, a real floatkeyd, worker processes, the table.
 
-Brokers and daemons are started exactly as the integration tests start them
-(``tests/servers.py``): Mosquitto from the shipped config, or the daemon's embedded amqtt.
+Brokers and daemons come from the testbed (``bench/testbed.py``), which the integration
+tests use too: Mosquitto from the shipped config, or the daemon's embedded amqtt.
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from floatkey import protocol  # noqa: E402
-from floatkey.protocol import Topics  # noqa: E402
-from floatkey.signing import load_private_key  # noqa: E402
-from floatkeyd.admin_client import AdminSession  # noqa: E402
-from servers import (  # noqa: E402
+from bench.testbed import (
+    REPO,
     Mosquitto,
     Server,
     free_port,
     write_agent_config,
     write_daemon_config,
 )
+from floatkey import protocol
+from floatkey.protocol import Topics
+from floatkey.signing import load_private_key
+from floatkeyd.admin_client import AdminSession
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -174,7 +172,16 @@ class Worker:
 class Environment:
     """One broker and one daemon for a scenario; torn down by :meth:`close`."""
 
-    def __init__(self, broker: str, *, lease_seconds: int = 3600, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        broker: str,
+        *,
+        lease_seconds: int = 3600,
+        extra_config: str = "",
+        max_requests_per_client: int | None = 1000,
+    ) -> None:
+        """``max_requests_per_client``: high, so that load is not refused; None: the
+        daemon's default, for a scenario that measures the rate limit at work."""
         self.broker_kind = broker
         self.workdir = Path(tempfile.mkdtemp(prefix="floatkey-bench-"))
         self.mosquitto = Mosquitto() if broker == "mosquitto" else None
@@ -189,7 +196,11 @@ class Environment:
             state_dir=self.workdir / "state",
             port=port,
             mosquitto=self.mosquitto,
-            extra=f"max_requests_per_client = 1000\n{extra_config}",
+            extra=(
+                f"max_requests_per_client = {max_requests_per_client}\n{extra_config}"
+                if max_requests_per_client is not None
+                else extra_config
+            ),
         )
         text = config.read_text().replace("lease_seconds = 30", f"lease_seconds = {lease_seconds}")
         config.write_text(text.replace('log_level = "debug"', 'log_level = "warning"'))

@@ -400,4 +400,102 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
     return results
 
 
-SCENARIOS = {"checkout": checkout, "storm": storm, "unlock": unlock, "scale": scale}
+async def _flood(env: Environment, flowing: asyncio.Event, stop: asyncio.Event) -> int:
+    """One client sends seat requests as fast as the broker takes them, until ``stop``."""
+    topic = env.server.topics.seat("flooder", "request")
+    sent = 0
+    async with connect(
+        env.server.broker("floatkey-agent"), identifier="flooder", base=Path.cwd()
+    ) as client:
+        while not stop.is_set():
+            await asyncio.gather(
+                *(
+                    client.publish(
+                        topic,
+                        protocol.encode(
+                            protocol.SeatRequest(client="flooder", nonce=str(sent + i))
+                        ),
+                        qos=0,
+                    )
+                    for i in range(200)
+                )
+            )
+            sent += 200
+            flowing.set()
+            await asyncio.sleep(0)  # let the coordinator read its workers
+    return sent
+
+
+async def flood(broker: str, agents: int = 50) -> Results:
+    """N agents start at once while one client floods seat requests; vs the same start alone.
+
+    The daemon runs with its default per-client rate limit, as in production.
+    """
+    results = Results(broker)
+    env = Environment(broker, max_requests_per_client=None)
+    spans: dict[bool, float] = {}
+    seated: dict[bool, int] = {}
+    rate = 0.0
+    try:
+        env.start_daemon()
+        # One seat more than the agents: the flooder's first request is granted too.
+        await env.unlock(issue_key(seats=agents + 1))
+        config = str(env.agent_config())
+        limited_before = (await env.status()).dropped.get("rate_limited", 0)
+        for flooding in (False, True):
+            worker = env.worker(
+                "storm-agents",
+                {"agent_config": config, "count": agents, "prefix": f"fl{int(flooding)}-"},
+            )
+            await worker.expect("ready")
+            flowing, stop = asyncio.Event(), asyncio.Event()
+            flooder = asyncio.create_task(_flood(env, flowing, stop)) if flooding else None
+            if flooder is not None:
+                await flowing.wait()
+                flood_started = time.monotonic()
+            worker.go()
+            await worker.expect("answered")
+            if flooder is not None:
+                stop.set()
+                rate = await flooder / (time.monotonic() - flood_started)
+            worker.go()
+            report = await worker.result()
+            spans[flooding] = max(report["answered"]) - report["started"]
+            seated[flooding] = report["granted"]
+            # The agents released their seats on leaving; wait until they are back.
+            deadline = time.monotonic() + 30
+            while (await env.status()).seats_in_use > int(flooding) and (
+                time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.2)
+        limited = (await env.status()).dropped.get("rate_limited", 0) - limited_before
+    finally:
+        env.close()
+    results.rows += [
+        Row(
+            "flood",
+            f"{agents} agents starting at once, all answered during a flood "
+            "(baseline: without the flood)",
+            spans[True],
+            spans[False],
+            "s",
+            "≤ 2 s",
+            spans[True] <= 2.0,
+            lambda f, _: f <= 2.0,
+        ),
+        Row("flood", "flood: seat requests sent by one client", rate, None, "/s"),
+    ]
+    results.checks[f"flood: all {agents} agents seated during the flood, and without"] = (
+        seated[True] == seated[False] == agents
+    )
+    results.checks["flood: the flooder's requests were refused by the rate limit"] = limited > 0
+    return results
+
+
+SCENARIOS = {
+    "checkout": checkout,
+    "storm": storm,
+    "unlock": unlock,
+    "scale": scale,
+    "flood": flood,
+}

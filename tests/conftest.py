@@ -4,36 +4,26 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
 from floatkey.protocol import Topics
-from servers import Mosquitto, Server, free_port, write_daemon_config
+from servers import CONFIG, REPO, Mosquitto, Server, command, free_port, write_daemon_config
+
+# Tests import these from here, beside ``run``.
+__all__ = ["CONFIG", "REPO", "command", "run"]
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # Property tests sign and verify Ed25519 keys: on a loaded 2-core CI machine one example
 # can take longer than hypothesis's default 200 ms deadline. Correctness, not speed, is
 # what they check.
 settings.register_profile("floatkey", deadline=None, print_blob=True)
 settings.load_profile("floatkey")
-
-REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "config"
-BIN = Path(sys.executable).parent
-
-
-def command(name: str) -> str:
-    """The path of an installed floatkey command, from the same environment as the tests."""
-    path = BIN / name
-    if not path.exists():  # pragma: no cover - only when the package is not installed
-        found = shutil.which(name)
-        assert found, f"{name} is not installed; run scripts/test"
-        return found
-    return str(path)
 
 
 def run(

@@ -5,10 +5,42 @@ Timings are not asserted here (the machines are noisy); ``python -m bench`` meas
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from bench import scenarios
 
+from conftest import REPO
+from servers import mosquitto_binary
+
 pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(autouse=True)
+def _mosquitto_installed() -> None:
+    # The scenarios start their own Mosquitto: skip (or fail in CI) without one.
+    mosquitto_binary()
+
+
+def test_the_benchmarks_import_nothing_from_the_tests():
+    # `python -m bench` runs from a checkout without tests/ on its path; an import from
+    # tests/ would only work by accident (the old sys.path insert).
+    probe = (
+        "import sys, bench.__main__, bench.worker; "
+        f"print([n for n, m in sys.modules.items() if (getattr(m, '__file__', None) or '')"
+        f".startswith({str(REPO / 'tests')!r})])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 async def test_checkout_smoke():
@@ -40,3 +72,9 @@ async def test_scale_smoke():
 async def test_storm_smoke_on_the_embedded_broker():
     results = await scenarios.storm("embedded", agents=8, procs=1, seat_counts=(5,))
     assert all(results.checks.values()), results.table()
+
+
+async def test_flood_smoke():
+    results = await scenarios.flood("mosquitto", agents=8)
+    assert all(results.checks.values()), results.table()
+    assert all(row.baseline for row in results.rows if row.target)

@@ -20,7 +20,15 @@ from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.admin_client import AdminSession
 from licensing import NAME, ORG, ctl, issue, unlock
-from servers import raw_client, read_retained, read_state, read_terminal, required_tool
+from servers import (
+    eventually,
+    raw_client,
+    read_retained,
+    read_state,
+    read_terminal,
+    required_tool,
+    status,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -54,9 +62,9 @@ async def test_unlock_happy_path_with_the_real_tools(server):
     assert state.license.seats == 10
     assert state.license.features == ["dataflow", "subflow", "workflow"]
 
-    status = json.loads(ctl(server, "status", "--json").stdout)
-    assert status["status"]["status"] == "licensed"
-    assert status["status"]["fingerprint"] == key_id(server.server_key())
+    report = json.loads(ctl(server, "status", "--json").stdout)
+    assert report["status"]["status"] == "licensed"
+    assert report["status"]["fingerprint"] == key_id(server.server_key())
 
     # The same key again is a no-op that says so.
     again = unlock(server, issue())  # a new serial: a different key, so it activates
@@ -274,15 +282,20 @@ async def test_forged_and_replayed_states_do_not_change_the_daemon(server, tmp_p
         )
     )
     forged = Signer(Ed25519PrivateKey.generate()).seal(server.topics.state, forged_body)
+    seen_before = status(server)["dropped"].get("foreign_retained", 0)
     # The daemon's own broker user can publish there (an ACL would stop anyone else).
     async with raw_client(server, "floatkeyd", "forger") as client:
         await client.publish(server.topics.state, forged, qos=1, retain=True)
         await client.publish(server.topics.state, old_state, qos=1, retain=True)
-    await asyncio.sleep(0.5)
-    status = json.loads(ctl(server, "status", "--json").stdout)["status"]
-    assert status["generation"] == 2
-    assert status["license"]["seats"] == 5
-    # ...and the daemon put its own state back on the broker.
+    # The daemon counts each foreign state it puts right, handling its messages in order:
+    # once both are counted, the status it answers comes after both.
+    after = await eventually(
+        lambda: (s := status(server))["dropped"].get("foreign_retained", 0) >= seen_before + 2 and s
+    )
+    assert after["generation"] == 2
+    assert after["license"]["seats"] == 5
+    # ...and the daemon put its own state back on the broker (acknowledged before it
+    # handled the status command).
     assert await read_retained(server, server.topics.state) == genuine
 
 

@@ -13,7 +13,6 @@ import os
 import random
 import socket
 import sqlite3
-import time
 from pathlib import Path
 
 import aiomqtt
@@ -195,11 +194,14 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
 
         async def watch() -> None:
             async for message in observer.messages:
-                seen.append(message.topic.value)  # noqa: PERF401 - a live record
+                # Retained copies (identity, state) come with the subscription: not news.
+                if not message.retain:
+                    seen.append(message.topic.value)  # noqa: PERF401 - a live record
 
         watcher = asyncio.create_task(watch())
-        await asyncio.sleep(0.3)
-        seen.clear()
+        # ...and may not read another client's replies; its own, it may.
+        await mallory.subscribe(topics.client(victim.client_id), qos=1)
+        await mallory.subscribe(topics.client("mallory"), qos=1)
         # Mallory may speak only as 'mallory': everything else is dropped by the broker.
         forged = protocol.encode(protocol.SeatRelease(client=victim.client_id))
         await mallory.publish(topics.seat(victim.client_id, "release"), forged, qos=1)
@@ -212,19 +214,27 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
         await mallory.publish(topics.events, b"forged event", qos=1)
         await mallory.publish(topics.admin_request, b"forged command", qos=1)
         await mallory.publish(topics.client(victim.client_id), b"forged reply", qos=1)
-        # ...and may not read another client's replies.
-        await mallory.subscribe(topics.client(victim.client_id), qos=1)
+        # The broker acknowledged all of those before the victim renews: whatever of them
+        # it let through reaches the observer before the renewal's answer does.
         await victim._send(
             protocol.SeatRenew(client=victim.client_id, lease=victim._grant.lease), "renew"
         )
-        await asyncio.sleep(1)
+        await eventually(lambda: topics.client(victim.client_id) in seen)
+        # Mallory's own request is answered after the victim's renewal (one daemon, in
+        # order): if the broker let mallory read the victim's answer, it came first.
+        await mallory.publish(
+            topics.seat("mallory", "request"),
+            protocol.encode(protocol.SeatRequest(client="mallory", nonce="m")),
+            qos=1,
+        )
         stolen: list[bytes] = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                async for message in mallory.messages:
-                    if message.topic.value == topics.client(victim.client_id):
-                        stolen.append(bytes(message.payload))  # noqa: PERF401
+        async with asyncio.timeout(10):
+            async for message in mallory.messages:
+                if message.topic.value == topics.client("mallory"):
+                    break
+                stolen.append(bytes(message.payload))
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         # The observer saw the victim's own renewal and its answer, nothing of mallory's.
         assert topics.seat(victim.client_id, "release") not in seen
         assert topics.seat(victim.client_id, "request") not in seen
@@ -233,26 +243,20 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
         assert topics.admin_request not in seen
         assert seen.count(topics.client(victim.client_id)) == 1
         assert stolen == []
-        assert [c["client"] for c in clients(server)] == [victim.client_id]
         assert victim.has_seat
         # Mallory can still use its own topics.
-        await mallory.publish(
-            topics.seat("mallory", "request"),
-            protocol.encode(protocol.SeatRequest(client="mallory", nonce="m")),
-            qos=1,
-        )
-        await eventually(lambda: len(clients(server)) == 2)
+        listed = await asyncio.to_thread(clients, server)
+        assert sorted(c["client"] for c in listed) == sorted([victim.client_id, "mallory"])
 
 
-async def test_a_flooding_client_does_not_delay_the_others(server_factory, tmp_path):
+async def test_a_flooding_client_does_not_keep_the_others_out(server_factory, tmp_path):
+    # How long the others wait during a flood is measured by `python -m bench flood`.
     server = server_factory("mosquitto")
     daemon = server.start_daemon()
     assert unlock(server, issue(seats=50)).returncode == 0
     flood_stop = asyncio.Event()
-    sent = 0
 
     async def flood() -> None:
-        nonlocal sent
         async with raw_client(server, "floatkey-agent", "flooder") as client:
             while not flood_stop.is_set():
                 await asyncio.gather(
@@ -265,25 +269,27 @@ async def test_a_flooding_client_does_not_delay_the_others(server_factory, tmp_p
                         for i in range(200)
                     )
                 )
-                sent += 200
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # pacing: lets the agents in this loop run
+
+    def rate_limited(report: dict) -> int:
+        return report["dropped"].get("rate_limited", 0)
 
     flooder = asyncio.create_task(flood())
-    await asyncio.sleep(1)
-    latencies = []
-    for i in range(10):
-        agent = make_agent(server, tmp_path, f"polite{i}")
-        started = time.monotonic()
-        async with agent:
-            latencies.append(time.monotonic() - started)
-            assert agent.has_seat
-    flood_stop.set()
-    await flooder
-    duration_rate = sent  # messages sent during the test, thousands
-    assert duration_rate > 2000
-    assert max(latencies) < 2.0, latencies
-    dropped = status(server)["dropped"]
-    assert dropped.get("rate_limited", 0) > 1000
+    try:
+        # The flood is on once the daemon has started refusing it.
+        await eventually(lambda: asyncio.to_thread(lambda: rate_limited(status(server)) > 0))
+        limited_before = rate_limited(await asyncio.to_thread(status, server))
+        for i in range(10):
+            # Entering waits for the daemon's answer (request_timeout) or raises NoAnswer.
+            async with make_agent(server, tmp_path, f"polite{i}") as agent:
+                assert agent.has_seat
+        assert not flooder.done(), "the flood stopped before the agents were done"
+        limited_after = rate_limited(await asyncio.to_thread(status, server))
+    finally:
+        flood_stop.set()
+        await flooder
+    # The flooder was being refused while every polite agent got its seat.
+    assert limited_after > limited_before
     # Under the load the log stays what journald expects: JSON lines only, and no
     # line per pipelined reply from aiomqtt ("There are N pending publish calls").
     records = [json.loads(line) for line in daemon.log().splitlines()]
@@ -303,13 +309,12 @@ async def test_a_30_second_broker_outage_loses_nobody(server_factory, tmp_path):
         server.mosquitto.stop()
         await asyncio.sleep(30 if not os.environ.get("FLOATKEY_FAST_OUTAGE") else 5)
         server.mosquitto.start()
-        back = time.monotonic()
-        await eventually(lambda: a1._connected.is_set() and a2._connected.is_set(), within=10)
-        assert time.monotonic() - back < 5  # the agents are back
-        await eventually(lambda: answering(server), within=10)
-        # The daemon too (give or take one 2 s floatkeyctl attempt that started too early).
-        assert time.monotonic() - back < 5 + 2
-        assert sorted(c["client"] for c in clients(server)) == sorted(leases)
+        # The agents and the daemon are back (how soon: the back-off cap, 4 s; these
+        # deadlines only stop a test that would otherwise wait forever).
+        await eventually(lambda: a1._connected.is_set() and a2._connected.is_set(), within=15)
+        await eventually(lambda: asyncio.to_thread(answering, server), within=15)
+        listed = await asyncio.to_thread(clients, server)
+        assert sorted(c["client"] for c in listed) == sorted(leases)
         assert {a1.client_id: a1._grant.lease, a2.client_id: a2._grant.lease} == leases
         assert not a1.shutdown_requested.is_set()
         assert not a2.shutdown_requested.is_set()
@@ -341,13 +346,27 @@ async def test_a_connection_cut_without_disconnect_keeps_the_seat(server_factory
     assert unlock(server, issue(seats=1)).returncode == 0
     async with make_agent(server, tmp_path, "cut") as agent:
         lease = agent._grant.lease
+        # A spy on the agent's seat replies: the answer to its renewal after the cut is
+        # the moment to look (the daemon handled the will before it), not a pause.
+        answers: list[object] = []
+        take_reply = agent._take_reply
+
+        def spy(reply: protocol.DaemonToClient) -> None:
+            answers.append(reply)
+            take_reply(reply)
+
+        agent._take_reply = spy
         sock = agent._client._client.socket()
         sock.shutdown(socket.SHUT_RDWR)  # the TCP connection dies; no DISCONNECT is sent
         await eventually(lambda: not agent._connected.is_set(), within=5)
         await eventually(agent._connected.is_set, within=10)
-        await asyncio.sleep(0.5)
+        await eventually(
+            lambda: any(isinstance(a, protocol.SeatRenewed | protocol.SeatLost) for a in answers)
+        )
+        assert agent._grant is not None
         assert agent._grant.lease == lease
-        assert [c["client"] for c in clients(server)] == [agent.client_id]
+        listed = await asyncio.to_thread(clients, server)
+        assert [c["client"] for c in listed] == [agent.client_id]
         assert not agent.shutdown_requested.is_set()
 
 
@@ -512,7 +531,8 @@ async def test_a_database_that_cannot_be_written_refuses_and_loses_nothing(
             return (late.client_id,) in rows
 
         await eventually(lease_written, within=15)
-        assert unlock(server, issue(seats=5)).returncode == 0  # and it works again
+        again = await asyncio.to_thread(lambda: unlock(server, issue(seats=5)))
+        assert again.returncode == 0  # and it works again
     finally:
         await late.__aexit__(None, None, None)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from pathlib import Path
 
@@ -30,7 +31,8 @@ async def test_daemon_admin_and_agents_work_over_tls(server_factory, tmp_path):
     async with make_agent(server, tmp_path, "remote") as agent:
         assert agent.has_seat
         assert agent.features == {"dataflow", "workflow"}
-        assert [c["client"] for c in clients(server)] == [agent.client_id]
+        listed = await asyncio.to_thread(clients, server)  # the agent's loop keeps running
+        assert [c["client"] for c in listed] == [agent.client_id]
 
 
 async def test_the_tls_listener_speaks_only_tls(server_factory):

@@ -12,7 +12,7 @@ Exit status:
 2  bad arguments
 3  the product key was refused (mistyped, not issued by the vendor, old version, ...)
 4  not authorized (admin key not trusted, clock too far off, replayed command)
-5  daemon unreachable (no broker, or no answer in time)
+5  daemon unreachable (no broker, the broker failed or cut the connection, no answer in time)
 6  timed out waiting for the clients of the old license to shut down
 == =====================================================================
 """
@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import msgspec
 
 from floatkey import protocol
 from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
+from floatkey.logs import configure_logging
 from floatkey.productkey import parse_product_key
 from floatkey.signing import create_private_key_file, load_private_key, public_key_text
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
@@ -347,6 +349,11 @@ def _create_admin_key(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run ``floatkeyctl``; return the exit status."""
     args = _parser().parse_args(argv)
+    # Warnings (an unverifiable answer ignored) go to stderr: stdout is for the answer.
+    configure_logging("warning", "console")
+    # paho logs a lost connection as an error of its own; floatkeyctl reports every
+    # broker failure itself, in one sentence that says what to check.
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     runners = {"unlock": _unlock, "status": _status, "clients": _clients, "release": _release}
     try:
         if args.command == "admin-key":

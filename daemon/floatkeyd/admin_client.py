@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import aiomqtt
 import msgspec
@@ -21,6 +21,7 @@ from floatkey.signing import key_id, parse_public_key
 from floatkeyd.statedir import IDENTITY_FILE
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -34,10 +35,11 @@ if TYPE_CHECKING:
 __all__ = ["AdminSession", "DaemonUnreachable", "find_server_key"]
 
 log = structlog.get_logger("floatkeyctl")
+T = TypeVar("T")
 
 
 class DaemonUnreachable(FloatkeyError):
-    """The broker could not be reached, or the daemon did not answer in time."""
+    """The broker could not be reached or failed us, or the daemon did not answer in time."""
 
     reason = "unreachable"
 
@@ -50,11 +52,29 @@ def find_server_key(state_dir: Path) -> Ed25519PublicKey | None:
         return None
 
 
+def _broker_failed(error: aiomqtt.MqttError) -> DaemonUnreachable:
+    """The sentence for a broker connection that failed after it was made."""
+    # aiomqtt puts the reason the connection went (paho's "The connection was lost")
+    # in the cause of its "Disconnected during message iteration".
+    why = f"{error} ({error.__cause__})" if error.__cause__ else str(error)
+    return DaemonUnreachable(
+        f"Lost the connection to the MQTT broker: {why}. Check that the broker is running; "
+        "its log says why it closed the connection (a message over its max_packet_size, "
+        "a login it refuses)."
+    )
+
+
 class AdminSession:
     """One broker connection for sending admin commands. ``async with AdminSession(...)``.
 
     ``server_key`` pins the daemon's key; without it the retained identity is trusted on
     first use (and the caller is told, so it can warn).
+
+    The session owns one task, the listener that reads the daemon's answers; it is
+    cancelled and awaited when the session closes, also when opening it fails. Every
+    broker failure, whenever it happens, is raised as ``DaemonUnreachable`` with what to
+    check; once the listener has lost the connection, whatever is waiting for the broker
+    gets that failure at once, not a timeout.
     """
 
     def __init__(  # noqa: PLR0913 - connection, identity and trust are all needed
@@ -80,6 +100,7 @@ class AdminSession:
         self._replies: dict[str, asyncio.Future[AdminResult]] = {}
         self._identity: asyncio.Future[Ed25519PublicKey] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._failure: DaemonUnreachable | None = None  # why the listener stopped
 
     async def __aenter__(self) -> Self:
         try:
@@ -88,25 +109,35 @@ class AdminSession:
             raise DaemonUnreachable(
                 f"Cannot reach the MQTT broker: {exc}. {connection_advice(str(exc))}"
             ) from None
-        self._listener = asyncio.create_task(self._listen(), name="admin-replies")
-        await self._client.subscribe(self.topics.admin_reply("+"), qos=1)
-        if self.server_key is None:
-            loop = asyncio.get_running_loop()
-            self._identity = loop.create_future()
-            await self._client.subscribe(self.topics.identity, qos=1)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    self.server_key = await self._identity
-            except TimeoutError:
-                await self.__aexit__(None, None, None)
-                raise DaemonUnreachable(
-                    f"No floatkey server {self.topics.server!r} is publishing on this broker "
-                    "(no identity seen). Check that floatkeyd is running and the server name.",
-                ) from None
-            self.trusted_on_first_use = True
+        # From here the session holds a connection and a task: a failure closes both.
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._close()
+
+    async def _open(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="admin-replies")
+        await self._unless_lost(self._client.subscribe(self.topics.admin_reply("+"), qos=1))
+        if self.server_key is not None:
+            return
+        self._identity = asyncio.get_running_loop().create_future()
+        await self._unless_lost(self._client.subscribe(self.topics.identity, qos=1))
+        try:
+            async with asyncio.timeout(self.timeout):
+                self.server_key = await self._unless_lost(self._identity)
+        except TimeoutError:
+            raise DaemonUnreachable(
+                f"No floatkey server {self.topics.server!r} is publishing on this broker "
+                "(no identity seen). Check that floatkeyd is running and the server name.",
+            ) from None
+        self.trusted_on_first_use = True
+
+    async def _close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
@@ -115,20 +146,57 @@ class AdminSession:
         except aiomqtt.MqttError:
             log.debug("broker connection closed uncleanly")
 
+    async def _unless_lost(self, operation: Awaitable[T]) -> T:
+        """Await ``operation`` (a broker call or an answer); fail as soon as the listener does.
+
+        Without the race a lost connection would surface only as aiomqtt's own timeout
+        on the acknowledgement, or as the daemon "not answering".
+        """
+        assert self._listener is not None, "the session is not open"
+        step = asyncio.ensure_future(operation)
+        try:
+            await asyncio.wait({step, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not step.done():
+                step.cancel()
+                await asyncio.wait({step})  # owned: never left running
+        if not step.cancelled() and step.exception() is None:
+            return step.result()
+        if self._listener.done():
+            raise self._listener_failure()
+        try:
+            return step.result()
+        except aiomqtt.MqttError as exc:
+            raise _broker_failed(exc) from None
+
+    def _listener_failure(self) -> BaseException:
+        """Why the listener stopped: a broker failure, or the error it died of."""
+        assert self._listener is not None
+        if self._failure is not None:
+            return self._failure
+        if not self._listener.cancelled() and (error := self._listener.exception()):
+            return error
+        return DaemonUnreachable("The admin session is closed.")
+
     async def _listen(self) -> None:
-        async for message in self._client.messages:
-            topic = message.topic.value
-            payload = message.payload
-            if topic == self.topics.identity and self._identity and not self._identity.done():
+        try:
+            async for message in self._client.messages:
+                self._take(message.topic.value, bytes(message.payload))
+        except aiomqtt.MqttError as exc:
+            self._failure = _broker_failed(exc)
+
+    def _take(self, topic: str, payload: bytes) -> None:
+        if topic == self.topics.identity:
+            if self._identity is not None and not self._identity.done():
                 try:
-                    identity = protocol.decode(bytes(payload), protocol.Identity)
+                    identity = protocol.decode(payload, protocol.Identity)
                     self._identity.set_result(parse_public_key(identity.public_key))
                 except (ValueError, msgspec.DecodeError):
                     log.warning("unreadable server identity ignored")
-                continue
-            await self._take_reply(topic, bytes(payload))
+            return
+        self._take_reply(topic, payload)
 
-    async def _take_reply(self, topic: str, payload: bytes) -> None:
+    def _take_reply(self, topic: str, payload: bytes) -> None:
         request_id = topic.rsplit("/", 1)[-1]
         waiter = self._replies.get(request_id)
         if waiter is None or waiter.done() or self.server_key is None:
@@ -145,23 +213,25 @@ class AdminSession:
     async def send(self, command: AdminCommand) -> AdminResult:
         """Send ``command`` and return the daemon's verified answer.
 
-        Raises ``DaemonUnreachable`` when no answer comes within the timeout.
+        Raises ``DaemonUnreachable`` when the broker fails (at once, with its reason) or
+        no answer comes within the timeout.
         """
         waiter: asyncio.Future[AdminResult] = asyncio.get_running_loop().create_future()
         self._replies[command.request_id] = waiter
         try:
             topic = self.topics.admin_request
-            await self._client.publish(
-                topic,
-                self._signer.seal(topic, protocol.encode(command)),
-                qos=1,
-            )
+            sealed = self._signer.seal(topic, protocol.encode(command))
             async with asyncio.timeout(self.timeout):
-                return await waiter
+                await self._unless_lost(self._client.publish(topic, sealed, qos=1))
+                return await self._unless_lost(waiter)
         except TimeoutError:
+            # Mosquitto drops, without a word, what its ACL refuses (MQTT 3.1.1 has no
+            # way to say it): that looks exactly like a daemon that does not answer.
             raise DaemonUnreachable(
                 f"The license server did not answer within {self.timeout:g} s. Check that "
-                "floatkeyd is running (systemctl status floatkeyd) and connected to the broker.",
+                "floatkeyd is running (systemctl status floatkeyd) and connected to the "
+                "broker, and that the broker's ACL lets this admin user write "
+                f"{self.topics.admin_request} and read {self.topics.admin_reply('#')}.",
             ) from None
         finally:
             self._replies.pop(command.request_id, None)
