@@ -79,7 +79,10 @@ async def _admin_key(args: argparse.Namespace) -> int:
     async with await Store.open(loaded.state_dir / DB_FILE) as store:
         if args.admin_command == "list":
             for text in [*loaded.config.admin_keys, *await store.admin_keys()]:
-                print(f"{key_id(parse_public_key(text))}  {text}")
+                try:
+                    print(f"{key_id(parse_public_key(text))}  {text}")
+                except ValueError as exc:  # the daemon skips it too
+                    print(f"(damaged, skipped: {exc})  {text[:40]}")
             return 0
         try:
             key = parse_public_key(args.public_key)

@@ -90,7 +90,6 @@ class AdminSession:
         self.topics = topics
         self.timeout = timeout
         self.server_key = server_key
-        self.trusted_on_first_use = False
         self._signer = Signer(admin_key)
         self._client = connect(
             broker,
@@ -135,7 +134,6 @@ class AdminSession:
                 f"No floatkey server {self.topics.server!r} is publishing on this broker "
                 "(no identity seen). Check that floatkeyd is running and the server name.",
             ) from None
-        self.trusted_on_first_use = True
 
     async def _close(self) -> None:
         if self._listener is not None:
