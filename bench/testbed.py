@@ -245,8 +245,11 @@ log_level = "debug"
 {extra}
 """
     if mosquitto is not None:
-        options = mosquitto.tls_options("floatkeyd") if tls else mosquitto.options("floatkeyd")
-        text += "\n" + broker_toml(options)
+        login = mosquitto.tls_options if tls else mosquitto.options
+        # The daemon's password in a file of its own; floatkeyctl uses the admin login.
+        secret = path.with_name(path.stem + ".mqtt-password")
+        text += "\n" + broker_toml(login("floatkeyd"), password_file=secret)
+        text += "\n" + broker_toml(login("floatkey-admin"), "admin_broker")
     else:
         text += f"""
 [embedded_broker]
@@ -371,11 +374,23 @@ def write_agent_config(
     return path
 
 
-def broker_toml(options: BrokerOptions) -> str:
-    """The ``[broker]`` section (and ``[broker.tls]``) of a daemon or agent config."""
-    lines = ["[broker]", f'host = "{options.host}"', f"port = {options.port}", "keepalive = 5"]
+def broker_toml(
+    options: BrokerOptions, section: str = "broker", password_file: Path | None = None
+) -> str:
+    """The ``[broker]`` section (and ``[broker.tls]``) of a daemon or agent config.
+
+    With ``password_file`` the password goes there (0600) and the section names the file,
+    as a production daemon config does.
+    """
+    lines = [f"[{section}]", f'host = "{options.host}"', f"port = {options.port}", "keepalive = 5"]
     if options.username:
-        lines += [f'username = "{options.username}"', f'password = "{options.password}"']
+        lines.append(f'username = "{options.username}"')
+        if password_file is not None:
+            password_file.write_text(f"{options.password}\n")
+            password_file.chmod(0o600)
+            lines.append(f'password_file = "{password_file}"')
+        else:
+            lines.append(f'password = "{options.password}"')
     if options.tls is not None:
-        lines += ["", "[broker.tls]", f'ca = "{options.tls.ca}"']
+        lines += ["", f"[{section}.tls]", f'ca = "{options.tls.ca}"']
     return "\n".join(lines) + "\n"

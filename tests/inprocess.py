@@ -12,16 +12,20 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from floatkey import protocol
 from floatkey.envelope import Signer, open_envelope
 from floatkey.productkey import issue_product_key
-from floatkey.signing import load_private_key
+from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.config import load_config
 from floatkeyd.service import open_daemon
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from floatkeyd.link import Inbox
     from floatkeyd.service import Daemon
@@ -121,9 +125,16 @@ async def running(
             await task
 
 
+def trusted(daemon: Daemon) -> dict[str, Ed25519PublicKey]:
+    """The daemon's own key, to verify what it published."""
+    key = parse_public_key((daemon.loaded.state_dir / "server-identity.key.pub").read_text())
+    return {key_id(key): key}
+
+
 def admin_command(daemon: Daemon, command: protocol.AdminCommand) -> bytes:
     """``command`` signed with the development admin key for the admin topic."""
     topic = daemon.topics.admin_request
+    command = msgspec.structs.replace(command, reply_to=command.reply_to or "test-admin")
     return ADMIN.seal(topic, protocol.encode(command))
 
 
@@ -132,10 +143,10 @@ async def ask(
 ) -> protocol.AdminResult:
     """Hand the daemon a signed admin command; return its verified reply."""
     await daemon.handle(daemon.topics.admin_request, admin_command(daemon, command))
-    topic = daemon.topics.admin_reply(command.request_id)
+    topic = daemon.topics.admin_reply(command.reply_to or "test-admin", command.request_id)
     for item in reversed(link.published):
         if item.topic == topic:
-            body = open_envelope(item.payload, topic, daemon.guard._trusted)
+            body = open_envelope(item.payload, topic, trusted(daemon))
             return protocol.decode(body, protocol.AdminResult)
     raise AssertionError(f"no reply to {command.request_id}")
 
@@ -151,6 +162,6 @@ def states(daemon: Daemon, link: MemoryLink) -> list[protocol.State]:
     found = []
     for item in link.published:
         if item.topic == daemon.topics.state:
-            body = open_envelope(item.payload, item.topic, daemon.guard._trusted)
+            body = open_envelope(item.payload, item.topic, trusted(daemon))
             found.append(protocol.decode(body, protocol.State))
     return found

@@ -97,7 +97,7 @@ async def test_a_listener_that_dies_reports_its_own_error_not_a_timeout(mosquitt
         # The daemon's broker user may publish on the reply topics.
         broker = mosquitto.options("floatkeyd")
         async with raw_client_for(broker, "fake-daemon") as daemon:
-            await daemon.publish(topics.admin_reply("whatever"), b"{}", qos=1)
+            await daemon.publish(topics.admin_reply(admin.identifier, "whatever"), b"{}", qos=1)
         with pytest.raises(RuntimeError, match="reply handler broke"):
             await sending
     assert other_tasks() == before

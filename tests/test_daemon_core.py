@@ -23,6 +23,7 @@ from inprocess import (
     product_key,
     running,
     states,
+    trusted,
     unlock_command,
     write_config,
 )
@@ -135,7 +136,7 @@ async def test_an_admin_release_that_cannot_be_written_changes_nothing(tmp_path,
 
 
 def _body(daemon, topic: str, payload: bytes) -> bytes:
-    return open_envelope(payload, topic, daemon.guard._trusted)
+    return open_envelope(payload, topic, trusted(daemon))
 
 
 async def test_awaiting_release_counts_only_the_clients_the_last_unlock_told(tmp_path, link, wall):
@@ -156,31 +157,41 @@ async def test_awaiting_release_counts_only_the_clients_the_last_unlock_told(tmp
         assert len(daemon.seats.ledger.revoked) == 2
 
 
-async def test_the_retained_guard_ignores_its_own_echo_and_never_fights(tmp_path, link, wall):
+async def test_retained_echoes_are_expected_replays_are_put_right_rivals_not_fought(
+    tmp_path, link, wall
+):
     async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
         topic = daemon.topics.state
-        old = daemon.authority.state_payload
+        first = daemon.authority.state_payload
+        await daemon.connected()  # publishes identity and state
         assert (await ask(daemon, link, unlock_command(product_key(), "e1"))).ok
+        current = daemon.authority.state_payload
         link.published.clear()
-        await daemon.handle(topic, old)  # the broker echoes our earlier state
+        for echo in (first, current):  # the broker echoes both publications: expected
+            await daemon.handle(topic, echo)
         assert link.published == []
         assert daemon.drops.counts["foreign_retained"] == 0
+        # Our own older state, retained again by someone: a fresh agent would take it.
+        await daemon.handle(topic, first)
+        assert [item.payload for item in link.published] == [current]
+        assert daemon.drops.counts["foreign_retained"] == 1
+        await daemon.handle(topic, current)  # the echo of that republication
         # A second daemon for the same server name (another key) keeps publishing.
+        link.published.clear()
         other = Signer(Ed25519PrivateKey.generate())
         for revision in range(20):
             body = protocol.State(
                 server="core", revision=revision, generation=1, status="unlicensed", license=None
             )
             await daemon.handle(topic, other.seal(topic, protocol.encode(body)))
-        assert daemon.drops.counts["foreign_retained"] == 20
         republished = [item for item in link.published if item.topic == topic]
         assert len(republished) == FIGHT_LIMIT
-        assert daemon.guard.contested
+        assert daemon.retained.contested
         # Garbage is no rival: our state goes back every time.
         link.published.clear()
         for _ in range(5):
             await daemon.handle(topic, b"not a state")
-        assert [item.payload for item in link.published] == [daemon.authority.state_payload] * 5
+        assert [item.payload for item in link.published] == [current] * 5
 
 
 async def test_a_damaged_stored_admin_key_is_skipped_and_the_others_load(tmp_path, link, wall):

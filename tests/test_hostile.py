@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from floatkey import protocol
 from floatkey.envelope import Signer, open_envelope
-from inprocess import ADMIN, MemoryLink, Wall, ask, running, write_config
+from inprocess import ADMIN, MemoryLink, Wall, ask, running, trusted, write_config
 from licensing import issue, unlock
 from servers import clients, eventually, make_agent, raw_client, status
 
@@ -54,7 +54,7 @@ def _seat(daemon, client: str, nonce: str) -> tuple[str, bytes]:
 
 def _granted(daemon, link: MemoryLink) -> protocol.SeatGranted:
     topic, payload = link.sent[-1]
-    body = open_envelope(payload, topic, daemon.guard._trusted)
+    body = open_envelope(payload, topic, trusted(daemon))
     reply = protocol.decode_to_client(body)
     assert isinstance(reply, protocol.SeatGranted)
     return reply

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import aiomqtt
@@ -15,7 +17,6 @@ from floatkey.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
-    from pathlib import Path
 
     from aiomqtt.types import SocketOption
 
@@ -78,10 +79,33 @@ class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    #: A file holding the password instead (``$VARS`` expanded, relative to the config):
+    #: a root-only file, or a systemd credential (``${CREDENTIALS_DIRECTORY}/...``), so the
+    #: config itself may be world-readable.
+    password_file: str | None = None
     keepalive: int = 30
     tls: TLSOptions | None = None
 
+    def password_for(self, base: Path) -> str | None:
+        """The password, read from ``password_file`` if that is set.
+
+        Raises ``ConfigError`` naming the setting when the file cannot be read.
+        """
+        if self.password_file is None:
+            return self.password
+        path = Path(base) / os.path.expandvars(self.password_file)
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(
+                f"[broker] password_file = {self.password_file!r}: cannot read {path} ({why}). "
+                "Name a file holding the broker password, readable by this user."
+            ) from None
+
     def __post_init__(self) -> None:
+        if self.password is not None and self.password_file is not None:
+            raise msgspec.ValidationError("set either password or password_file, not both")
         if not 0 < self.port < 65536:
             raise msgspec.ValidationError("port must be between 1 and 65535")
         if not 5 <= self.keepalive <= 3600:
@@ -134,13 +158,13 @@ def connect(  # noqa: PLR0913 - keyword-only tuning of one connection
     ``max_queued_incoming`` bounds memory when a flood arrives faster than it is handled.
     ``max_in_flight``: how many unacknowledged publishes are normal for this client;
     aiomqtt logs a warning for every publish beyond it.
-    Raises ``ConfigError`` when the TLS files cannot be used (checked at load as well).
+    Raises ``ConfigError`` when the TLS files or the password file cannot be used.
     """
     client = aiomqtt.Client(
         options.host,
         options.port,
         username=options.username,
-        password=options.password,
+        password=options.password_for(base),
         identifier=identifier,
         keepalive=options.keepalive,
         will=will,

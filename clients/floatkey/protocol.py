@@ -199,7 +199,7 @@ DaemonToClient = SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked
 # --- admin <-> daemon (both signed) --------------------------------------------------
 
 
-class _AdminBody(_Body):
+class _AdminBody(_Body, kw_only=True):
     """Every admin command has a bounded ``request_id``, and on the wire a ``ts``.
 
     ``ts`` defaults to now when a command is made, but a command that arrives without
@@ -208,6 +208,9 @@ class _AdminBody(_Body):
     """
 
     request_id: RequestId
+    #: The sender's MQTT client id: the answer goes to ``admin/reply/{reply_to}/...``,
+    #: which the broker ACL lets only that client read. Filled in by the admin session.
+    reply_to: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] = ""
 
 
 class AdminUnlock(_AdminBody, tag="admin.unlock"):
@@ -377,9 +380,9 @@ class Topics:
         """Admin commands."""
         return f"{self.root}/admin/request"
 
-    def admin_reply(self, request_id: str) -> str:
-        """The daemon's answer to one admin command."""
-        return f"{self.root}/admin/reply/{request_id}"
+    def admin_reply(self, reply_to: str, request_id: str) -> str:
+        """The daemon's answer to one admin command, for the client ``reply_to`` only."""
+        return f"{self.root}/admin/reply/{reply_to}/{request_id}"
 
     def seat(self, client_id: str, action: Literal["request", "renew", "release"]) -> str:
         """An agent's seat topic."""

@@ -148,7 +148,7 @@ async def _session(args: argparse.Namespace) -> AdminSession:
             "create`), or set admin_key_file in the config.",
         )
     return AdminSession(
-        loaded.broker,
+        loaded.admin_broker,
         loaded.topics,
         load_private_key(key_path),
         base=loaded.base,

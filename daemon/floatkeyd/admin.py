@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.envelope import EnvelopeError, open_envelope, peek_kid
+from floatkey.envelope import EnvelopeError, open_envelope, peek, peek_kid
 from floatkey.errors import ProductKeyError
 from floatkey.logs import redact
 from floatkey.protocol import (
@@ -33,7 +33,7 @@ from floatkey.protocol import (
     StatusReport,
     UnlockReport,
 )
-from floatkey.signing import b64url_decode, key_id, parse_public_key
+from floatkey.signing import key_id, parse_public_key
 from floatkeyd.drops import clip
 from floatkeyd.errors import Refused
 from floatkeyd.store import AuditEntry
@@ -167,12 +167,12 @@ class AdminDesk:
         except msgspec.DecodeError as exc:
             self._drops("bad_admin_body", topic, kid=kid, error=exc)
             return
-        if not protocol.CLIENT_ID.fullmatch(command.request_id):
-            self._drops("bad_request_id", topic, kid=kid)
+        if not command.reply_to:
+            self._drops("no_reply_to", topic, kid=kid)  # nowhere private to answer
             return
         with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
             result = await self._run(command, kid)
-        await self._reply(result)
+        await self._reply(command.reply_to, result)
 
     async def _run(self, command: AdminCommand, kid: str) -> AdminResult:
         action = command.__struct_config__.tag
@@ -289,16 +289,17 @@ class AdminDesk:
         kid = exc.kid if exc.kid is not None and _KID.fullmatch(exc.kid) else "invalid"
         self._drops(f"admin_{exc.reason}", self._topics.admin_request, kid=kid)
         await self._audit_unverified(exc.reason, kid)
-        request_id = _unverified_request_id(payload)
-        if request_id is not None:
+        address = _unverified_address(payload)
+        if address is not None:
             await self._reply(
+                address[0],
                 AdminResult(
-                    request_id=request_id,
+                    request_id=address[1],
                     ok=False,
                     reason="not_authorized",
                     message="This admin key is not authorized on this license server. Authorize "
                     "it with `floatkeyd admin-key add PUBLIC_KEY` on the server.",
-                )
+                ),
             )
 
     async def _audit_unverified(self, reason: str, kid: str) -> None:
@@ -320,8 +321,8 @@ class AdminDesk:
             entry = AuditEntry(kid, "admin", "refused", "not_authorized", {"envelope": reason})
             await self._store.audit(entry, now)
 
-    async def _reply(self, result: AdminResult) -> None:
-        topic = self._topics.admin_reply(result.request_id)
+    async def _reply(self, reply_to: str, result: AdminResult) -> None:
+        topic = self._topics.admin_reply(reply_to, result.request_id)
         await self._link.publish(topic, self._signer.seal(topic, protocol.encode(result)))
 
     # --- reports ------------------------------------------------------------------
@@ -347,13 +348,16 @@ class AdminDesk:
         )
 
 
-def _unverified_request_id(payload: bytes) -> str | None:
-    """The request id of a command we cannot verify: only to address the refusal."""
+def _unverified_address(payload: bytes) -> tuple[str, str] | None:
+    """``(reply_to, request_id)`` of a command we cannot verify: only to address the refusal."""
+    peeked = peek(payload)
+    if peeked is None:
+        return None
     try:
-        envelope = msgspec.json.decode(payload)
-        request_id = msgspec.json.decode(b64url_decode(envelope["body"]))["request_id"]
+        body = msgspec.json.decode(peeked[1])
+        reply_to, request_id = body["reply_to"], body["request_id"]
     except Exception:  # noqa: BLE001 - any failure just means nobody to answer
         return None
-    if isinstance(request_id, str) and protocol.CLIENT_ID.fullmatch(request_id):
-        return request_id
+    if all(isinstance(v, str) and protocol.CLIENT_ID.fullmatch(v) for v in (reply_to, request_id)):
+        return reply_to, request_id
     return None

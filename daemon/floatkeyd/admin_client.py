@@ -91,11 +91,9 @@ class AdminSession:
         self.timeout = timeout
         self.server_key = server_key
         self._signer = Signer(admin_key)
-        self._client = connect(
-            broker,
-            identifier=f"floatkeyctl-{secrets.token_hex(6)}",
-            base=base,
-        )
+        # Random: the answers go to admin/reply/{identifier}/..., readable by it alone.
+        self.identifier = f"floatkeyctl-{secrets.token_hex(12)}"
+        self._client = connect(broker, identifier=self.identifier, base=base)
         self._replies: dict[str, asyncio.Future[AdminResult]] = {}
         self._identity: asyncio.Future[Ed25519PublicKey] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -121,7 +119,8 @@ class AdminSession:
 
     async def _open(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="admin-replies")
-        await self._unless_lost(self._client.subscribe(self.topics.admin_reply("+"), qos=1))
+        replies = self.topics.admin_reply(self.identifier, "+")
+        await self._unless_lost(self._client.subscribe(replies, qos=1))
         if self.server_key is not None:
             return
         self._identity = asyncio.get_running_loop().create_future()
@@ -214,6 +213,7 @@ class AdminSession:
         Raises ``DaemonUnreachable`` when the broker fails (at once, with its reason) or
         no answer comes within the timeout.
         """
+        command = msgspec.structs.replace(command, reply_to=self.identifier)
         waiter: asyncio.Future[AdminResult] = asyncio.get_running_loop().create_future()
         self._replies[command.request_id] = waiter
         try:
@@ -229,7 +229,8 @@ class AdminSession:
                 f"The license server did not answer within {self.timeout:g} s. Check that "
                 "floatkeyd is running (systemctl status floatkeyd) and connected to the "
                 "broker, and that the broker's ACL lets this admin user write "
-                f"{self.topics.admin_request} and read {self.topics.admin_reply('#')}.",
+                f"{self.topics.admin_request} and read "
+                f"{self.topics.admin_reply(self.identifier, '+')}.",
             ) from None
         finally:
             self._replies.pop(command.request_id, None)

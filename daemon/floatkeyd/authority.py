@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from floatkeyd.clock import Clock
     from floatkeyd.ledger import LedgerMode, SeatLedger
     from floatkeyd.link import Link
+    from floatkeyd.retained import Retained
     from floatkeyd.store import Store, StoredState
 
 __all__ = ["Activation", "LicenseAuthority"]
@@ -85,6 +86,7 @@ class LicenseAuthority:
         signer: Signer,
         ledger: SeatLedger,
         link: Link,
+        retained: Retained,
         stored: StoredState,
     ) -> None:
         self._server = server
@@ -95,6 +97,7 @@ class LicenseAuthority:
         self._signer = signer
         self._ledger = ledger
         self._link = link
+        self._retained = retained
         self._lock = asyncio.Lock()
         self._status: LedgerMode = stored.status
         self._generation = stored.generation
@@ -117,6 +120,7 @@ class LicenseAuthority:
         signer: Signer,
         ledger: SeatLedger,
         link: Link,
+        retained: Retained,
         stored: StoredState,
     ) -> LicenseAuthority:
         """Check the stored license again, start a new revision, and seal the state.
@@ -134,6 +138,7 @@ class LicenseAuthority:
             signer=signer,
             ledger=ledger,
             link=link,
+            retained=retained,
             stored=stored,
         )
         async with authority._lock:
@@ -390,4 +395,4 @@ class LicenseAuthority:
         )
         sealed = self._signer.seal(self._topics.events, protocol.encode(body))
         await self._link.publish(self._topics.events, sealed)
-        await self._link.publish(self._topics.state, self._state_payload, retain=True)
+        await self._retained.put(self._topics.state, self._state_payload)

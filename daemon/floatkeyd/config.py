@@ -68,6 +68,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Used by floatkeyctl on the server, never by the daemon.
     admin_key_file: str | None = None
     broker: BrokerOptions | None = None
+    #: How floatkeyctl (and the console) log in to the broker: the administrators' user
+    #: (``floatkey-admin``), never the daemon's, which may read and write everything.
+    admin_broker: BrokerOptions | None = None
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
     client_id: str | None = None
     lease_seconds: int = 120
@@ -137,6 +140,19 @@ class LoadedConfig:
             return self.config.broker
         embedded = self.config.embedded_broker
         return BrokerOptions(host=embedded.host, port=embedded.port)
+
+    @property
+    def admin_broker(self) -> BrokerOptions:
+        """Where and how administrators' tools connect. Raises ``ConfigError``."""
+        if self.config.admin_broker is not None:
+            return self.config.admin_broker
+        if self.config.broker is None:
+            return self.broker  # the embedded broker
+        raise ConfigError(
+            f"{self.path}: no [admin_broker] section. floatkeyctl logs in to the broker as "
+            "the administrators' user (floatkey-admin in config/mosquitto.passwd), never as "
+            "the daemon: add [admin_broker] with its host, port, username and password."
+        )
 
     @property
     def vendor_public_key(self) -> Ed25519PublicKey:

@@ -1,17 +1,18 @@
-"""Our retained topics on the broker: kept ours, and a second daemon noticed.
+"""Our retained topics on the broker: published, kept ours, and a second daemon noticed.
 
-The daemon subscribes to its own retained ``identity`` and ``state``. What it reads
-there is one of:
+The daemon publishes its ``identity`` and ``state`` (retained) through :class:`Retained`,
+and subscribes to both. What it then reads there is one of:
 
-- its own current message, or an echo of an earlier one (a state it sealed, with a
-  revision not above the current one; an identity with its own key id): nothing to do;
-- a rival's: a well-formed state or identity for this server name under another key
-  id, which is what a second floatkeyd started with the same ``server`` name on the same
+- the echo of something it published (the broker sends a subscriber its own messages
+  too): expected, nothing to do;
+- a rival's: a well-formed state or identity for this server name under another key id,
+  which is what a second floatkeyd started with the same ``server`` name on the same
   broker publishes. The daemon puts its own back, but if rivals keep coming (more than
   :data:`FIGHT_LIMIT` a minute) it steps back for that minute and says so in one error
   line: republishing against another daemon is a publishing fight that never ends;
-- anything else (garbage, a damaged message): put our own back. Agents would refuse it
-  anyway, but until the daemon republishes they have no valid state to read there.
+- anything else (garbage, our own older state replayed by someone): our own goes back.
+  Agents would refuse garbage anyway, and ignore an older revision they have seen, but a
+  fresh agent must find the current state there.
 """
 
 from __future__ import annotations
@@ -24,82 +25,82 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.envelope import EnvelopeError, open_envelope, peek
+from floatkey.envelope import peek
 
 if TYPE_CHECKING:
-    from floatkey.envelope import Signer
-    from floatkeyd.authority import LicenseAuthority
     from floatkeyd.drops import Drops
     from floatkeyd.link import Link
 
-__all__ = ["FIGHT_LIMIT", "RetainedGuard"]
+__all__ = ["FIGHT_LIMIT", "Retained"]
 
 log = structlog.get_logger("floatkeyd")
 
-#: Foreign retained messages per minute above which the daemon stops putting its own back.
+#: Rival retained messages per minute above which the daemon stops putting its own back.
 FIGHT_LIMIT: Final = 3
 _WINDOW_S = 60.0
+_PENDING = 16  # our publications whose echo has not come back yet, per topic
 
 
-class RetainedGuard:
-    """Puts our identity and state back when overwritten; never fights over them."""
+class Retained:
+    """Publishes our retained messages and guards them; never fights over them."""
 
-    def __init__(  # noqa: PLR0913 - wired once by the daemon's factory
-        self,
-        *,
-        topics: protocol.Topics,
-        signer: Signer,
-        authority: LicenseAuthority,
-        identity_body: bytes,
-        link: Link,
-        drops: Drops,
-    ) -> None:
+    def __init__(self, *, topics: protocol.Topics, kid: str, link: Link, drops: Drops) -> None:
         self._topics = topics
-        self._trusted = {signer.kid: signer.public_key}
-        self._kid = signer.kid
-        self._authority = authority
-        self._identity_body = identity_body
+        self._kid = kid
         self._link = link
         self._drops = drops
-        self._foreign: deque[float] = deque()
+        self._current: dict[str, bytes] = {}
+        self._pending: dict[str, deque[bytes]] = {}
+        self._rivals: deque[float] = deque()
         self.contested = False
 
+    async def put(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` retained on ``topic`` as ours from now on."""
+        self._current[topic] = payload
+        self._pending.setdefault(topic, deque(maxlen=_PENDING)).append(payload)
+        return await self._link.publish(topic, payload, retain=True)
+
     async def check(self, topic: str, payload: bytes) -> None:
-        """Look at one message read on our ``state`` or ``identity`` topic."""
-        is_state = topic == self._topics.state
-        ours = self._authority.state_payload if is_state else self._identity_body
-        if payload == ours or self._is_echo(is_state, topic, payload):
+        """Look at one message read on one of our retained topics."""
+        ours = self._current.get(topic)
+        pending = self._pending.get(topic, deque())
+        if ours is None or payload == ours or payload in pending:
+            if payload in pending:
+                pending.remove(payload)
             return
         self._drops("foreign_retained", topic)
-        if not self._is_rival(is_state, payload):
-            await self._link.publish(topic, ours, retain=True)
+        if self._is_rival(topic, payload) and self._fighting(topic):
             return
-        now = time.monotonic()
-        self._foreign.append(now)
-        while self._foreign and self._foreign[0] < now - _WINDOW_S:
-            self._foreign.popleft()
-        if len(self._foreign) > FIGHT_LIMIT:
-            if not self.contested:
-                self.contested = True
-                log.error(
-                    "another publisher keeps overwriting this server's retained state; not "
-                    "putting ours back while it goes on. If a second floatkeyd runs with "
-                    "this server name on this broker, stop it or give it another server "
-                    "name: two daemons for one server would each grant every seat.",
-                    server=self._topics.server,
-                    topic=topic,
-                    per_minute=len(self._foreign),
-                )
-            return
-        if self.contested:
-            self.contested = False
-            log.warning("the retained state is ours again", topic=topic)
-        await self._link.publish(topic, ours, retain=True)
+        await self.put(topic, ours)
 
-    def _is_rival(self, is_state: bool, payload: bytes) -> bool:
+    def _fighting(self, topic: str) -> bool:
+        """Count a rival's message; whether to step back now."""
+        now = time.monotonic()
+        self._rivals.append(now)
+        while self._rivals and self._rivals[0] < now - _WINDOW_S:
+            self._rivals.popleft()
+        if len(self._rivals) <= FIGHT_LIMIT:
+            if self.contested:
+                self.contested = False
+                log.warning("putting this server's retained messages back again", topic=topic)
+            return False
+        if not self.contested:
+            self.contested = True
+            log.error(
+                "another publisher keeps overwriting this server's retained state; not "
+                "putting ours back while it goes on. If a second floatkeyd runs with "
+                "this server name on this broker, stop it or give it another server "
+                "name: two daemons for one server would each grant every seat.",
+                server=self._topics.server,
+                topic=topic,
+                per_minute=len(self._rivals),
+            )
+        return True
+
+    def _is_rival(self, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is a well-formed message for this server under another key."""
         try:
-            if is_state:
+            if topic == self._topics.state:
                 peeked = peek(payload)
                 if peeked is None or peeked[0] == self._kid:
                     return False
@@ -112,15 +113,3 @@ class RetainedGuard:
         except msgspec.DecodeError:
             return False
         return server == self._topics.server
-
-    def _is_echo(self, is_state: bool, topic: str, payload: bytes) -> bool:
-        """Whether ``payload`` is one of our own earlier messages."""
-        try:
-            if is_state:
-                body = open_envelope(payload, topic, self._trusted)
-                state = protocol.decode(body, protocol.State)
-                return state.revision <= self._authority.revision
-            identity = protocol.decode(payload, protocol.Identity)
-        except (EnvelopeError, msgspec.DecodeError):
-            return False
-        return identity.kid == self._kid

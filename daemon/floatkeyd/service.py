@@ -39,7 +39,7 @@ from floatkeyd.drops import Drops
 from floatkeyd.embedded_broker import embedded_broker
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
-from floatkeyd.retained import RetainedGuard
+from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
 from floatkeyd.seats import SeatDesk
 from floatkeyd.statedir import held_state_directory
@@ -70,7 +70,7 @@ class Daemon:
         authority: LicenseAuthority,
         seats: SeatDesk,
         admin: AdminDesk,
-        guard: RetainedGuard,
+        retained: Retained,
         drops: Drops,
         identity_body: bytes,
         notifier: Notifier,
@@ -81,7 +81,7 @@ class Daemon:
         self.authority = authority
         self.seats = seats
         self.admin = admin
-        self.guard = guard
+        self.retained = retained
         self.drops = drops
         self.notifier = notifier
         self._identity_body = identity_body
@@ -91,8 +91,8 @@ class Daemon:
 
     async def connected(self) -> None:
         """(Re)connected: put our identity and state on the broker, then serve."""
-        await self.link.publish(self.topics.identity, self._identity_body, retain=True)
-        await self.link.publish(self.topics.state, self.authority.state_payload, retain=True)
+        await self.retained.put(self.topics.identity, self._identity_body)
+        await self.retained.put(self.topics.state, self.authority.state_payload)
         self.seats.broker_back()
         if not self._ready.is_set():
             self._ready.set()
@@ -115,7 +115,7 @@ class Daemon:
                 await self.admin.handle(payload)
                 self.notifier.status(self.authority.status_line())
             elif topic in {self.topics.state, self.topics.identity}:
-                await self.guard.check(topic, payload)
+                await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
                 self.seats.handle(*seat, payload)
             else:
@@ -231,6 +231,7 @@ async def open_daemon(
         )
         for lease in stored.leases:
             ledger.restore(lease)
+        retained = Retained(topics=loaded.topics, kid=signer.kid, link=link, drops=drops)
         authority = await LicenseAuthority.open(
             server=config.server,
             topics=loaded.topics,
@@ -240,6 +241,7 @@ async def open_daemon(
             signer=signer,
             ledger=ledger,
             link=link,
+            retained=retained,
             stored=stored,
         )
         seats = SeatDesk(
@@ -270,14 +272,6 @@ async def open_daemon(
         identity_body = protocol.encode(
             protocol.Identity(server=config.server, public_key=public, kid=signer.kid)
         )
-        guard = RetainedGuard(
-            topics=loaded.topics,
-            signer=signer,
-            authority=authority,
-            identity_body=identity_body,
-            link=link,
-            drops=drops,
-        )
         log.info(
             "state loaded",
             status=authority.status,
@@ -292,7 +286,7 @@ async def open_daemon(
             authority=authority,
             seats=seats,
             admin=admin,
-            guard=guard,
+            retained=retained,
             drops=drops,
             identity_body=identity_body,
             notifier=notifier,
