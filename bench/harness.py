@@ -238,7 +238,7 @@ class Environment:
             "host": options.host,
             "port": options.port,
             "username": options.username,
-            "password": options.password,
+            "password": options.password_for(Path("/")),
             "keepalive": 60,
         }
 

@@ -192,7 +192,13 @@ class Server:
             if self.kind == "mosquitto-tls":
                 return self.mosquitto.tls_options(user)
             return self.mosquitto.options(user)
-        return BrokerOptions(host="127.0.0.1", port=self.port)
+        # The embedded broker's logins are made by the daemon at its first start.
+        return BrokerOptions(
+            host="127.0.0.1",
+            port=self.port,
+            username=user,
+            password_file=str(self.state_dir / "embedded-broker" / f"{user}.password"),
+        )
 
     def server_key_text(self) -> str:
         return (self.state_dir / "server-identity.key.pub").read_text().strip()
@@ -385,7 +391,9 @@ def broker_toml(
     lines = [f"[{section}]", f'host = "{options.host}"', f"port = {options.port}", "keepalive = 5"]
     if options.username:
         lines.append(f'username = "{options.username}"')
-        if password_file is not None:
+        if options.password_file is not None:
+            lines.append(f'password_file = "{options.password_file}"')
+        elif password_file is not None:
             password_file.write_text(f"{options.password}\n")
             password_file.chmod(0o600)
             lines.append(f'password_file = "{password_file}"')

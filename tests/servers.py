@@ -119,7 +119,7 @@ def _plain(server: Server) -> dict[str, object]:
         "hostname": options.host,
         "port": options.port,
         "username": options.username,
-        "password": options.password,
+        "password": options.password_for(Path("/")),
         "tls_context": tls_context(options),
         "identifier": f"plain-{id(server)}",
     }
@@ -142,7 +142,7 @@ def raw_client(server: Server, user: str, identifier: str) -> aiomqtt.Client:
         options.host,
         options.port,
         username=options.username,
-        password=options.password,
+        password=options.password_for(Path("/")),
         identifier=identifier,
         keepalive=30,
         tls_context=tls_context(options),

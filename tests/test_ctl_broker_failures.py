@@ -8,6 +8,7 @@ timeout, and must leave no task of the session running.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -153,6 +154,6 @@ def raw_client_for(broker, identifier: str):
         broker.host,
         broker.port,
         username=broker.username,
-        password=broker.password,
+        password=broker.password_for(Path("/")),
         identifier=identifier,
     )

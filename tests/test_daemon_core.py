@@ -176,6 +176,21 @@ async def test_retained_echoes_are_expected_replays_are_put_right_rivals_not_fou
         assert [item.payload for item in link.published] == [current]
         assert daemon.drops.counts["foreign_retained"] == 1
         await daemon.handle(topic, current)  # the echo of that republication
+        # Two pieces of garbage before our republication echoes: it lands after both,
+        # so it goes out once.
+        link.published.clear()
+        await daemon.handle(topic, b"garbage 1")
+        await daemon.handle(topic, b"garbage 2")
+        assert [item.payload for item in link.published] == [current]
+        await daemon.handle(topic, current)  # its echo
+
+        async def overwrite(payload: bytes) -> None:
+            """Someone's message, then the echo of whatever we put back (as a broker)."""
+            before = len(link.published)
+            await daemon.handle(topic, payload)
+            for item in link.published[before:]:
+                await daemon.handle(item.topic, item.payload)
+
         # A second daemon for the same server name (another key) keeps publishing.
         link.published.clear()
         other = Signer(Ed25519PrivateKey.generate())
@@ -183,14 +198,13 @@ async def test_retained_echoes_are_expected_replays_are_put_right_rivals_not_fou
             body = protocol.State(
                 server="core", revision=revision, generation=1, status="unlicensed", license=None
             )
-            await daemon.handle(topic, other.seal(topic, protocol.encode(body)))
-        republished = [item for item in link.published if item.topic == topic]
-        assert len(republished) == FIGHT_LIMIT
+            await overwrite(other.seal(topic, protocol.encode(body)))
+        assert len(link.published) == FIGHT_LIMIT
         assert daemon.retained.contested
-        # Garbage is no rival: our state goes back every time.
+        # Garbage is no rival: our state goes back every time it is overwritten.
         link.published.clear()
-        for _ in range(5):
-            await daemon.handle(topic, b"not a state")
+        for n in range(5):
+            await overwrite(b"not a state %d" % n)
         assert [item.payload for item in link.published] == [current] * 5
 
 

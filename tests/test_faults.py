@@ -129,8 +129,9 @@ async def test_the_daemon_survives_10000_hostile_payloads_and_changes_nothing(
         await client.publish(topics.admin_request, b"marker", qos=1)
     assert sent >= 10_000
 
+    # The topics are handled in no fixed order: wait until nearly all are counted.
     after = await eventually(
-        lambda: (s := status(server))["dropped"].get("admin_not_envelope", 0) and s, within=60
+        lambda: sum((s := status(server))["dropped"].values()) >= 0.9 * sent and s, within=60
     )
     assert daemon.process.poll() is None
     for field in ("status", "generation", "license", "seats_in_use"):
@@ -138,7 +139,7 @@ async def test_the_daemon_survives_10000_hostile_payloads_and_changes_nothing(
     assert server.snapshot()["licenses"] == before_db["licenses"]
     assert server.snapshot()["meta"] == before_db["meta"]
     dropped = sum(after["dropped"].values())
-    assert dropped >= 0.9 * sent, after["dropped"]
+    assert dropped >= 0.9 * sent, json.dumps(after["dropped"])
     assert after["dropped"].get("bad_body", 0) > 1000
     if kind == "embedded":
         assert after["dropped"].get("oversized", 0) >= 1

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 
+import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -164,3 +165,20 @@ async def test_the_shipped_acl_holds_against_hostile_client_ids(server_factory, 
         rows = await asyncio.to_thread(clients, server)
         assert [row["client"] for row in rows] == [victim.client_id]
         assert victim.has_seat
+
+
+async def test_the_embedded_broker_lets_in_only_the_logins_made_at_first_start(server_factory):
+    server = server_factory("embedded")
+    server.start_daemon()
+    logins = server.state_dir / "embedded-broker"
+    assert oct(logins.stat().st_mode & 0o777) == "0o700"
+    for user in ("floatkeyd", "floatkey-admin", "floatkey-agent"):
+        assert oct((logins / f"{user}.password").stat().st_mode & 0o777) == "0o600"
+    for username, password in [(None, None), ("floatkey-agent", "guess"), ("nobody", "x")]:
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1", server.port, username=username, password=password, identifier="spy"
+            ) as spy:
+                await spy.subscribe("#")
+    async with raw_client(server, "floatkey-agent", "agent-login"):
+        pass  # the real password works

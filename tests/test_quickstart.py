@@ -28,7 +28,15 @@ async def test_scripts_run_starts_the_daemon_on_the_embedded_broker(tmp_path):
     )
     try:
         await asyncio.to_thread(wait_for_port, port, 60)
-        async with aiomqtt.Client("127.0.0.1", port, identifier="quickstart-test") as client:
+        # The embedded broker wants a login: the agents', made at the daemon's first start.
+        password = (state / "embedded-broker" / "floatkey-agent.password").read_text().strip()
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            port,
+            identifier="quickstart-test",
+            username="floatkey-agent",
+            password=password,
+        ) as client:
             await client.subscribe("floatkey/dev/state", qos=1)
             async with asyncio.timeout(10):
                 # amqtt may also hand a new session other topics' retained messages.

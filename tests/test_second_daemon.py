@@ -28,7 +28,8 @@ async def test_a_second_daemon_for_the_same_server_is_noticed_without_a_fight(se
     second.start()
     server.processes.append(second)
     said = "another publisher keeps overwriting"
-    await eventually(lambda: said in first.log() and said in second.log(), within=30)
+    # Whichever steps back first says so; the other then sees no more rivals.
+    await eventually(lambda: said in first.log() or said in second.log(), within=30)
     # Nothing to wait for: a fight republishes as fast as the broker echoes (thousands a
     # second); stepped back, neither publishes the state again within the minute.
     async with raw_client(server, "floatkey-admin", "watcher") as client:
@@ -39,7 +40,6 @@ async def test_a_second_daemon_for_the_same_server_is_noticed_without_a_fight(se
                 async for _message in client.messages:
                     seen += 1
     assert seen <= 1 + 2 * FIGHT_LIMIT  # the retained one, and at most what is allowed
-    assert first.log().count(said) == 1
-    assert second.log().count(said) == 1
+    assert first.log().count(said) + second.log().count(said) in {1, 2}
     assert first.stop() == 0
     assert second.stop() == 0

@@ -43,7 +43,7 @@ async def test_the_tls_listener_speaks_only_tls(server_factory):
         "127.0.0.1",
         server.mosquitto.tls_port,
         username=options.username,
-        password=options.password,
+        password=options.password_for(Path("/")),
         timeout=3,
     )
     with pytest.raises(aiomqtt.MqttError):
@@ -55,7 +55,7 @@ async def test_the_tls_listener_speaks_only_tls(server_factory):
         "127.0.0.1",
         secure.port,
         username=secure.username,
-        password=secure.password,
+        password=secure.password_for(Path("/")),
         tls_context=tls_context(secure),
     ):
         pass

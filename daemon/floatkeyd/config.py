@@ -19,6 +19,7 @@ from floatkey.configfile import load_toml
 from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
+from floatkeyd.statedir import embedded_password_file
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -138,8 +139,17 @@ class LoadedConfig:
         """Where to connect: the external broker, or the embedded one."""
         if self.config.broker is not None:
             return self.config.broker
+        return self._embedded("floatkeyd")
+
+    def _embedded(self, user: str) -> BrokerOptions:
+        """The embedded broker, logged in as ``user`` (its password made at first start)."""
         embedded = self.config.embedded_broker
-        return BrokerOptions(host=embedded.host, port=embedded.port)
+        return BrokerOptions(
+            host=embedded.host,
+            port=embedded.port,
+            username=user,
+            password_file=str(embedded_password_file(self.state_dir, user)),
+        )
 
     @property
     def admin_broker(self) -> BrokerOptions:
@@ -147,7 +157,7 @@ class LoadedConfig:
         if self.config.admin_broker is not None:
             return self.config.admin_broker
         if self.config.broker is None:
-            return self.broker  # the embedded broker
+            return self._embedded("floatkey-admin")
         raise ConfigError(
             f"{self.path}: no [admin_broker] section. floatkeyctl logs in to the broker as "
             "the administrators' user (floatkey-admin in config/mosquitto.passwd), never as "

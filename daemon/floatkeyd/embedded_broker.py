@@ -12,7 +12,10 @@ from floatkey.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-__all__ = ["embedded_broker"]
+__all__ = ["EMBEDDED_LOGINS", "embedded_broker"]
+
+#: The embedded broker's logins, the same names as in the shipped Mosquitto config.
+EMBEDDED_LOGINS = ("floatkeyd", "floatkey-admin", "floatkey-agent")
 
 
 class _SnapshotDict(dict[Any, Any]):
@@ -32,17 +35,29 @@ class _SnapshotDict(dict[Any, Any]):
 
 
 @contextlib.asynccontextmanager
-async def embedded_broker(host: str, port: int) -> AsyncIterator[None]:
-    """Run an amqtt broker on ``host:port`` (MQTT 3.1.1, anonymous) for the block."""
+async def embedded_broker(host: str, port: int, logins: dict[str, str]) -> AsyncIterator[None]:
+    """Run an amqtt broker on ``host:port`` (MQTT 3.1.1) for the block.
+
+    ``logins`` maps the usernames of :data:`EMBEDDED_LOGINS` to their passwords: nobody
+    else gets in, so a local user who cannot read the passwords in the state directory
+    can neither read product keys in an unlock nor forge the daemon's retained messages.
+    There is no per-topic ACL: amqtt 0.12's ACL plugin lost messages under the hostile-
+    payload test (several thousand stopped reaching the daemon), and every login here
+    belongs to the daemon's own user anyway (docs/SECURITY.md).
+    """
     from amqtt.broker import Broker  # noqa: PLC0415 - only a daemon without a broker needs it
     from amqtt.errors import BrokerError  # noqa: PLC0415
+
+    from floatkeyd.embedded_logins import digest  # noqa: PLC0415 - imports amqtt
 
     for name in ("amqtt", "transitions"):
         logging.getLogger(name).setLevel(logging.ERROR)
     config: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            "floatkeyd.embedded_logins.LoginPlugin": {
+                "logins": {user: digest(password) for user, password in logins.items()},
+            },
         },
     }
     broker = Broker(config)

@@ -13,6 +13,11 @@ and subscribes to both. What it then reads there is one of:
 - anything else (garbage, our own older state replayed by someone): our own goes back.
   Agents would refuse garbage anyway, and ignore an older revision they have seen, but a
   fresh agent must find the current state there.
+
+While a republication of ours has not echoed back yet, a foreign message read meanwhile
+was stored before it (the broker sends everything in the order it stores it), so ours
+will land on top anyway: no second republication. A flood of garbage thus costs about
+one republication per broker round trip, not one per message.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ log = structlog.get_logger("floatkeyd")
 FIGHT_LIMIT: Final = 3
 _WINDOW_S = 60.0
 _PENDING = 16  # our publications whose echo has not come back yet, per topic
+_ECHO_WAIT_S = 5.0  # an echo not back by then is taken as lost
 
 
 class Retained:
@@ -50,28 +56,44 @@ class Retained:
         self._link = link
         self._drops = drops
         self._current: dict[str, bytes] = {}
-        self._pending: dict[str, deque[bytes]] = {}
+        # (payload, when published) of our publications not yet echoed back, per topic.
+        self._pending: dict[str, deque[tuple[bytes, float]]] = {}
         self._rivals: deque[float] = deque()
         self.contested = False
 
     async def put(self, topic: str, payload: bytes) -> bool:
         """Publish ``payload`` retained on ``topic`` as ours from now on."""
         self._current[topic] = payload
-        self._pending.setdefault(topic, deque(maxlen=_PENDING)).append(payload)
+        pending = self._pending.setdefault(topic, deque(maxlen=_PENDING))
+        pending.append((payload, time.monotonic()))
         return await self._link.publish(topic, payload, retain=True)
 
     async def check(self, topic: str, payload: bytes) -> None:
         """Look at one message read on one of our retained topics."""
         ours = self._current.get(topic)
-        pending = self._pending.get(topic, deque())
-        if ours is None or payload == ours or payload in pending:
-            if payload in pending:
-                pending.remove(payload)
+        if ours is None or self._echoed(topic, payload) or payload == ours:
             return
         self._drops("foreign_retained", topic)
         if self._is_rival(topic, payload) and self._fighting(topic):
             return
-        await self.put(topic, ours)
+        if not self._in_flight(topic, ours):
+            await self.put(topic, ours)
+
+    def _echoed(self, topic: str, payload: bytes) -> bool:
+        """Whether ``payload`` is the echo of one of our publications (forgotten now)."""
+        pending = self._pending.get(topic)
+        if not pending:
+            return False
+        for entry in pending:
+            if entry[0] == payload:
+                pending.remove(entry)
+                return True
+        return False
+
+    def _in_flight(self, topic: str, payload: bytes) -> bool:
+        """Whether ``payload`` was published lately and has not echoed back yet."""
+        recent = time.monotonic() - _ECHO_WAIT_S
+        return any(p == payload and t > recent for p, t in self._pending.get(topic, ()))
 
     def _fighting(self, topic: str) -> bool:
         """Count a rival's message; whether to step back now."""

@@ -36,7 +36,7 @@ from floatkeyd.admin import AdminDesk, Keyring
 from floatkeyd.authority import LicenseAuthority
 from floatkeyd.clock import Clock
 from floatkeyd.drops import Drops
-from floatkeyd.embedded_broker import embedded_broker
+from floatkeyd.embedded_broker import EMBEDDED_LOGINS, embedded_broker
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
 from floatkeyd.retained import Retained
@@ -221,7 +221,10 @@ async def open_daemon(
             )
             if config.broker is None:
                 embedded = config.embedded_broker
-                await stack.enter_async_context(embedded_broker(embedded.host, embedded.port))
+                logins = statedir.embedded_logins(EMBEDDED_LOGINS)
+                await stack.enter_async_context(
+                    embedded_broker(embedded.host, embedded.port, logins)
+                )
                 log.info("embedded broker started", host=embedded.host, port=embedded.port)
         ledger = SeatLedger(
             stored.status,

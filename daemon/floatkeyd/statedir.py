@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CLIENT_ID_FILE",
     "DB_FILE",
+    "EMBEDDED_LOGINS_DIR",
     "IDENTITY_FILE",
     "LOCK_FILE",
     "StateDirectory",
+    "embedded_password_file",
     "held_state_directory",
 ]
 
@@ -37,6 +39,13 @@ DB_FILE = "floatkeyd.db"
 IDENTITY_FILE = "server-identity.key"
 LOCK_FILE = "floatkeyd.lock"
 CLIENT_ID_FILE = "broker-client-id"
+#: The embedded broker's passwords, one file per login (0600, in a 0700 directory).
+EMBEDDED_LOGINS_DIR = "embedded-broker"
+
+
+def embedded_password_file(state_dir: Path, user: str) -> Path:
+    """Where the embedded broker's password for ``user`` is kept."""
+    return state_dir / EMBEDDED_LOGINS_DIR / f"{user}.password"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,23 @@ class StateDirectory:
     def database(self) -> Path:
         """The daemon's SQLite database."""
         return self.path / DB_FILE
+
+    def embedded_logins(self, users: tuple[str, ...]) -> dict[str, str]:
+        """The embedded broker's passwords, made (256 random bits each) at first use.
+
+        Readable by the daemon's user only (and root): local tools and agents of the same
+        user read them with ``password_file``. Raises ``OSError``.
+        """
+        (self.path / EMBEDDED_LOGINS_DIR).mkdir(mode=0o700, exist_ok=True)
+        logins = {}
+        for user in users:
+            path = embedded_password_file(self.path, user)
+            try:
+                logins[user] = path.read_text().strip()
+            except FileNotFoundError:
+                logins[user] = secrets.token_urlsafe(32)
+                _write_private(path, logins[user] + "\n")
+        return logins
 
 
 @contextlib.contextmanager
@@ -118,7 +144,12 @@ def _load_or_create_client_id(path: Path) -> str:
         if text:
             return text
     identifier = f"floatkeyd-{secrets.token_hex(12)}"
-    fd = os.open(id_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(identifier + "\n")
+    _write_private(id_path, identifier + "\n")
     return identifier
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file created 0600 (never chmod-ed afterwards)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
