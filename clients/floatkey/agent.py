@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import json
 import os
 import random
 import re
@@ -32,7 +31,6 @@ import secrets
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self
 
 import aiomqtt
@@ -41,9 +39,10 @@ import structlog
 
 from floatkey import protocol
 from floatkey.broker import connect, connection_advice, settled
-from floatkey.configfile import private_directory_problem
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
+from floatkey.pinning import KnownServers
 from floatkey.protocol import (
     SeatDenied,
     SeatGranted,
@@ -53,83 +52,31 @@ from floatkey.protocol import (
     SeatRequest,
     SeatRevoked,
 )
-from floatkey.signing import key_id, parse_public_key, public_key_text
+from floatkey.signing import key_id, parse_public_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from floatkey.config import LoadedAgentConfig
 
-__all__ = ["Agent", "Denial", "LicenseView", "ShutdownReason", "ShutdownSignal"]
+# The value types live in floatkey.notices; they are re-exported here, where they were
+# first defined, for code that imports them from floatkey.agent.
+__all__ = [
+    "Agent",
+    "Denial",
+    "LicenseView",
+    "ShutdownCode",
+    "ShutdownReason",
+    "ShutdownSignal",
+    "default_client_id",
+]
 
 log = structlog.get_logger("floatkey.agent")
 
-ShutdownCode = Literal["license.activated", "license.expired", "seat.revoked", "offline"]
 _BACKOFF_START, _BACKOFF_CAP = 0.2, 4.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
-
-
-@dataclass(frozen=True, slots=True)
-class LicenseView:
-    """The verified license state as the agent last saw it."""
-
-    status: protocol.Status
-    generation: int
-    licensee: str | None = None
-    organization: str | None = None
-    seats: int | None = None
-    features: frozenset[str] = frozenset()
-    expires: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """Why the agent has no seat: ``seats_exhausted``, ``expired``, ..., and the sentence."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownReason:
-    """Why the application must stop."""
-
-    code: ShutdownCode
-    message: str
-    generation: int | None = None
-    #: When the agent learned it (Unix seconds).
-    requested_at: float = 0.0
-
-
-class ShutdownSignal:
-    """Set when the application must stop. ``await`` it for the :class:`ShutdownReason`."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.reason: ShutdownReason | None = None
-
-    def is_set(self) -> bool:
-        """Whether a stop was requested."""
-        return self._event.is_set()
-
-    def _set(self, reason: ShutdownReason) -> bool:
-        if self._event.is_set():
-            return False
-        self.reason = reason
-        self._event.set()
-        return True
-
-    async def wait(self) -> ShutdownReason:
-        """Wait for the stop request; return why."""
-        await self._event.wait()
-        assert self.reason is not None
-        return self.reason
-
-    def __await__(self) -> Generator[object, None, ShutdownReason]:
-        return self.wait().__await__()
 
 
 def default_client_id(app: str) -> str:
@@ -172,6 +119,7 @@ class Agent:
         self._reading_retained = False
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
+        self._known_servers = KnownServers(loaded.state_path())
         self._server_key: Ed25519PublicKey | None = (
             parse_public_key(self.config.server_key) if self.config.server_key else None
         )
@@ -261,7 +209,7 @@ class Agent:
 
     async def __aenter__(self) -> Self:
         if self._server_key is None:
-            self._check_state_file()
+            self._known_servers.check_writable()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._children = [
@@ -395,7 +343,7 @@ class Agent:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._server_key is None:
-            self._load_pinned_key()
+            self._server_key = self._known_servers.key_of(self.topics.root)
         if self._server_key is None:
             # Trust on first use: take the key from the retained identity before
             # anything signed is read.
@@ -658,41 +606,19 @@ class Agent:
 
     # --- pinned server keys (trust on first use) ----------------------------------
 
-    def _known_servers(self) -> dict[str, str]:
-        path = self._loaded.state_path()
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        servers = data.get("servers") if isinstance(data, dict) else None
-        return (
-            {k: v for k, v in servers.items() if isinstance(v, str)}
-            if isinstance(servers, dict)
-            else {}
-        )
-
-    def _check_state_file(self) -> None:
-        """Refuse to start trusting on first use where the pin could not be kept."""
-        why = private_directory_problem(self._loaded.state_path().parent)
-        if why is not None:
-            raise ConfigError(
-                f"state_file = '{self._loaded.state_path()}': cannot keep the pinned server "
-                f"key there ({why}). Set state_file to a writable path, or pin the server's "
-                "key with server_key."
-            )
-
-    def _load_pinned_key(self) -> None:
-        text = self._known_servers().get(self.topics.root)
-        if text:
-            with contextlib.suppress(ValueError):
-                self._server_key = parse_public_key(text)
-
     def _pin_key(self, key: Ed25519PublicKey) -> None:
-        path = self._loaded.state_path()
-        known = self._known_servers()
-        if self.topics.root in known:
+        path = self._known_servers.path
+        try:
+            if not self._known_servers.pin(self.topics.root, key):
+                return
+        except OSError as exc:  # checked at start; it went away since
+            log.error(
+                "cannot save the pinned server key; it is trusted for this run only",
+                client=self.client_id,
+                state_file=str(path),
+                error=exc.strerror or str(exc),
+            )
             return
-        known[self.topics.root] = public_key_text(key)
         log.warning(
             "TRUSTING THE LICENSE SERVER KEY ON FIRST USE; set server_key in the agent config "
             "to pin it explicitly",
@@ -701,15 +627,6 @@ class Agent:
             fingerprint=key_id(key),
             state_file=str(path),
         )
-        try:
-            _write_private_json(path, {"servers": known})
-        except OSError as exc:  # checked at start; it went away since
-            log.error(
-                "cannot save the pinned server key; it is trusted for this run only",
-                client=self.client_id,
-                state_file=str(path),
-                error=exc.strerror or str(exc),
-            )
 
     def check_server_key(self) -> None:
         """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
@@ -731,12 +648,3 @@ def _user() -> str:
     with contextlib.suppress(Exception):
         return getpass.getuser()
     return ""
-
-
-def _write_private_json(path: Path, data: object) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
-    tmp.replace(path)
