@@ -140,6 +140,59 @@ async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_p
     assert "All 1 client has shut down" in result.stdout
 
 
+# --- lifecycle ----------------------------------------------------------------------
+
+
+async def test_an_outer_timeout_during_the_exit_reaches_the_caller_and_the_agent_closes(
+    server, tmp_path
+):
+    server.start_daemon()
+    agent = make_agent(server, tmp_path, "hurried", hook_timeout=30)
+    saving = asyncio.Event()
+
+    async def save_slowly(_reason):
+        saving.set()
+        await asyncio.sleep(3600)
+
+    agent.on_shutdown(save_slowly)
+    loop = asyncio.get_running_loop()
+
+    async def application():
+        async with asyncio.timeout(None) as deadline:
+            async with agent:
+                agent.request_shutdown("offline", "The test stops the application.")
+                await saving.wait()
+                # Fires while the exit waits for the slow hook (up to hook_timeout).
+                deadline.reschedule(loop.time() + 0.5)
+
+    with pytest.raises(TimeoutError):
+        await application()
+    # Cut short, the exit still released the seat and ended every task of the agent.
+    assert all(task.done() for task in agent._children)
+    assert not agent.has_seat
+    await eventually(lambda: clients(server) == [])
+
+
+async def test_cancelling_the_application_inside_an_agent_reaches_the_application(server, tmp_path):
+    server.start_daemon()
+    agent = make_agent(server, tmp_path, "cancelled")
+    entered = asyncio.Event()
+
+    async def application():
+        async with agent:
+            entered.set()
+            await agent.shutdown_requested
+
+    task = asyncio.create_task(application())
+    await asyncio.wait_for(entered.wait(), 20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert all(child.done() for child in agent._children)
+    await eventually(lambda: clients(server) == [])
+
+
 # --- the seed's scenario, with real processes ------------------------------------------
 
 

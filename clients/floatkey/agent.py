@@ -7,7 +7,8 @@
             ...
         reason = await agent.shutdown_requested   # a new license, expiry, revocation, offline
 
-``Agent`` owns one ``asyncio.TaskGroup`` of named tasks:
+``Agent`` owns one ``asyncio.TaskGroup`` of named tasks, entered and left through an
+``AsyncExitStack`` that hands a cancellation of the caller's back to the caller:
 
 ``connection``  connect (reconnect with capped, jittered backoff), subscribe, handle messages
 ``renewal``     renews the lease at the interval the daemon asked for
@@ -38,7 +39,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect, connection_advice, settled
+from floatkey.broker import Backoff, connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
@@ -56,6 +57,7 @@ from floatkey.signing import key_id, parse_public_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from types import TracebackType
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -75,7 +77,6 @@ __all__ = [
 
 log = structlog.get_logger("floatkey.agent")
 
-_BACKOFF_START, _BACKOFF_CAP = 0.2, 4.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -132,6 +133,7 @@ class Agent:
         self._broker_error: str | None = None  # the last failed connection's reason
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
+        self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._children: list[asyncio.Task[None]] = []
         self._released = False
@@ -208,10 +210,16 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            msg = "this Agent is already entered"
+            raise RuntimeError(msg)
         if self._server_key is None:
             self._known_servers.check_writable()
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
+        stack = contextlib.AsyncExitStack()
+        self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        # Last in, first out: runs before the task group waits for its tasks.
+        stack.push_async_callback(self._stop_tasks)
+        self._stack = stack
         self._children = [
             self._tasks.create_task(self._connection(), name=f"agent-connection-{self.client_id}"),
             self._tasks.create_task(self._renewal(), name=f"agent-renewal-{self.client_id}"),
@@ -233,40 +241,63 @@ class Agent:
         except TimeoutError:
             connected, error = self._connected.is_set(), self._broker_error
             await self.__aexit__(None, None, None)
-            broker = self.config.broker.describe()
-            if not connected:
-                detail = f": {error}. {connection_advice(error)}" if error else "."
-                message = (
-                    f"Cannot connect to the broker ({broker}) within "
-                    f"{self.config.request_timeout:g} s{detail}"
-                )
-            else:
-                message = (
-                    f"No answer from the license server {self.config.server!r} ({broker}) "
-                    f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
-                    "running and connected to the same broker."
-                )
-            raise NoAnswer(message) from None
-        except BaseException:
-            await self.__aexit__(None, None, None)
+            raise NoAnswer(self._no_answer_message(connected, error)) from None
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._tasks is None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
             return
-        if self.shutdown_requested.is_set():
-            # Let the hooks finish (they are bounded) before the seat goes.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.config.hook_timeout + 1):
-                    await asyncio.shield(self._children[3])
-        await self.release()
-        self._closing = True
-        for task in self._children:
-            task.cancel()
-        tasks, self._tasks = self._tasks, None
-        with contextlib.suppress(asyncio.CancelledError):
-            await tasks.__aexit__(None, None, None)
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                # The task group must see the caller's cancellation to hand it back (an
+                # asyncio.timeout around us turns it into TimeoutError), or to swallow it
+                # when it cancelled the caller itself because one of our tasks failed.
+                await stack.__aexit__(exc_type, exc, tb)
+            else:
+                # Anything else is the application's own exception: it propagates as it
+                # is, not wrapped into the task group's ExceptionGroup. A cancellation
+                # that arrives while we wait here is raised, never swallowed.
+                await stack.__aexit__(None, None, None)
+        finally:
+            self._tasks = None
+
+    async def _stop_tasks(self) -> None:
+        """Let the hooks of a requested stop finish, release the seat, end the tasks."""
+        try:
+            if self.shutdown_requested.is_set():
+                # Bounded (the hooks are), and asyncio.wait raises nothing of the task's:
+                # a CancelledError here is the caller's.
+                await asyncio.wait({self._children[3]}, timeout=self.config.hook_timeout + 1)
+        finally:
+            try:
+                await self.release()
+            finally:
+                self._closing = True
+                for task in self._children:
+                    task.cancel()
+
+    def _no_answer_message(self, connected: bool, error: str | None) -> str:
+        broker = self.config.broker.describe()
+        if not connected:
+            detail = f": {error}. {connection_advice(error)}" if error else "."
+            return (
+                f"Cannot connect to the broker ({broker}) within "
+                f"{self.config.request_timeout:g} s{detail}"
+            )
+        return (
+            f"No answer from the license server {self.config.server!r} ({broker}) "
+            f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
+            "running and connected to the same broker."
+        )
 
     async def request_seat(self) -> bool:
         """Ask for a seat (again: after :meth:`release`, or after a denial).
@@ -316,7 +347,7 @@ class Agent:
     # --- tasks --------------------------------------------------------------------
 
     async def _connection(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff(start=0.2, cap=4.0)
         will = aiomqtt.Will(
             self.topics.seat(self.client_id, "release"),
             protocol.encode(SeatRelease(client=self.client_id)),
@@ -329,7 +360,7 @@ class Agent:
                 ) as client:
                     self._broker_error = None
                     await self._on_connect(client)
-                    backoff = _BACKOFF_START
+                    backoff.reset()
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError) as exc:  # ConfigError: TLS files gone
@@ -338,8 +369,7 @@ class Agent:
             finally:
                 self._client = None
                 self._connected.clear()
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
-            backoff = min(backoff * 2, _BACKOFF_CAP)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._server_key is None:
