@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from conftest import command
 from floatkey import protocol
@@ -191,6 +193,41 @@ async def test_cancelling_the_application_inside_an_agent_reaches_the_applicatio
     assert task.cancelled()
     assert all(child.done() for child in agent._children)
     await eventually(lambda: clients(server) == [])
+
+
+async def test_a_failing_license_listener_is_logged_and_counted_and_the_agent_goes_on(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    async with make_agent(server, tmp_path, "listened") as agent:
+        seen = []
+
+        def broken_listener(view):
+            raise OSError(28, "No space left on device")
+
+        agent.on_license_change(broken_listener)
+        agent.on_license_change(seen.append)
+        # A restarted daemon publishes a state with a newer revision; the agent reads it
+        # when it reconnects (it follows only the events in between).
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await asyncio.to_thread(server.start_daemon)
+        with capture_logs() as logs:
+            agent._client._client.socket().shutdown(socket.SHUT_RDWR)
+            await eventually(lambda: seen, within=15)
+        assert seen[0].status == "unlicensed"
+        [(name, count)] = agent.listener_failures.items()
+        assert name.endswith("broken_listener")
+        assert count == 1
+        failure = next(e for e in logs if e["event"] == "license listener failed")
+        assert failure["listener"] == name
+        assert failure["log_level"] == "error"
+        # The connection goes on: the agent renews after reconnecting, and the daemon,
+        # which kept the lease across its restart, answers.
+        assert not agent._children[0].done()
+        await eventually(agent._connected.is_set)
+        assert agent.has_seat
+        assert not agent.shutdown_requested.is_set()
 
 
 # --- the seed's scenario, with real processes ------------------------------------------

@@ -153,9 +153,11 @@ async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
     """Run ``program`` under ``agent``'s seat; return the exit status."""
     license_file = workdir / "license.json"
     _write_license_file(license_file, _license_document(agent, agent.license))
-    agent.on_license_change(
-        lambda view: _write_license_file(license_file, _license_document(agent, view)),
-    )
+
+    def update_license_file(view: LicenseView) -> None:
+        _write_license_file(license_file, _license_document(agent, view))
+
+    agent.on_license_change(update_license_file)  # a failure is logged by the agent
     child = await asyncio.create_subprocess_exec(
         *program,
         env={**os.environ, **license_environment(agent, license_file)},

@@ -113,6 +113,8 @@ class Agent:
             raise ValueError(msg)
         self.shutdown_requested = ShutdownSignal()
         self.drops: Counter[str] = Counter()
+        #: Exceptions raised by ``on_license_change`` listeners, by listener name.
+        self.listener_failures: Counter[str] = Counter()
         self.denial: Denial | None = None
         self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
         self._license_listeners: list[Callable[[LicenseView], None]] = []
@@ -204,7 +206,11 @@ class Agent:
         self._hooks.append(hook)
 
     def on_license_change(self, listener: Callable[[LicenseView], None]) -> None:
-        """Call ``listener`` with the new view whenever a newer verified state arrives."""
+        """Call ``listener`` with the new view whenever a newer verified state arrives.
+
+        An exception raised by ``listener`` is logged with its name and counted in
+        :attr:`listener_failures`; the agent and the other listeners go on.
+        """
         self._license_listeners.append(listener)
 
     # --- lifecycle ----------------------------------------------------------------
@@ -562,12 +568,22 @@ class Agent:
             )
         view = self.license
         for listener in self._license_listeners:
-            listener(view)
+            self._tell_listener(listener, view)
         if self._grant is not None and state.generation > self._grant.generation:
             code: ShutdownCode = (
                 "license.expired" if state.status == "expired" else "license.activated"
             )
             self.request_shutdown(code, _shutdown_message(code), state.generation)
+
+    def _tell_listener(self, listener: Callable[[LicenseView], None], view: LicenseView) -> None:
+        try:
+            listener(view)
+        except Exception:
+            # The application's code runs inside the connection task: what it raises must
+            # not end the connection, nor (through the task group) the application.
+            name = _callable_name(listener)
+            self.listener_failures[name] += 1
+            log.exception("license listener failed", client=self.client_id, listener=name)
 
     def _take_event(self, event: protocol.Event) -> None:
         if self._grant is None or event.generation <= self._grant.generation:
@@ -672,6 +688,14 @@ def _shutdown_message(code: str) -> str:
     if code == "license.expired":
         return "The license has expired; the application must stop."
     return "A new license was activated; the application must restart to use it."
+
+
+def _callable_name(function: object) -> str:
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None)
+    if not isinstance(name, str):
+        return repr(function)[:200]
+    return f"{module}.{name}" if isinstance(module, str) else name
 
 
 def _user() -> str:
