@@ -389,10 +389,82 @@ async def test_a_killed_agent_frees_its_seat_through_its_will(server, tmp_path):
     await eventually(lambda: clients(server) == [], within=15)
 
 
+def short_leases(server, seconds: int = 10) -> None:
+    text = server.config_path.read_text()
+    assert "lease_seconds = 30" in text
+    server.config_path.write_text(text.replace("lease_seconds = 30", f"lease_seconds = {seconds}"))
+
+
+def forget_leases(server) -> None:
+    """What a daemon restored from an old backup knows: no lease (the daemon is stopped)."""
+    with contextlib.closing(server.db()) as db, db:
+        assert db.execute("DELETE FROM leases").rowcount >= 1
+
+
+async def test_an_agent_that_loses_its_seat_and_finds_none_free_stops_its_application(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto")
+    short_leases(server)
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    loser = start_supervised(server, tmp_path, "loser")
+    await eventually((tmp_path / "loser.env").exists, within=20)
+    # Frozen, the agent cannot renew before another computer has taken its seat.
+    os.kill(loser.pid, signal.SIGSTOP)
+    try:
+        assert daemon.stop() == 0
+        forget_leases(server)
+        server.start_daemon()
+        winner = start_supervised(server, tmp_path, "winner")
+        await eventually((tmp_path / "winner.env").exists, within=20)
+    finally:
+        os.kill(loser.pid, signal.SIGCONT)
+    # Its renewal gets seat.lost, its new requests seats_exhausted; once the lease it was
+    # given has run out, it stops its application (exit 75 for systemd to restart it).
+    assert await asyncio.to_thread(loser.wait, 60) == 75, output(tmp_path, "loser")
+    assert (tmp_path / "loser.term").read_text() == str(int(signal.SIGTERM))
+    assert "lost its seat and none is free: All 1 seats are in use" in output(tmp_path, "loser")
+    assert winner.poll() is None
+    assert [c["app"] for c in clients(server)] == ["flowdesigner"]
+    winner.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(winner.wait, 15) == 0
+
+
+async def test_a_new_license_stops_an_agent_that_has_lost_its_seat(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    key = issue(seats=2, features="dataflow")
+    async with make_agent(server, tmp_path, "loser") as loser:
+        assert loser.generation == 1
+        # Its messages are lost on the way until another agent holds the only seat.
+        send, cut_off = loser._send, True
+
+        async def lossy_send(body, action):
+            if not cut_off:
+                await send(body, action)
+
+        loser._send = lossy_send
+        await asyncio.to_thread(daemon.stop)
+        await asyncio.to_thread(forget_leases, server)
+        await asyncio.to_thread(server.start_daemon)
+        async with make_agent(server, tmp_path, "winner") as winner:
+            assert winner.has_seat
+            cut_off = False
+            await eventually(lambda: loser.denial is not None, within=30)
+            assert loser.denial.reason == "seats_exhausted"
+            assert not loser.has_seat
+            assert not loser.shutdown_requested.is_set()  # the lease has not run out yet
+            assert (await asyncio.to_thread(unlock, server, key)).returncode == 0
+            reason = await asyncio.wait_for(loser.shutdown_requested.wait(), 10)
+            assert reason.code == "license.activated"
+            assert reason.generation == 2
+
+
 async def test_a_lease_that_is_not_renewed_expires(server_factory):
-    server = server_factory("mosquitto", extra="")
-    text = server.config_path.read_text().replace("lease_seconds = 30", "lease_seconds = 10")
-    server.config_path.write_text(text)
+    server = server_factory("mosquitto")
+    short_leases(server)
     server.start_daemon()
     async with raw_client(server, "floatkey-agent", "silent-1") as client:
         request = protocol.SeatRequest(client="silent-1", nonce="n1", app="raw")

@@ -5,13 +5,16 @@
     async with Agent(config) as agent:
         if agent.is_enabled("dataflow"):
             ...
-        reason = await agent.shutdown_requested   # a new license, expiry, revocation, offline
+        reason = await agent.shutdown_requested   # a new license, expiry, revocation, lost
+                                                  # seat, offline
 
 ``Agent`` owns one ``asyncio.TaskGroup`` of named tasks, entered and left through an
 ``AsyncExitStack`` that hands a cancellation of the caller's back to the caller:
 
 ``connection``  connect (reconnect with capped, jittered backoff), subscribe, handle messages
-``renewal``     renews the lease at the interval the daemon asked for
+``seat``        renews the lease at the interval the daemon asked for; after a lost seat,
+                asks again, and asks the application to stop if it has none by the time
+                the last lease would have run out
 ``offline``     asks the application to stop when the daemon has been silent too long
 ``shutdown``    once a stop is requested: the application's hooks, then the seat release
 
@@ -50,6 +53,7 @@ from floatkey.protocol import (
     SeatLost,
     SeatRelease,
     SeatRenew,
+    SeatRenewed,
     SeatRequest,
     SeatRevoked,
 )
@@ -78,6 +82,9 @@ __all__ = [
 log = structlog.get_logger("floatkey.agent")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+# Without a seat, ask again every renew_after_s of the last grant, within these bounds.
+_RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
+_LEASE_MAX_S = 86_400.0
 
 
 def default_client_id(app: str) -> str:
@@ -128,6 +135,12 @@ class Agent:
         )
         self._state: protocol.State | None = None
         self._grant: SeatGranted | None = None
+        # The last seat held, kept after it is lost: its generation is the license the
+        # application runs under, and its renew_after_s paces the requests for another.
+        self._last_grant: SeatGranted | None = None
+        self._lost_at: float | None = None  # monotonic; set while a lost seat is not back
+        self._lease_ends = 0.0  # monotonic: when the last lease the daemon gave runs out
+        self._seat_changed = asyncio.Event()
         self._nonce = ""
         self._answered = asyncio.Event()
         self._identity_seen = asyncio.Event()
@@ -228,7 +241,7 @@ class Agent:
         self._stack = stack
         self._children = [
             self._tasks.create_task(self._connection(), name=f"agent-connection-{self.client_id}"),
-            self._tasks.create_task(self._renewal(), name=f"agent-renewal-{self.client_id}"),
+            self._tasks.create_task(self._keep_seat(), name=f"agent-seat-{self.client_id}"),
             self._tasks.create_task(self._offline_watch(), name=f"agent-offline-{self.client_id}"),
             self._tasks.create_task(
                 self._shutdown_sequence(), name=f"agent-shutdown-{self.client_id}"
@@ -440,24 +453,60 @@ class Agent:
                 )
             )
 
-    async def _renewal(self) -> None:
+    async def _keep_seat(self) -> None:
         while not self._closing:
-            await self._answered.wait()  # nothing to renew before the first grant
-            grant = self._grant
-            if grant is None:
-                await asyncio.sleep(1.0)
-                continue
-            # Jittered, so agents started together do not renew together forever.
-            await asyncio.sleep(grant.renew_after_s * random.uniform(0.8, 1.0))  # noqa: S311
-            if self._grant is not None and not self._released and self._connected.is_set():
-                await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
+            self._seat_changed.clear()
+            held = self._last_grant
+            if held is None or self._released:
+                await self._seat_changed.wait()  # nothing to keep before the first grant
+            elif self._grant is not None:
+                # Jittered, so agents started together do not renew together forever.
+                delay = held.renew_after_s * random.uniform(0.8, 1.0)  # noqa: S311
+                grant = self._grant
+                if not await self._seat_changes_within(delay) and self._connected.is_set():
+                    await self._send(SeatRenew(client=self.client_id, lease=grant.lease), "renew")
+            elif self._lost_at is None or self.shutdown_requested.is_set():
+                await self._seat_changed.wait()
+            else:
+                await self._regain_seat(held, self._lost_at)
+
+    async def _regain_seat(self, held: SeatGranted, lost_at: float) -> None:
+        """One step without a seat: ask again, or stop the application once time is up.
+
+        The application may go on for as long as the lease the daemon last gave would
+        have lasted, and at least ``request_timeout`` after the loss, so that a seat lost
+        while the agent was cut off (found out on reconnecting) gets a fair try.
+        """
+        deadline = max(self._lease_ends, lost_at + self.config.request_timeout)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            denial = self.denial
+            why = (
+                f"This computer lost its seat and none is free: {denial.message}"
+                if denial is not None
+                else "This computer lost its seat and the license server has not given it another."
+            )
+            self.request_shutdown("seat.lost", why, held.generation)
+            return
+        retry = min(max(held.renew_after_s, _RETRY_MIN_S), _RETRY_MAX_S, remaining)
+        if not await self._seat_changes_within(retry) and self._connected.is_set():
+            await self._request_seat()
+
+    async def _seat_changes_within(self, delay: float) -> bool:
+        """Whether the seat changed (granted, lost, denied) within ``delay`` seconds."""
+        try:
+            async with asyncio.timeout(delay):
+                await self._seat_changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _offline_watch(self) -> None:
         grace = self.config.offline_grace
         while True:
             await asyncio.sleep(min(grace / 4, 5.0))
             silent = time.monotonic() - self._last_contact
-            if self._grant is not None and silent > grace:
+            if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
                     f"The license server has not answered for {silent:.0f} s (more than the "
@@ -569,7 +618,10 @@ class Agent:
         view = self.license
         for listener in self._license_listeners:
             self._tell_listener(listener, view)
-        if self._grant is not None and state.generation > self._grant.generation:
+        # The last seat's generation, even when that seat is lost: a new license stops
+        # an application that runs on without a seat as well.
+        held = self._last_grant
+        if held is not None and state.generation > held.generation:
             code: ShutdownCode = (
                 "license.expired" if state.status == "expired" else "license.activated"
             )
@@ -586,7 +638,8 @@ class Agent:
             log.exception("license listener failed", client=self.client_id, listener=name)
 
     def _take_event(self, event: protocol.Event) -> None:
-        if self._grant is None or event.generation <= self._grant.generation:
+        held = self._last_grant
+        if held is None or event.generation <= held.generation:
             return  # an old event, or one from before our seat
         self.request_shutdown(event.name, _shutdown_message(event.name), event.generation)
 
@@ -599,9 +652,16 @@ class Agent:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
         self._contact()
-        if isinstance(reply, SeatLost):
-            # The daemon forgot us (restart, expiry): ask again, transparently.
-            self._grant = None
+        if isinstance(reply, SeatRenewed):
+            self._lease_ends = time.monotonic() + _lease_length(
+                reply.expires_at, reply.ts, grant.renew_after_s
+            )
+        elif isinstance(reply, SeatLost):
+            # The daemon forgot us (restart, expiry): ask again, transparently. If no seat
+            # is free, the seat task keeps asking and stops the application in the end.
+            self._grant, self._lost_at = None, time.monotonic()
+            self._seat_changed.set()
+            log.warning("seat lost", client=self.client_id, message=reply.message)
             if self._client is not None and not self._released:
                 self._spawn_request()
         elif isinstance(reply, SeatRevoked):
@@ -614,7 +674,11 @@ class Agent:
             return
         self._contact()
         if isinstance(reply, SeatGranted):
-            self._grant, self.denial = reply, None
+            held = self._last_grant
+            self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
+            self._lease_ends = time.monotonic() + _lease_length(
+                reply.expires_at, reply.ts, reply.renew_after_s
+            )
             log.info(
                 "seat granted",
                 client=self.client_id,
@@ -622,9 +686,18 @@ class Agent:
                 generation=reply.generation,
                 features=reply.features,
             )
+            if held is not None and reply.generation > held.generation:
+                # A seat lost, then found again under a newer license: the application
+                # still runs under the old one, and must restart like every other.
+                self.request_shutdown(
+                    "license.activated",
+                    _shutdown_message("license.activated"),
+                    reply.generation,
+                )
         else:
             self.denial = Denial(reply.reason, reply.message)
             log.info("seat denied", client=self.client_id, reason=reply.reason)
+        self._seat_changed.set()
         self._answered.set()
 
     async def _unsubscribe_retained(self, client: aiomqtt.Client) -> None:
@@ -688,6 +761,19 @@ def _shutdown_message(code: str) -> str:
     if code == "license.expired":
         return "The license has expired; the application must stop."
     return "A new license was activated; the application must restart to use it."
+
+
+def _lease_length(expires_at: int, sent_at: int, renew_after_s: float) -> float:
+    """How many seconds a lease the daemon just gave or renewed lasts.
+
+    From two readings of the daemon's own clock (the reply's ``expires_at`` and ``ts``),
+    so a skewed clock here does not matter. Bounded; a nonsensical pair falls back to
+    three times ``renew_after_s`` (the daemon renews at a third of the lease).
+    """
+    length = (expires_at - sent_at) / 1000
+    if not 0 < length <= _LEASE_MAX_S:
+        length = 3 * renew_after_s
+    return min(max(length, 0.0), _LEASE_MAX_S)
 
 
 def _callable_name(function: object) -> str:

@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["Denial", "LicenseView", "ShutdownCode", "ShutdownReason", "ShutdownSignal"]
 
 #: Why an application must stop: a new license, an expired one, a seat an administrator
-#: took back, or a license server silent past the offline grace.
-ShutdownCode = Literal["license.activated", "license.expired", "seat.revoked", "offline"]
+#: took back, a seat lost with none free in time, or a license server silent past the
+#: offline grace.
+ShutdownCode = Literal[
+    "license.activated", "license.expired", "seat.revoked", "seat.lost", "offline"
+]
 
 
 @dataclass(frozen=True, slots=True)
