@@ -20,12 +20,12 @@ from structlog.testing import capture_logs
 
 from conftest import command
 from floatkey import protocol
+from floatkey._supervisor import supervise
 from floatkey.envelope import Signer
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.signing import public_key_text
 from licensing import NAME, ORG, ctl, issue, unlock
 from servers import (
-    answering,
     clients,
     eventually,
     make_agent,
@@ -37,6 +37,31 @@ from servers import (
 
 pytestmark = pytest.mark.broker
 CHILD = Path(__file__).with_name("child_app.py")
+
+# floatkeyctl and floatkey-vendor are run with a blocking subprocess.run: while in-process
+# agents live in the test's event loop, they are run in a thread, or they would freeze the
+# agents' loop (no renewals, no keepalives) for as long as the command takes.
+
+
+async def listed(server) -> list[dict[str, object]]:
+    """``floatkeyctl clients``, without blocking the event loop."""
+    return await asyncio.to_thread(clients, server)
+
+
+async def eventually_listed(server, check, within: float = 10) -> list[dict[str, object]]:
+    """Wait until ``check(floatkeyctl clients)`` holds; return the listing."""
+    deadline = time.monotonic() + within
+    while True:
+        listing = await listed(server)
+        if check(listing):
+            return listing
+        if time.monotonic() > deadline:
+            raise AssertionError(f"clients not as expected within {within} s: {listing}")
+        await asyncio.sleep(0.1)
+
+
+def licensed(listing) -> list[dict[str, object]]:
+    return [c for c in listing if c["licensed"]]
 
 
 # --- seats --------------------------------------------------------------------------
@@ -67,7 +92,7 @@ async def test_exactly_s_of_n_agents_get_a_seat_and_a_release_lets_one_in(server
             assert agent.license.seats == 3
 
         await holders[0].__aexit__(None, None, None)
-        await eventually(lambda: len([c for c in clients(server) if c["licensed"]]) == 2)
+        await eventually_listed(server, lambda listing: len(licensed(listing)) == 2)
         retry = make_agent(server, tmp_path, "retry")
         async with retry:
             assert retry.has_seat
@@ -85,7 +110,7 @@ async def test_many_agents_racing_for_the_last_seat_get_exactly_one(server, tmp_
         entered = await asyncio.gather(*(agent.__aenter__() for agent in racers))
         try:
             assert sum(agent.has_seat for agent in entered) == 1
-            assert len([c for c in clients(server) if c["licensed"]]) == 3
+            assert len(licensed(await listed(server))) == 3
         finally:
             await asyncio.gather(*(agent.__aexit__(None, None, None) for agent in entered))
 
@@ -97,13 +122,13 @@ async def test_an_administrator_releasing_a_seat_stops_that_application(server, 
         make_agent(server, tmp_path, "stuck") as stuck,
         make_agent(server, tmp_path, "fine") as fine,
     ):
-        result = ctl(server, "release", stuck.client_id)
+        result = await asyncio.to_thread(ctl, server, "release", stuck.client_id)
         assert result.returncode == 0, result.stderr
         assert f"Released the seat of {stuck.client_id}" in result.stdout
         reason = await asyncio.wait_for(stuck.shutdown_requested.wait(), 10)
         assert reason.code == "seat.revoked"
         assert not fine.shutdown_requested.is_set()
-        assert [c["client"] for c in clients(server)] == [fine.client_id]
+        assert [c["client"] for c in await listed(server)] == [fine.client_id]
     with contextlib.closing(server.db()) as db:
         row = db.execute(
             "SELECT action, outcome, detail FROM audit WHERE action = 'admin.release'"
@@ -114,6 +139,7 @@ async def test_an_administrator_releasing_a_seat_stops_that_application(server, 
 
 async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_path):
     server.start_daemon()
+    key = issue()
     async with make_agent(server, tmp_path, "early") as agent:
         assert agent.has_seat
         assert not agent.licensed
@@ -122,9 +148,9 @@ async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_p
         assert not agent.is_enabled("dataflow")
         with pytest.raises(FeatureNotLicensed, match="no license yet"):
             agent.require("dataflow")
-        listed = clients(server)
-        assert [c["client"] for c in listed] == [agent.client_id]
-        assert listed[0]["licensed"] is False
+        listing = await listed(server)
+        assert [c["client"] for c in listing] == [agent.client_id]
+        assert listing[0]["licensed"] is False
 
         hooks: list[str] = []
 
@@ -132,7 +158,7 @@ async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_p
             hooks.append(reason.code)
 
         agent.on_shutdown(save_work)
-        result = unlock(server, issue())
+        result = await asyncio.to_thread(unlock, server, key)
         assert "1 connected client was told to shut down" in result.stdout
         reason = await asyncio.wait_for(agent.shutdown_requested.wait(), 10)
         assert reason.code == "license.activated"
@@ -310,6 +336,7 @@ async def test_unlock_on_a_terminal_counts_the_clients_down_live(server_factory,
     server = server_factory("mosquitto")
     server.start_daemon()
     assert unlock(server, issue(seats=3)).returncode == 0
+    new_key = issue(seats=4)
     agents = [make_agent(server, tmp_path, f"tty{i}") for i in range(2)]
     for delay, agent in zip([1.0, 2.5], agents, strict=True):
         # Applications saving their work for a while: their seats come back one by one.
@@ -322,7 +349,7 @@ async def test_unlock_on_a_terminal_counts_the_clients_down_live(server_factory,
         primary, secondary = pty.openpty()
         process = await asyncio.create_subprocess_exec(
             command("floatkeyctl"),
-            *("unlock", "--name", NAME, "--organization", ORG, "--key", issue(seats=4)),
+            *("unlock", "--name", NAME, "--organization", ORG, "--key", new_key),
             *("--config", str(server.config_path)),
             stdout=secondary,
             stderr=secondary,
@@ -363,11 +390,28 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(server, tm
     server.start_daemon()
     stubborn = start_supervised(server, tmp_path, "stubborn", "--ignore-term")
     await eventually((tmp_path / "stubborn.env").exists, within=20)
-    started = time.monotonic()
     assert unlock(server, issue(), "--wait", "0").returncode == 0
     assert stubborn.wait(20) == 75
     assert (tmp_path / "stubborn.term").read_text() == "ignored"
-    assert time.monotonic() - started >= 4  # the 5 s shutdown grace, give or take
+    assert "application ignored SIGTERM; killing it" in output(tmp_path, "stubborn")
+
+
+async def test_the_supervisor_kills_a_child_ignoring_sigterm_even_if_the_hook_is_cut_short(
+    server, tmp_path
+):
+    server.start_daemon()
+    agent = make_agent(server, tmp_path, "cut-short")
+    # The pair the config now refuses (a 5 s grace in a 1 s hook_timeout), set behind its
+    # back: the hook that stops the application is cut short before its SIGKILL.
+    agent.config.hook_timeout = 1
+    program = [sys.executable, str(CHILD), str(tmp_path / "deaf"), "--ignore-term"]
+    async with agent:
+        supervisor = asyncio.create_task(supervise(agent, program, tmp_path))
+        await eventually((tmp_path / "deaf.env").exists, within=20)
+        agent.request_shutdown("seat.revoked", "The test stops the application.")
+        # Bounded all the same: the grace, SIGKILL, and a bounded wait for the kill.
+        assert await asyncio.wait_for(supervisor, 30) == 75
+    assert (tmp_path / "deaf.term").read_text() == "ignored"
 
 
 # --- failures -----------------------------------------------------------------------
@@ -471,19 +515,20 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
         await client.publish(
             server.topics.seat("silent-1", "request"), protocol.encode(request), qos=1
         )
-        await eventually(lambda: len(clients(server)) == 1)
-        await eventually(lambda: clients(server) == [], within=20)
+        await eventually_listed(server, lambda listing: len(listing) == 1)
+        await eventually_listed(server, lambda listing: listing == [], within=20)
 
 
 async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp_path):
     server.start_daemon()
+    keys = [issue(), issue()]
     async with raw_client(server, "floatkeyd", "recorder") as recorder:
         await recorder.subscribe(server.topics.events, qos=1)
-        assert unlock(server, issue()).returncode == 0
+        assert (await asyncio.to_thread(unlock, server, keys[0])).returncode == 0
         old_state = await read_retained(server, server.topics.state)
         async with asyncio.timeout(5):
             old_event = bytes((await anext(aiter(recorder.messages))).payload)
-    assert unlock(server, issue()).returncode == 0
+    assert unlock(server, keys[1]).returncode == 0
     async with (
         make_agent(server, tmp_path, "target") as agent,
         make_agent(server, tmp_path, "other") as other,
@@ -515,13 +560,20 @@ async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp
                 qos=1,
             )
             await forger.publish(events, old_event, qos=1)
+            # A last forged event: once it is counted, the old one before it (which the
+            # agent ignores without a trace) has been handled too, as one publisher's
+            # QoS 1 messages arrive in order.
+            await forger.publish(
+                events,
+                Signer(Ed25519PrivateKey.generate()).seal(events, protocol.encode(fake)),
+                qos=1,
+            )
         await eventually(
-            lambda: agent.drops["unknown_key"] >= 2 and agent.drops["bad_signature"] >= 1,
+            lambda: agent.drops["unknown_key"] == 3 and agent.drops["bad_signature"] == 1,
         )
         # 4. An old genuine state (the agent reads states when it (re)connects): replayed.
         agent._handle(server.topics.state, old_state)
         assert agent.drops["replayed"] == 1
-        await asyncio.sleep(0.3)
         assert not agent.shutdown_requested.is_set()
         assert agent.has_seat
         assert agent.license.generation == 2
@@ -562,15 +614,17 @@ async def test_broker_restart_keeps_everyone_and_their_leases(server_factory, tm
     server.start_daemon()
     assert unlock(server, issue()).returncode == 0
     async with make_agent(server, tmp_path, "steady") as agent:
-        lease = agent._grant.lease
-        server.mosquitto.stop()
-        await asyncio.sleep(1)
-        server.mosquitto.start()
+        lease, renewed = agent._grant.lease, agent._lease_ends
+        await asyncio.to_thread(server.mosquitto.stop)
+        await eventually(lambda: not agent._connected.is_set(), within=10)
+        await asyncio.to_thread(server.mosquitto.start)
         await eventually(agent._connected.is_set, within=15)
-        await eventually(lambda: answering(server), within=15)
-        await eventually(
-            lambda: [c["client"] for c in clients(server)] == [agent.client_id], within=15
+        # Back, the agent renews its lease, and the daemon renews it (no seat.lost).
+        await eventually(lambda: agent._lease_ends > renewed, within=20)
+        await eventually_listed(
+            server, lambda listing: [c["client"] for c in listing] == [agent.client_id]
         )
+        assert agent._grant is not None
         assert agent._grant.lease == lease
         assert not agent.shutdown_requested.is_set()
 
@@ -580,12 +634,17 @@ async def test_daemon_restart_keeps_leases(server_factory, tmp_path):
     daemon = server.start_daemon()
     assert unlock(server, issue()).returncode == 0
     async with make_agent(server, tmp_path, "loyal") as agent:
-        lease = agent._grant.lease
-        assert daemon.stop() == 0  # a clean stop writes the leases staged behind
-        server.start_daemon()
+        lease, renewed = agent._grant.lease, agent._lease_ends
+        # A clean stop writes the leases staged behind.
+        assert await asyncio.to_thread(daemon.stop) == 0
+        await asyncio.to_thread(server.start_daemon)
         await agent._send(protocol.SeatRenew(client=agent.client_id, lease=lease), "renew")
-        await eventually(lambda: [c["client"] for c in clients(server)] == [agent.client_id])
+        # The restarted daemon knows the lease: seat.renewed, not seat.lost.
+        await eventually(lambda: agent._lease_ends > renewed)
+        assert agent._grant is not None
         assert agent._grant.lease == lease
+        listing = await listed(server)
+        assert [c["client"] for c in listing] == [agent.client_id]
         assert not agent.shutdown_requested.is_set()
 
 
@@ -593,7 +652,7 @@ async def test_a_daemon_gone_longer_than_the_grace_stops_the_application(server_
     server = server_factory("mosquitto")
     daemon = server.start_daemon()
     async with make_agent(server, tmp_path, "patient", offline_grace=3) as agent:
-        daemon.kill()
+        await asyncio.to_thread(daemon.kill)
         reason = await asyncio.wait_for(agent.shutdown_requested.wait(), 20)
         assert reason.code == "offline"
         assert "offline grace" in reason.message
