@@ -1,12 +1,13 @@
 """floatkey: the client side of the floatkey license server, and the shared core.
 
-:class:`Agent` (hold a seat, read the features, stop when told), the product key codec
+:class:`Agent` (hold a seat, read the features, stop when told) and what it tells the
+application (:mod:`floatkey.notices`), the product key codec
 (:mod:`floatkey.productkey`), the wire protocol (:mod:`floatkey.protocol`,
 :mod:`floatkey.envelope`), signing keys (:mod:`floatkey.signing`) and the error
 hierarchy (:mod:`floatkey.errors`).
 """
 
-from floatkey.agent import Agent, Denial, LicenseView, ShutdownReason
+from floatkey.agent import Agent
 from floatkey.config import AgentConfig, load_agent_config
 from floatkey.errors import (
     AgentError,
@@ -26,6 +27,7 @@ from floatkey.errors import (
     UnknownKeyFormat,
     WrongProductVersion,
 )
+from floatkey.notices import Denial, LicenseView, ShutdownReason, ShutdownSignal
 from floatkey.productkey import (
     PRODUCT_VERSION,
     ProductKey,
@@ -56,6 +58,7 @@ __all__ = [
     "SeatsOutOfRange",
     "ServerKeyChanged",
     "ShutdownReason",
+    "ShutdownSignal",
     "UnknownKeyFormat",
     "WrongProductVersion",
     "issue_product_key",

@@ -7,11 +7,13 @@
 The agent asks for a seat, then starts COMMAND with the license in its environment
 (``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a JSON
 file (``FLOATKEY_LICENSE_FILE``) it keeps current. When the application must stop (a new
-license, expiry, revocation, the server silent past the offline grace) it sends COMMAND
-SIGTERM, then SIGKILL after the shutdown grace, releases the seat and exits with
-:data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service`` restarts. If the agent
-itself is killed (even with SIGKILL), Linux sends COMMAND SIGTERM: an application never
-outlives the agent that holds its seat.
+license, expiry, revocation, a seat lost with none free, the server silent past the
+offline grace) it sends COMMAND SIGTERM, then SIGKILL after the shutdown grace, releases
+the seat and exits with :data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service``
+restarts. If the agent itself is killed (even with SIGKILL), Linux sends COMMAND SIGTERM
+(through util-linux ``setpriv --pdeathsig``): an application never outlives the agent
+that holds its seat. Off a terminal COMMAND runs in its own process group, which the
+agent ends when it exits, so the application's own children do not outlive it either.
 
 Exit status: COMMAND's own when it exits by itself (128+N when killed by signal N);
 75 restart requested; 69 no seat (all in use, or the license expired); 76 license server
@@ -23,19 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
+import errno
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 from floatkey.agent import Agent, LicenseView, ShutdownReason
 from floatkey.config import load_agent_config
@@ -48,6 +47,9 @@ EXIT_UNREACHABLE = 76
 EXIT_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/floatkey/agent.toml")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# After SIGKILL: how long to wait for the application to be gone (a process stuck in
+# uninterruptible I/O dies only when that returns). The wait is bounded whatever happens.
+_KILL_WAIT_S = 5.0
 
 log = structlog.get_logger("floatkey-agent")
 
@@ -106,43 +108,85 @@ def _write_license_file(path: Path, document: dict[str, object]) -> None:
     tmp.replace(path)  # atomic: the application never reads half a file
 
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _terminate_with_supervisor() -> Callable[[], None] | None:
-    """In the child, before exec: have Linux send SIGTERM when this supervisor dies.
+def _parent_death_signal() -> list[str]:
+    """The command prefix that has Linux send the application SIGTERM when the agent dies.
 
     Without it, ``kill -9`` of the agent would leave the application running with the
-    features of a seat that the will then frees. Run between fork and exec, so it only
-    calls ``prctl`` (looked up here, before the fork) and checks the parent is still
-    the supervisor (it may have died before ``prctl``). Outside Linux: nothing.
+    features of a seat that the will then frees. util-linux ``setpriv`` (Debian's
+    essential package) sets the parent-death signal in the child and executes COMMAND;
+    ``preexec_fn`` could do the same in Python but is unsafe once the process has threads
+    (aiomqtt connects through an executor thread). The signal comes when the *thread*
+    that started the child ends: the event loop's, which lives as long as the agent. The
+    gap: an agent killed between the fork and setpriv's ``prctl`` leaves the application
+    running; under systemd the unit's control group still ends it. Without setpriv (or
+    off Linux) there is no such signal: logged, and left to the service manager.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    supervisor = os.getpid()
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != supervisor:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return arm
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        log.warning(
+            "setpriv (util-linux) not found: the application will not be stopped if the "
+            "agent is killed; run it under systemd (floatkey-agent@.service)"
+        )
+        return []
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"]
 
 
-async def _stop_child(child: asyncio.subprocess.Process, grace: float) -> None:
+def _own_process_group() -> bool:
+    """Whether to start the application in a process group of its own.
+
+    So that the agent can end whatever the application leaves behind. Not on a
+    terminal: there the application must stay in the terminal's foreground group to
+    read from it (a background group is stopped by SIGTTIN), and the shell's job control
+    ends the group.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        return not os.isatty(0)
+    return True
+
+
+def _kill(child: asyncio.subprocess.Process, own_group: bool) -> None:
+    """SIGKILL the application, and its whole process group when it has its own."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if own_group:
+            os.killpg(child.pid, signal.SIGKILL)
+        elif child.returncode is None:
+            child.kill()
+
+
+async def _exited_within(child: asyncio.subprocess.Process, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await child.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _leave_nothing_behind(child: asyncio.subprocess.Process, own_group: bool) -> None:
+    """Nothing of the application outlives the agent.
+
+    Not the application itself, if the agent leaves for another reason (an error, a
+    cancellation), nor what it left behind in its own process group.
+    """
+    running = child.returncode is None
+    if running or own_group:
+        _kill(child, own_group)
+    if running:
+        await _exited_within(child, _KILL_WAIT_S)
+
+
+async def _stop_child(child: asyncio.subprocess.Process, grace: float, own_group: bool) -> None:
+    """SIGTERM; after ``grace`` seconds SIGKILL; then wait at most ``_KILL_WAIT_S``."""
     if child.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(signal.SIGTERM)
-    try:
-        async with asyncio.timeout(grace):
-            await child.wait()
-    except TimeoutError:
-        log.warning("application ignored SIGTERM; killing it", pid=child.pid, grace_s=grace)
-        with contextlib.suppress(ProcessLookupError):
-            child.kill()
-        await child.wait()
+    if await _exited_within(child, grace):
+        return
+    log.warning("application ignored SIGTERM; killing it", pid=child.pid, grace_s=grace)
+    _kill(child, own_group)
+    if not await _exited_within(child, _KILL_WAIT_S):
+        log.error("application still running after SIGKILL; giving up on it", pid=child.pid)
 
 
 def _status(code: int) -> int:
@@ -150,16 +194,25 @@ def _status(code: int) -> int:
 
 
 async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
-    """Run ``program`` under ``agent``'s seat; return the exit status."""
+    """Run ``program`` under ``agent``'s seat; return the exit status.
+
+    Raises ``FileNotFoundError`` when ``program`` cannot be found.
+    """
+    if shutil.which(program[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program[0])
     license_file = workdir / "license.json"
     _write_license_file(license_file, _license_document(agent, agent.license))
-    agent.on_license_change(
-        lambda view: _write_license_file(license_file, _license_document(agent, view)),
-    )
+
+    def update_license_file(view: LicenseView) -> None:
+        _write_license_file(license_file, _license_document(agent, view))
+
+    agent.on_license_change(update_license_file)  # a failure is logged by the agent
+    own_group = _own_process_group()
     child = await asyncio.create_subprocess_exec(
+        *_parent_death_signal(),
         *program,
         env={**os.environ, **license_environment(agent, license_file)},
-        preexec_fn=_terminate_with_supervisor(),
+        process_group=0 if own_group else None,
     )
     log.info(
         "application started",
@@ -168,31 +221,48 @@ async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
         features=sorted(agent.features),
         licensed=agent.licensed,
     )
+    grace = agent.config.shutdown_grace
+    stopping: asyncio.Task[None] | None = None
+
+    def stop_child() -> asyncio.Task[None]:
+        """The one stop of the application: the hook starts it, or supervise does."""
+        nonlocal stopping
+        if stopping is None:
+            stopping = asyncio.create_task(
+                _stop_child(child, grace, own_group), name="floatkey-agent-stop-application"
+            )
+        return stopping
 
     async def stop_application(reason: ShutdownReason) -> None:
-        _write_license_file(license_file, _license_document(agent, agent.license))
+        try:
+            _write_license_file(license_file, _license_document(agent, agent.license))
+        except OSError as exc:  # the application is stopped all the same
+            log.error("cannot update the license file", error=exc.strerror or str(exc))
         log.warning("stopping the application", reason=reason.code, message=reason.message)
-        await _stop_child(child, agent.config.shutdown_grace)
+        # Shielded: if hook_timeout cuts this hook short, the stop goes on, and
+        # supervise waits for it.
+        await asyncio.shield(stop_child())
 
     agent.on_shutdown(stop_application)
     loop = asyncio.get_running_loop()
     for signum in _FORWARDED:
         loop.add_signal_handler(signum, _forward, child, signum)
+    exited = asyncio.ensure_future(child.wait())
+    stop = asyncio.ensure_future(agent.shutdown_requested.wait())
     try:
-        exited = asyncio.ensure_future(child.wait())
-        stop = asyncio.ensure_future(agent.shutdown_requested.wait())
         await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
         if agent.shutdown_requested.is_set():
-            stop.cancel()
-            await exited  # the shutdown hook stops it, within the grace
+            await stop_child()  # bounded: the grace, then SIGKILL and a bounded wait
             reason = agent.shutdown_requested.reason
             print(f"floatkey-agent: {reason.message if reason else 'stopping'}", file=sys.stderr)
             return EXIT_RESTART
-        stop.cancel()
         return _status(exited.result())
     finally:
+        stop.cancel()
+        exited.cancel()
         for signum in _FORWARDED:
             loop.remove_signal_handler(signum)
+        await _leave_nothing_behind(child, own_group)
 
 
 def _forward(child: asyncio.subprocess.Process, signum: int) -> None:

@@ -5,12 +5,16 @@
     async with Agent(config) as agent:
         if agent.is_enabled("dataflow"):
             ...
-        reason = await agent.shutdown_requested   # a new license, expiry, revocation, offline
+        reason = await agent.shutdown_requested   # a new license, expiry, revocation, lost
+                                                  # seat, offline
 
-``Agent`` owns one ``asyncio.TaskGroup`` of named tasks:
+``Agent`` owns one ``asyncio.TaskGroup`` of named tasks, entered and left through an
+``AsyncExitStack`` that hands a cancellation of the caller's back to the caller:
 
 ``connection``  connect (reconnect with capped, jittered backoff), subscribe, handle messages
-``renewal``     renews the lease at the interval the daemon asked for
+``seat``        renews the lease at the interval the daemon asked for; after a lost seat,
+                asks again, and asks the application to stop if it has none by the time
+                the last lease would have run out
 ``offline``     asks the application to stop when the daemon has been silent too long
 ``shutdown``    once a stop is requested: the application's hooks, then the seat release
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
-import json
 import os
 import random
 import re
@@ -32,7 +35,6 @@ import secrets
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self
 
 import aiomqtt
@@ -40,96 +42,49 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect, connection_advice, settled
-from floatkey.configfile import private_directory_problem
+from floatkey.broker import Backoff, connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
+from floatkey.pinning import KnownServers
 from floatkey.protocol import (
     SeatDenied,
     SeatGranted,
     SeatLost,
     SeatRelease,
     SeatRenew,
+    SeatRenewed,
     SeatRequest,
     SeatRevoked,
 )
-from floatkey.signing import key_id, parse_public_key, public_key_text
+from floatkey.signing import key_id, parse_public_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable
+    from types import TracebackType
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from floatkey.config import LoadedAgentConfig
 
-__all__ = ["Agent", "Denial", "LicenseView", "ShutdownReason", "ShutdownSignal"]
+# The value types live in floatkey.notices; they are re-exported here, where they were
+# first defined, for code that imports them from floatkey.agent.
+__all__ = [
+    "Agent",
+    "Denial",
+    "LicenseView",
+    "ShutdownCode",
+    "ShutdownReason",
+    "ShutdownSignal",
+    "default_client_id",
+]
 
 log = structlog.get_logger("floatkey.agent")
 
-ShutdownCode = Literal["license.activated", "license.expired", "seat.revoked", "offline"]
-_BACKOFF_START, _BACKOFF_CAP = 0.2, 4.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
-
-
-@dataclass(frozen=True, slots=True)
-class LicenseView:
-    """The verified license state as the agent last saw it."""
-
-    status: protocol.Status
-    generation: int
-    licensee: str | None = None
-    organization: str | None = None
-    seats: int | None = None
-    features: frozenset[str] = frozenset()
-    expires: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """Why the agent has no seat: ``seats_exhausted``, ``expired``, ..., and the sentence."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShutdownReason:
-    """Why the application must stop."""
-
-    code: ShutdownCode
-    message: str
-    generation: int | None = None
-    #: When the agent learned it (Unix seconds).
-    requested_at: float = 0.0
-
-
-class ShutdownSignal:
-    """Set when the application must stop. ``await`` it for the :class:`ShutdownReason`."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.reason: ShutdownReason | None = None
-
-    def is_set(self) -> bool:
-        """Whether a stop was requested."""
-        return self._event.is_set()
-
-    def _set(self, reason: ShutdownReason) -> bool:
-        if self._event.is_set():
-            return False
-        self.reason = reason
-        self._event.set()
-        return True
-
-    async def wait(self) -> ShutdownReason:
-        """Wait for the stop request; return why."""
-        await self._event.wait()
-        assert self.reason is not None
-        return self.reason
-
-    def __await__(self) -> Generator[object, None, ShutdownReason]:
-        return self.wait().__await__()
+# Without a seat, ask again every renew_after_s of the last grant, within these bounds.
+_RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
+_LEASE_MAX_S = 86_400.0
 
 
 def default_client_id(app: str) -> str:
@@ -165,6 +120,8 @@ class Agent:
             raise ValueError(msg)
         self.shutdown_requested = ShutdownSignal()
         self.drops: Counter[str] = Counter()
+        #: Exceptions raised by ``on_license_change`` listeners, by listener name.
+        self.listener_failures: Counter[str] = Counter()
         self.denial: Denial | None = None
         self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
         self._license_listeners: list[Callable[[LicenseView], None]] = []
@@ -172,11 +129,18 @@ class Agent:
         self._reading_retained = False
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
+        self._known_servers = KnownServers(loaded.state_path())
         self._server_key: Ed25519PublicKey | None = (
             parse_public_key(self.config.server_key) if self.config.server_key else None
         )
         self._state: protocol.State | None = None
         self._grant: SeatGranted | None = None
+        # The last seat held, kept after it is lost: its generation is the license the
+        # application runs under, and its renew_after_s paces the requests for another.
+        self._last_grant: SeatGranted | None = None
+        self._lost_at: float | None = None  # monotonic; set while a lost seat is not back
+        self._lease_ends = 0.0  # monotonic: when the last lease the daemon gave runs out
+        self._seat_changed = asyncio.Event()
         self._nonce = ""
         self._answered = asyncio.Event()
         self._identity_seen = asyncio.Event()
@@ -184,6 +148,7 @@ class Agent:
         self._broker_error: str | None = None  # the last failed connection's reason
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
+        self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._children: list[asyncio.Task[None]] = []
         self._released = False
@@ -254,19 +219,29 @@ class Agent:
         self._hooks.append(hook)
 
     def on_license_change(self, listener: Callable[[LicenseView], None]) -> None:
-        """Call ``listener`` with the new view whenever a newer verified state arrives."""
+        """Call ``listener`` with the new view whenever a newer verified state arrives.
+
+        An exception raised by ``listener`` is logged with its name and counted in
+        :attr:`listener_failures`; the agent and the other listeners go on.
+        """
         self._license_listeners.append(listener)
 
     # --- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            msg = "this Agent is already entered"
+            raise RuntimeError(msg)
         if self._server_key is None:
-            self._check_state_file()
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
+            self._known_servers.check_writable()
+        stack = contextlib.AsyncExitStack()
+        self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        # Last in, first out: runs before the task group waits for its tasks.
+        stack.push_async_callback(self._stop_tasks)
+        self._stack = stack
         self._children = [
             self._tasks.create_task(self._connection(), name=f"agent-connection-{self.client_id}"),
-            self._tasks.create_task(self._renewal(), name=f"agent-renewal-{self.client_id}"),
+            self._tasks.create_task(self._keep_seat(), name=f"agent-seat-{self.client_id}"),
             self._tasks.create_task(self._offline_watch(), name=f"agent-offline-{self.client_id}"),
             self._tasks.create_task(
                 self._shutdown_sequence(), name=f"agent-shutdown-{self.client_id}"
@@ -285,40 +260,63 @@ class Agent:
         except TimeoutError:
             connected, error = self._connected.is_set(), self._broker_error
             await self.__aexit__(None, None, None)
-            broker = self.config.broker.describe()
-            if not connected:
-                detail = f": {error}. {connection_advice(error)}" if error else "."
-                message = (
-                    f"Cannot connect to the broker ({broker}) within "
-                    f"{self.config.request_timeout:g} s{detail}"
-                )
-            else:
-                message = (
-                    f"No answer from the license server {self.config.server!r} ({broker}) "
-                    f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
-                    "running and connected to the same broker."
-                )
-            raise NoAnswer(message) from None
-        except BaseException:
-            await self.__aexit__(None, None, None)
+            raise NoAnswer(self._no_answer_message(connected, error)) from None
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._tasks is None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
             return
-        if self.shutdown_requested.is_set():
-            # Let the hooks finish (they are bounded) before the seat goes.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.config.hook_timeout + 1):
-                    await asyncio.shield(self._children[3])
-        await self.release()
-        self._closing = True
-        for task in self._children:
-            task.cancel()
-        tasks, self._tasks = self._tasks, None
-        with contextlib.suppress(asyncio.CancelledError):
-            await tasks.__aexit__(None, None, None)
+        try:
+            if isinstance(exc, asyncio.CancelledError):
+                # The task group must see the caller's cancellation to hand it back (an
+                # asyncio.timeout around us turns it into TimeoutError), or to swallow it
+                # when it cancelled the caller itself because one of our tasks failed.
+                await stack.__aexit__(exc_type, exc, tb)
+            else:
+                # Anything else is the application's own exception: it propagates as it
+                # is, not wrapped into the task group's ExceptionGroup. A cancellation
+                # that arrives while we wait here is raised, never swallowed.
+                await stack.__aexit__(None, None, None)
+        finally:
+            self._tasks = None
+
+    async def _stop_tasks(self) -> None:
+        """Let the hooks of a requested stop finish, release the seat, end the tasks."""
+        try:
+            if self.shutdown_requested.is_set():
+                # Bounded (the hooks are), and asyncio.wait raises nothing of the task's:
+                # a CancelledError here is the caller's.
+                await asyncio.wait({self._children[3]}, timeout=self.config.hook_timeout + 1)
+        finally:
+            try:
+                await self.release()
+            finally:
+                self._closing = True
+                for task in self._children:
+                    task.cancel()
+
+    def _no_answer_message(self, connected: bool, error: str | None) -> str:
+        broker = self.config.broker.describe()
+        if not connected:
+            detail = f": {error}. {connection_advice(error)}" if error else "."
+            return (
+                f"Cannot connect to the broker ({broker}) within "
+                f"{self.config.request_timeout:g} s{detail}"
+            )
+        return (
+            f"No answer from the license server {self.config.server!r} ({broker}) "
+            f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
+            "running and connected to the same broker."
+        )
 
     async def request_seat(self) -> bool:
         """Ask for a seat (again: after :meth:`release`, or after a denial).
@@ -368,7 +366,7 @@ class Agent:
     # --- tasks --------------------------------------------------------------------
 
     async def _connection(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff(start=0.2, cap=4.0)
         will = aiomqtt.Will(
             self.topics.seat(self.client_id, "release"),
             protocol.encode(SeatRelease(client=self.client_id)),
@@ -381,7 +379,7 @@ class Agent:
                 ) as client:
                     self._broker_error = None
                     await self._on_connect(client)
-                    backoff = _BACKOFF_START
+                    backoff.reset()
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError) as exc:  # ConfigError: TLS files gone
@@ -390,12 +388,11 @@ class Agent:
             finally:
                 self._client = None
                 self._connected.clear()
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # noqa: S311 - jitter
-            backoff = min(backoff * 2, _BACKOFF_CAP)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._server_key is None:
-            self._load_pinned_key()
+            self._server_key = self._known_servers.key_of(self.topics.root)
         if self._server_key is None:
             # Trust on first use: take the key from the retained identity before
             # anything signed is read.
@@ -456,24 +453,60 @@ class Agent:
                 )
             )
 
-    async def _renewal(self) -> None:
+    async def _keep_seat(self) -> None:
         while not self._closing:
-            await self._answered.wait()  # nothing to renew before the first grant
-            grant = self._grant
-            if grant is None:
-                await asyncio.sleep(1.0)
-                continue
-            # Jittered, so agents started together do not renew together forever.
-            await asyncio.sleep(grant.renew_after_s * random.uniform(0.8, 1.0))  # noqa: S311
-            if self._grant is not None and not self._released and self._connected.is_set():
-                await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
+            self._seat_changed.clear()
+            held = self._last_grant
+            if held is None or self._released:
+                await self._seat_changed.wait()  # nothing to keep before the first grant
+            elif self._grant is not None:
+                # Jittered, so agents started together do not renew together forever.
+                delay = held.renew_after_s * random.uniform(0.8, 1.0)  # noqa: S311
+                grant = self._grant
+                if not await self._seat_changes_within(delay) and self._connected.is_set():
+                    await self._send(SeatRenew(client=self.client_id, lease=grant.lease), "renew")
+            elif self._lost_at is None or self.shutdown_requested.is_set():
+                await self._seat_changed.wait()
+            else:
+                await self._regain_seat(held, self._lost_at)
+
+    async def _regain_seat(self, held: SeatGranted, lost_at: float) -> None:
+        """One step without a seat: ask again, or stop the application once time is up.
+
+        The application may go on for as long as the lease the daemon last gave would
+        have lasted, and at least ``request_timeout`` after the loss, so that a seat lost
+        while the agent was cut off (found out on reconnecting) gets a fair try.
+        """
+        deadline = max(self._lease_ends, lost_at + self.config.request_timeout)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            denial = self.denial
+            why = (
+                f"This computer lost its seat and none is free: {denial.message}"
+                if denial is not None
+                else "This computer lost its seat and the license server has not given it another."
+            )
+            self.request_shutdown("seat.lost", why, held.generation)
+            return
+        retry = min(max(held.renew_after_s, _RETRY_MIN_S), _RETRY_MAX_S, remaining)
+        if not await self._seat_changes_within(retry) and self._connected.is_set():
+            await self._request_seat()
+
+    async def _seat_changes_within(self, delay: float) -> bool:
+        """Whether the seat changed (granted, lost, denied) within ``delay`` seconds."""
+        try:
+            async with asyncio.timeout(delay):
+                await self._seat_changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _offline_watch(self) -> None:
         grace = self.config.offline_grace
         while True:
             await asyncio.sleep(min(grace / 4, 5.0))
             silent = time.monotonic() - self._last_contact
-            if self._grant is not None and silent > grace:
+            if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
                     f"The license server has not answered for {silent:.0f} s (more than the "
@@ -584,15 +617,29 @@ class Agent:
             )
         view = self.license
         for listener in self._license_listeners:
-            listener(view)
-        if self._grant is not None and state.generation > self._grant.generation:
+            self._tell_listener(listener, view)
+        # The last seat's generation, even when that seat is lost: a new license stops
+        # an application that runs on without a seat as well.
+        held = self._last_grant
+        if held is not None and state.generation > held.generation:
             code: ShutdownCode = (
                 "license.expired" if state.status == "expired" else "license.activated"
             )
             self.request_shutdown(code, _shutdown_message(code), state.generation)
 
+    def _tell_listener(self, listener: Callable[[LicenseView], None], view: LicenseView) -> None:
+        try:
+            listener(view)
+        except Exception:
+            # The application's code runs inside the connection task: what it raises must
+            # not end the connection, nor (through the task group) the application.
+            name = _callable_name(listener)
+            self.listener_failures[name] += 1
+            log.exception("license listener failed", client=self.client_id, listener=name)
+
     def _take_event(self, event: protocol.Event) -> None:
-        if self._grant is None or event.generation <= self._grant.generation:
+        held = self._last_grant
+        if held is None or event.generation <= held.generation:
             return  # an old event, or one from before our seat
         self.request_shutdown(event.name, _shutdown_message(event.name), event.generation)
 
@@ -605,9 +652,16 @@ class Agent:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
         self._contact()
-        if isinstance(reply, SeatLost):
-            # The daemon forgot us (restart, expiry): ask again, transparently.
-            self._grant = None
+        if isinstance(reply, SeatRenewed):
+            self._lease_ends = time.monotonic() + _lease_length(
+                reply.expires_at, reply.ts, grant.renew_after_s
+            )
+        elif isinstance(reply, SeatLost):
+            # The daemon forgot us (restart, expiry): ask again, transparently. If no seat
+            # is free, the seat task keeps asking and stops the application in the end.
+            self._grant, self._lost_at = None, time.monotonic()
+            self._seat_changed.set()
+            log.warning("seat lost", client=self.client_id, message=reply.message)
             if self._client is not None and not self._released:
                 self._spawn_request()
         elif isinstance(reply, SeatRevoked):
@@ -620,7 +674,11 @@ class Agent:
             return
         self._contact()
         if isinstance(reply, SeatGranted):
-            self._grant, self.denial = reply, None
+            held = self._last_grant
+            self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
+            self._lease_ends = time.monotonic() + _lease_length(
+                reply.expires_at, reply.ts, reply.renew_after_s
+            )
             log.info(
                 "seat granted",
                 client=self.client_id,
@@ -628,9 +686,18 @@ class Agent:
                 generation=reply.generation,
                 features=reply.features,
             )
+            if held is not None and reply.generation > held.generation:
+                # A seat lost, then found again under a newer license: the application
+                # still runs under the old one, and must restart like every other.
+                self.request_shutdown(
+                    "license.activated",
+                    _shutdown_message("license.activated"),
+                    reply.generation,
+                )
         else:
             self.denial = Denial(reply.reason, reply.message)
             log.info("seat denied", client=self.client_id, reason=reply.reason)
+        self._seat_changed.set()
         self._answered.set()
 
     async def _unsubscribe_retained(self, client: aiomqtt.Client) -> None:
@@ -658,41 +725,19 @@ class Agent:
 
     # --- pinned server keys (trust on first use) ----------------------------------
 
-    def _known_servers(self) -> dict[str, str]:
-        path = self._loaded.state_path()
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        servers = data.get("servers") if isinstance(data, dict) else None
-        return (
-            {k: v for k, v in servers.items() if isinstance(v, str)}
-            if isinstance(servers, dict)
-            else {}
-        )
-
-    def _check_state_file(self) -> None:
-        """Refuse to start trusting on first use where the pin could not be kept."""
-        why = private_directory_problem(self._loaded.state_path().parent)
-        if why is not None:
-            raise ConfigError(
-                f"state_file = '{self._loaded.state_path()}': cannot keep the pinned server "
-                f"key there ({why}). Set state_file to a writable path, or pin the server's "
-                "key with server_key."
-            )
-
-    def _load_pinned_key(self) -> None:
-        text = self._known_servers().get(self.topics.root)
-        if text:
-            with contextlib.suppress(ValueError):
-                self._server_key = parse_public_key(text)
-
     def _pin_key(self, key: Ed25519PublicKey) -> None:
-        path = self._loaded.state_path()
-        known = self._known_servers()
-        if self.topics.root in known:
+        path = self._known_servers.path
+        try:
+            if not self._known_servers.pin(self.topics.root, key):
+                return
+        except OSError as exc:  # checked at start; it went away since
+            log.error(
+                "cannot save the pinned server key; it is trusted for this run only",
+                client=self.client_id,
+                state_file=str(path),
+                error=exc.strerror or str(exc),
+            )
             return
-        known[self.topics.root] = public_key_text(key)
         log.warning(
             "TRUSTING THE LICENSE SERVER KEY ON FIRST USE; set server_key in the agent config "
             "to pin it explicitly",
@@ -701,15 +746,6 @@ class Agent:
             fingerprint=key_id(key),
             state_file=str(path),
         )
-        try:
-            _write_private_json(path, {"servers": known})
-        except OSError as exc:  # checked at start; it went away since
-            log.error(
-                "cannot save the pinned server key; it is trusted for this run only",
-                client=self.client_id,
-                state_file=str(path),
-                error=exc.strerror or str(exc),
-            )
 
     def check_server_key(self) -> None:
         """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
@@ -727,16 +763,28 @@ def _shutdown_message(code: str) -> str:
     return "A new license was activated; the application must restart to use it."
 
 
+def _lease_length(expires_at: int, sent_at: int, renew_after_s: float) -> float:
+    """How many seconds a lease the daemon just gave or renewed lasts.
+
+    From two readings of the daemon's own clock (the reply's ``expires_at`` and ``ts``),
+    so a skewed clock here does not matter. Bounded; a nonsensical pair falls back to
+    three times ``renew_after_s`` (the daemon renews at a third of the lease).
+    """
+    length = (expires_at - sent_at) / 1000
+    if not 0 < length <= _LEASE_MAX_S:
+        length = 3 * renew_after_s
+    return min(max(length, 0.0), _LEASE_MAX_S)
+
+
+def _callable_name(function: object) -> str:
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None)
+    if not isinstance(name, str):
+        return repr(function)[:200]
+    return f"{module}.{name}" if isinstance(module, str) else name
+
+
 def _user() -> str:
     with contextlib.suppress(Exception):
         return getpass.getuser()
     return ""
-
-
-def _write_private_json(path: Path, data: object) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
-    tmp.replace(path)

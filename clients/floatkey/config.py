@@ -31,6 +31,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     app: str = ""
     request_timeout: float = 10.0
     offline_grace: float = 600.0
+    # SIGTERM to SIGKILL for floatkey-agent's application; less than hook_timeout.
     shutdown_grace: float = 10.0
     hook_timeout: float = 15.0
 
@@ -48,6 +49,17 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("request_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")
+        if self.shutdown_grace >= self.hook_timeout:
+            # floatkey-agent stops the application inside a shutdown hook: SIGTERM, the
+            # grace, then SIGKILL. A hook cut short by hook_timeout before the SIGKILL
+            # left an application that ignores SIGTERM running.
+            raise msgspec.ValidationError(
+                f"shutdown_grace ({self.shutdown_grace:g} s) must be shorter than "
+                f"hook_timeout ({self.hook_timeout:g} s): the application is given "
+                "shutdown_grace after SIGTERM, then killed, within the hook_timeout of the "
+                f"shutdown hooks. Set hook_timeout to at least {self.shutdown_grace + 5:g} "
+                "(shutdown_grace + 5), or lower shutdown_grace."
+            )
 
     @property
     def topics(self) -> Topics:
