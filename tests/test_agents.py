@@ -513,7 +513,9 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
     async with raw_client(server, "floatkey-agent", "silent-1") as client:
         request = protocol.SeatRequest(client="silent-1", nonce="n1", app="raw")
         await client.publish(
-            server.topics.seat("silent-1", "request"), protocol.encode(request), qos=1
+            server.topics.for_login("floatkey-agent").seat("silent-1", "request"),
+            protocol.encode(request),
+            qos=1,
         )
         await eventually_listed(server, lambda listing: len(listing) == 1)
         await eventually_listed(server, lambda listing: listing == [], within=20)

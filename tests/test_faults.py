@@ -185,6 +185,7 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
     server.start_daemon()
     assert unlock(server, issue(seats=2)).returncode == 0
     topics = server.topics
+    as_agent = topics.for_login("floatkey-agent")  # the seat topics of mallory's login
     async with (
         make_agent(server, tmp_path, "victim") as victim,
         raw_client(server, "floatkeyd", "observer") as observer,
@@ -205,9 +206,9 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
         await mallory.subscribe(topics.client("mallory"), qos=1)
         # Mallory may speak only as 'mallory': everything else is dropped by the broker.
         forged = protocol.encode(protocol.SeatRelease(client=victim.client_id))
-        await mallory.publish(topics.seat(victim.client_id, "release"), forged, qos=1)
+        await mallory.publish(as_agent.seat(victim.client_id, "release"), forged, qos=1)
         await mallory.publish(
-            topics.seat(victim.client_id, "request"),
+            as_agent.seat(victim.client_id, "request"),
             protocol.encode(protocol.SeatRequest(client=victim.client_id, nonce="x")),
             qos=1,
         )
@@ -224,7 +225,7 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
         # Mallory's own request is answered after the victim's renewal (one daemon, in
         # order): if the broker let mallory read the victim's answer, it came first.
         await mallory.publish(
-            topics.seat("mallory", "request"),
+            as_agent.seat("mallory", "request"),
             protocol.encode(protocol.SeatRequest(client="mallory", nonce="m")),
             qos=1,
         )
@@ -237,8 +238,8 @@ async def test_the_shipped_acl_confines_each_client_to_its_own_topics(server_fac
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         # The observer saw the victim's own renewal and its answer, nothing of mallory's.
-        assert topics.seat(victim.client_id, "release") not in seen
-        assert topics.seat(victim.client_id, "request") not in seen
+        assert as_agent.seat(victim.client_id, "release") not in seen
+        assert as_agent.seat(victim.client_id, "request") not in seen
         assert topics.state not in seen
         assert topics.events not in seen
         assert topics.admin_request not in seen
@@ -263,7 +264,7 @@ async def test_a_flooding_client_does_not_keep_the_others_out(server_factory, tm
                 await asyncio.gather(
                     *(
                         client.publish(
-                            server.topics.seat("flooder", "request"),
+                            server.topics.for_login("floatkey-agent").seat("flooder", "request"),
                             protocol.encode(protocol.SeatRequest(client="flooder", nonce=str(i))),
                             qos=0,
                         )

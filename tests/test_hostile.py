@@ -152,9 +152,10 @@ async def test_the_shipped_acl_holds_against_hostile_client_ids(server_factory, 
         )
         hostile_id = template.format(victim=victim.client_id)
         targets = [
-            f"{topics.root}/seats/{victim.client_id}/release",
-            f"{topics.root}/seats/{hostile_id}/release",
-            f"{topics.root}/seats/{hostile_id}",  # "{victim}/release" under a '#' rule
+            f"{topics.root}/seats/floatkey-agent/{victim.client_id}/release",
+            f"{topics.root}/seats/floatkey-agent/{hostile_id}/release",
+            # "{victim}/release" under a rule ending in '#'
+            f"{topics.root}/seats/floatkey-agent/{hostile_id}",
         ]
         async with raw_client(server, "floatkey-agent", hostile_id) as hostile:
             for topic in targets:

@@ -6,9 +6,10 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from floatkeyd.ledger import Denied, Granted, Lease, SeatLedger
+from floatkeyd.ledger import Denied, Granted, Lease, SeatLedger, SeatLimits
 
 LEASE_MS = 60_000
+LIMITS = SeatLimits(per_login=2)
 
 
 def ledger(seats: int = 2, mode: str = "licensed") -> SeatLedger:
@@ -139,15 +140,15 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.book = SeatLedger("licensed", 3, 1, LEASE_MS)
+        self.book = SeatLedger("licensed", 3, 1, LEASE_MS, limits=LIMITS)
         self.now = 0
         self.tokens: dict[str, str] = {}
 
     clients = st.sampled_from([f"c{i}" for i in range(8)])
 
-    @rule(client=clients)
-    def request(self, client: str) -> None:
-        result = self.book.request(client, self.now)
+    @rule(client=clients, login=st.sampled_from(["l1", "l2"]))
+    def request(self, client: str, login: str) -> None:
+        result = self.book.request(client, self.now, login=login)
         if isinstance(result, Granted):
             self.tokens[client] = result.lease.token
 
@@ -175,7 +176,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         leases = [*self.book.leases.values(), *self.book.revoked.values()]
-        book = SeatLedger(self.book.mode, self.book.seats, self.book.generation, LEASE_MS)
+        book = SeatLedger(
+            self.book.mode, self.book.seats, self.book.generation, LEASE_MS, limits=LIMITS
+        )
         for lease in leases:
             book.restore(Lease(**{f: getattr(lease, f) for f in Lease.__dataclass_fields__}))
         self.book = book
@@ -186,6 +189,16 @@ class LedgerMachine(RuleBasedStateMachine):
         assert len(licensed) == self.book.in_use
         if self.book.mode == "licensed":
             assert self.book.in_use <= self.book.seats
+
+    @invariant()
+    def no_login_holds_more_than_its_cap(self) -> None:
+        for login in ("l1", "l2"):
+            held = [
+                lease
+                for lease in self.book.leases.values()
+                if lease.licensed and lease.login == login
+            ]
+            assert len(held) <= LIMITS.per_login
 
     @invariant()
     def current_leases_are_of_the_current_generation(self) -> None:
@@ -201,3 +214,29 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLedger = LedgerMachine.TestCase
+
+
+def test_limits_cap_licensed_seats_per_login_host_and_user():
+    book = ledger(10)
+    book.limits = SeatLimits(per_login=3, per_host=2, per_user=1)
+    assert isinstance(book.request("a", 0, login="l1", host="h1", user="u1"), Granted)
+    # The same user elsewhere: the user cap.
+    denied = book.request("b", 0, login="l1", host="h2", user="u1")
+    assert isinstance(denied, Denied)
+    assert (denied.reason, denied.in_use) == ("limit_reached", 1)
+    assert "user 'u1'" in denied.message
+    assert isinstance(book.request("b", 0, login="l1", host="h1", user="u2"), Granted)
+    denied = book.request("c", 0, login="l1", host="h1", user="u3")  # the host cap
+    assert isinstance(denied, Denied)
+    assert "host 'h1'" in denied.message
+    assert isinstance(book.request("c", 0, login="l1", host="h3", user="u3"), Granted)
+    denied = book.request("d", 0, login="l1", host="h4", user="u4")  # the login cap
+    assert isinstance(denied, Denied)
+    assert "login 'l1'" in denied.message
+    assert isinstance(book.request("d", 0, login="l2", host="h4", user="u4"), Granted)
+    # A released seat frees its login's, host's and user's share.
+    assert book.release("a") is not None
+    assert isinstance(book.request("e", 0, login="l1", host="h1", user="u1"), Granted)
+    # A new license starts every count again.
+    book.change_license("licensed", 10, 2)
+    assert isinstance(book.request("a", 0, login="l1", host="h1", user="u1"), Granted)

@@ -10,7 +10,7 @@ import msgspec
 
 from floatkey.broker import BrokerOptions
 from floatkey.configfile import load_toml
-from floatkey.protocol import Topics
+from floatkey.protocol import ANONYMOUS, Topics
 from floatkey.signing import parse_public_key
 
 __all__ = ["AgentConfig", "LoadedAgentConfig", "load_agent_config"]
@@ -58,13 +58,13 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"hook_timeout ({self.hook_timeout:g} s): the application is given "
                 "shutdown_grace after SIGTERM, then killed, within the hook_timeout of the "
                 f"shutdown hooks. Set hook_timeout to at least {self.shutdown_grace + 5:g} "
-                "(shutdown_grace + 5), or lower shutdown_grace."
+                "(shutdown_grace + 5), or lower shutdown_grace"
             )
 
     @property
     def topics(self) -> Topics:
         """The server's topics."""
-        return Topics(self.topic_prefix, self.server)
+        return Topics(self.topic_prefix, self.server, login=self.broker.username or ANONYMOUS)
 
 
 @dataclass(frozen=True, slots=True)

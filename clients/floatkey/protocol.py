@@ -7,6 +7,7 @@ floatkey works on these types only.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "AdminUnlock",
     "ClientRow",
     "DaemonToClient",
+    "DenialRow",
     "Event",
     "Identity",
     "LicenseInfo",
@@ -51,6 +53,10 @@ MAX_PAYLOAD: Final = 64 * 1024
 
 # A client id is used inside topics: no MQTT wildcards or separators, bounded length.
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A broker login, as it appears in seat topics (never a wildcard or a separator).
+LOGIN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+#: The login in the topics of an agent that logs in to the broker without a username.
+ANONYMOUS: Final = "anonymous"
 
 # Bounds on what arrives from the network, checked at decode time: nothing unbounded is
 # ever logged, stored or sized a buffer from (a pid of 2**64 once stopped the daemon's
@@ -162,10 +168,10 @@ class SeatGranted(_Body, tag="seat.granted"):
 
 
 class SeatDenied(_Body, tag="seat.denied"):
-    """No seat: ``reason`` is ``seats_exhausted`` or ``expired``."""
+    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``limit_reached``."""
 
     nonce: str
-    reason: Literal["seats_exhausted", "expired"]
+    reason: Literal["seats_exhausted", "expired", "limit_reached"]
     message: str
     seats: int
     in_use: int
@@ -272,6 +278,8 @@ class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One connected client for ``floatkeyctl clients``."""
 
     client: str
+    #: The broker login it asked under (vouched for by the broker's ACL).
+    login: str = ""
     app: str
     user: str
     host: str
@@ -281,6 +289,18 @@ class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     since: int
     expires_at: int
     revoked: bool
+
+
+class DenialRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A recent seat denial, for ``floatkeyctl clients``."""
+
+    at: int
+    client: str
+    login: str
+    app: str
+    user: str
+    host: str
+    reason: str
 
 
 class AdminResult(_Body, tag="admin.result"):
@@ -293,6 +313,8 @@ class AdminResult(_Body, tag="admin.result"):
     unlock: UnlockReport | None = None
     status: StatusReport | None = None
     clients: list[ClientRow] | None = None
+    #: With ``clients``: the latest seat denials, newest last.
+    denials: list[DenialRow] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -354,6 +376,8 @@ class Topics:
 
     prefix: str
     server: str
+    #: The broker login seat messages are sent under (the agent's ``[broker] username``).
+    login: str = ANONYMOUS
 
     @property
     def root(self) -> str:
@@ -385,25 +409,38 @@ class Topics:
         return f"{self.root}/admin/reply/{reply_to}/{request_id}"
 
     def seat(self, client_id: str, action: Literal["request", "renew", "release"]) -> str:
-        """An agent's seat topic."""
-        return f"{self.root}/seats/{client_id}/{action}"
+        """An agent's seat topic: ``seats/{login}/{client_id}/{action}``.
+
+        The broker login is in the topic so that the broker's ACL can vouch for it
+        (``pattern write floatkey/+/seats/%u/%c/request``): the daemon can then cap seats
+        per login, and a leaked password is one machine's seats, not the site's.
+        """
+        return f"{self.root}/seats/{self.login}/{client_id}/{action}"
+
+    def for_login(self, login: str) -> Topics:
+        """The same server's topics, for a client logged in to the broker as ``login``."""
+        return dataclasses.replace(self, login=login)
 
     @property
     def seats_wildcard(self) -> str:
         """What the daemon subscribes to for every agent's seat messages."""
-        return f"{self.root}/seats/+/+"
+        return f"{self.root}/seats/+/+/+"
 
     def client(self, client_id: str) -> str:
         """The daemon's messages to one agent."""
         return f"{self.root}/clients/{client_id}"
 
-    def parse_seat(self, topic: str) -> tuple[str, str] | None:
-        """Return ``(client_id, action)`` for a seat topic of this server, else ``None``."""
+    def parse_seat(self, topic: str) -> tuple[str, str, str] | None:
+        """``(login, client_id, action)`` for a seat topic of this server, else ``None``."""
         parts = topic.split("/")
         root = self.root.split("/")
-        if len(parts) != len(root) + 3 or parts[: len(root)] != root or parts[len(root)] != "seats":
+        if len(parts) != len(root) + 4 or parts[: len(root)] != root or parts[len(root)] != "seats":
             return None
-        client_id, action = parts[-2], parts[-1]
-        if not CLIENT_ID.fullmatch(client_id) or action not in {"request", "renew", "release"}:
+        login, client_id, action = parts[-3:]
+        if (
+            not LOGIN.fullmatch(login)
+            or not CLIENT_ID.fullmatch(client_id)
+            or action not in {"request", "renew", "release"}
+        ):
             return None
-        return client_id, action
+        return login, client_id, action

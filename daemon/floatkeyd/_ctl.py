@@ -303,26 +303,52 @@ async def _clients(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not result.clients:
         print("No clients are connected.")
-        return EXIT_OK
-    header = ("CLIENT", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)", "LEASE EXPIRES (UTC)")
-    rows = [header] + [
-        (
-            c.client,
-            c.app,
-            c.user,
-            c.host,
-            "revoked" if c.revoked else ("licensed" if c.licensed else "unlicensed"),
-            _when(c.since),
-            _when(c.expires_at),
+    else:
+        _table(
+            (
+                "CLIENT",
+                "LOGIN",
+                "APP",
+                "USER",
+                "HOST",
+                "SEAT",
+                "SINCE (UTC)",
+                "LEASE EXPIRES (UTC)",
+            ),
+            [
+                (
+                    c.client,
+                    c.login,
+                    c.app,
+                    c.user,
+                    c.host,
+                    "revoked" if c.revoked else ("licensed" if c.licensed else "unlicensed"),
+                    _when(c.since),
+                    _when(c.expires_at),
+                )
+                for c in result.clients
+            ],
         )
-        for c in result.clients
-    ]
+    if result.denials:
+        print("\nRecently denied a seat:")
+        _table(
+            ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON"),
+            [
+                (_when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason)
+                for d in result.denials
+            ],
+        )
+    return EXIT_OK
+
+
+def _table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
+    """Print rows in columns as wide as their widest cell."""
+    rows = [header, *body]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-    return EXIT_OK
 
 
 async def _release(args: argparse.Namespace) -> int:

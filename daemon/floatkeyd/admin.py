@@ -124,25 +124,9 @@ class AdminDesk:
         self._link = link
         self._drops = drops
         self._broker = broker
-        self._reload_requested = asyncio.Event()
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
-
-    # --- reloads (SIGHUP) ---------------------------------------------------------
-
-    def request_reload(self) -> None:
-        """Ask for the admin keys to be read again (from a signal handler)."""
-        self._reload_requested.set()
-
-    async def reload_step(self) -> None:
-        """Wait for a reload request and carry it out; a failure keeps the old keys."""
-        await self._reload_requested.wait()
-        self._reload_requested.clear()
-        try:
-            await self.keyring.reload()
-        except sqlite3.Error as exc:
-            log.error("admin keys not reloaded: database error; the old keys stay", error=str(exc))
 
     # --- inbound ------------------------------------------------------------------
 
@@ -238,7 +222,12 @@ class AdminDesk:
         if isinstance(command, AdminStatus):
             return AdminResult(request_id=request_id, ok=True, status=self.status_report())
         if isinstance(command, AdminClients):
-            return AdminResult(request_id=request_id, ok=True, clients=self._seats.client_rows())
+            return AdminResult(
+                request_id=request_id,
+                ok=True,
+                clients=self._seats.client_rows(),
+                denials=list(self._seats.denials),
+            )
         if isinstance(command, AdminRelease):
             return await self._release(command, kid)
         return await self._unlock(command, kid)

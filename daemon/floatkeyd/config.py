@@ -24,7 +24,7 @@ from floatkeyd.statedir import embedded_password_file
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["DaemonConfig", "EmbeddedBroker", "LoadedConfig", "load_config"]
+__all__ = ["DaemonConfig", "EmbeddedBroker", "Limits", "LoadedConfig", "load_config"]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -58,6 +58,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[limits]``: licensed seats one broker login, host or user may hold; 0 for no cap.
+
+    Re-read on SIGHUP (``systemctl reload floatkeyd``); seats already held are kept.
+    """
+
+    seats_per_login: int = 0
+    seats_per_host: int = 0
+    seats_per_user: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("seats_per_login", "seats_per_host", "seats_per_user"):
+            if not 0 <= getattr(self, name) <= 100_000:
+                raise msgspec.ValidationError(f"limits.{name} must be between 0 and 100000")
+
+
 class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything in ``floatkeyd.toml``."""
 
@@ -73,6 +89,7 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: (``floatkey-admin``), never the daemon's, which may read and write everything.
     admin_broker: BrokerOptions | None = None
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
+    limits: Limits = msgspec.field(default_factory=Limits)
     client_id: str | None = None
     lease_seconds: int = 120
     # How long a seat outlives its agent's MQTT will (a broker restart sends every will).

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import heapq
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Denied", "Granted", "Lease", "LedgerMode", "SeatLedger"]
+__all__ = ["Denied", "Granted", "Lease", "LedgerMode", "SeatLedger", "SeatLimits"]
 
 LedgerMode = Literal["unlicensed", "licensed", "expired"]
 
@@ -36,6 +37,7 @@ class Lease:
     host: str = ""
     pid: int = 0
     revoked: bool = False
+    login: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +52,24 @@ class Granted:
 class Denied:
     """No seat, with the reason code and the sentence the client application shows."""
 
-    reason: Literal["seats_exhausted", "expired"]
+    reason: Literal["seats_exhausted", "expired", "limit_reached"]
     message: str
     seats: int
     in_use: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeatLimits:
+    """The most licensed seats one broker login, one host or one user may hold (0: no cap).
+
+    The login is vouched for by the broker (it is in the topic the ACL checks); the host
+    and user are what the agent says, which caps honest use (FlexNet's MAX) rather than
+    stopping a liar: a liar is capped by its login.
+    """
+
+    per_login: int = 0
+    per_host: int = 0
+    per_user: int = 0
 
 
 @dataclass(slots=True)
@@ -64,9 +80,12 @@ class SeatLedger:
     seats: int
     generation: int
     lease_ms: int
+    limits: SeatLimits = field(default_factory=SeatLimits)
     leases: dict[str, Lease] = field(default_factory=dict)
     revoked: dict[str, Lease] = field(default_factory=dict)
     _licensed_in_use: int = 0
+    # Licensed seats held now, by login, host and user: for the limits.
+    _held: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (expires_at, client, token): entries go stale when a lease is renewed or
     # released and are skipped when popped, which keeps every operation O(log n).
     _expiry: list[tuple[int, str, str]] = field(default_factory=list)
@@ -79,19 +98,42 @@ class SeatLedger:
     def _add(self, lease: Lease) -> None:
         old = self.leases.get(lease.client)
         if old is not None and old.licensed:
-            self._licensed_in_use -= 1
+            self._count(old, -1)
         self.leases[lease.client] = lease
         if lease.licensed:
-            self._licensed_in_use += 1
+            self._count(lease, +1)
         heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
 
     def _drop(self, lease: Lease) -> None:
         if self.leases.get(lease.client) is lease:
             del self.leases[lease.client]
             if lease.licensed:
-                self._licensed_in_use -= 1
+                self._count(lease, -1)
         elif self.revoked.get(lease.client) is lease:
             del self.revoked[lease.client]
+
+    def _count(self, lease: Lease, delta: int) -> None:
+        self._licensed_in_use += delta
+        for key in (("login", lease.login), ("host", lease.host), ("user", lease.user)):
+            self._held[key] += delta
+
+    def _over_limit(self, login: str, host: str, user: str) -> Denied | None:
+        """The denial if one more seat for this login, host or user would pass a cap."""
+        for kind, name, cap in (
+            ("login", login, self.limits.per_login),
+            ("host", host, self.limits.per_host),
+            ("user", user, self.limits.per_user),
+        ):
+            if cap and self._held[(kind, name)] >= cap:
+                return Denied(
+                    "limit_reached",
+                    f"The {kind} {name!r} already holds {cap} of this server's seats, the "
+                    f"most one {kind} may hold. Close the application elsewhere, or ask "
+                    "your administrator.",
+                    self.seats,
+                    self._licensed_in_use,
+                )
+        return None
 
     def restore(self, lease: Lease) -> None:
         """Put back a lease read from the database at start."""
@@ -111,6 +153,7 @@ class SeatLedger:
         user: str = "",
         host: str = "",
         pid: int = 0,
+        login: str = "",
     ) -> Granted | Denied:
         """Grant a seat, or say why not.
 
@@ -122,6 +165,13 @@ class SeatLedger:
         """
         held = self.leases.get(client)
         if held is not None:
+            if held.licensed:
+                # The same seat, perhaps under another login, host or user: their caps.
+                self._count(held, -1)
+                over = self._over_limit(login, host, user)
+                self._count(held, +1)
+                if over is not None:
+                    return over
             lease = Lease(
                 client=client,
                 token=secrets.token_urlsafe(16),
@@ -133,6 +183,7 @@ class SeatLedger:
                 user=user,
                 host=host,
                 pid=pid,
+                login=login,
             )
             self._add(lease)
             return Granted(lease, fresh=False)
@@ -145,6 +196,8 @@ class SeatLedger:
                 self._licensed_in_use,
             )
         licensed = self.mode == "licensed"
+        if licensed and (over := self._over_limit(login, host, user)) is not None:
+            return over
         if licensed and self._licensed_in_use >= self.seats:
             return Denied(
                 "seats_exhausted",
@@ -164,6 +217,7 @@ class SeatLedger:
             user=user,
             host=host,
             pid=pid,
+            login=login,
         )
         # A restarted client may still have a revoked lease from before the unlock.
         self.revoked.pop(client, None)
@@ -252,5 +306,6 @@ class SeatLedger:
             self.revoked[lease.client] = lease
         self.leases.clear()
         self._licensed_in_use = 0
+        self._held.clear()
         self.mode, self.seats, self.generation = mode, seats, generation
         return revoked

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -27,6 +27,7 @@ import structlog
 from floatkey import protocol
 from floatkey.protocol import (
     ClientRow,
+    DenialRow,
     SeatDenied,
     SeatGranted,
     SeatLost,
@@ -36,25 +37,35 @@ from floatkey.protocol import (
     SeatRequest,
     SeatRevoked,
 )
-from floatkeyd.ledger import Denied
+from floatkeyd.ledger import Denied, SeatLimits
 from floatkeyd.store import AuditEntry
 
 if TYPE_CHECKING:
     from floatkey.envelope import Signer
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
-    from floatkeyd.config import DaemonConfig
+    from floatkeyd.config import DaemonConfig, Limits
     from floatkeyd.drops import Drops
     from floatkeyd.ledger import Lease, SeatLedger
     from floatkeyd.link import Link
     from floatkeyd.store import Store
 
-__all__ = ["SeatDesk"]
+__all__ = ["SeatDesk", "seat_limits"]
 
 log = structlog.get_logger("floatkeyd")
 
 _FLUSH_DELAY = 0.05
+_DENIALS_KEPT = 100
 _STORE_RETRY_S = 1.0  # after a failed database write (disk full, locked)
+
+
+def seat_limits(limits: Limits) -> SeatLimits:
+    """The ledger's caps from the config's ``[limits]``."""
+    return SeatLimits(
+        per_login=limits.seats_per_login,
+        per_host=limits.seats_per_host,
+        per_user=limits.seats_per_user,
+    )
 
 
 class SeatDesk:
@@ -91,12 +102,14 @@ class SeatDesk:
         self._offline_since: int | None = None
         self._rate_window = 0
         self._rate_counts: Counter[str] = Counter()
+        #: The latest seat denials, for ``floatkeyctl clients`` (bounded).
+        self.denials: deque[DenialRow] = deque(maxlen=_DENIALS_KEPT)
 
     # --- inbound ------------------------------------------------------------------
 
-    def handle(self, client_id: str, action: str, payload: bytes) -> None:
-        """One message on ``seats/{client_id}/{action}``; dropped (and counted) if bad."""
-        topic = f"{self._topics.root}/seats/{client_id}/{action}"
+    def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
+        """One message on ``seats/{login}/{client_id}/{action}``; dropped if bad."""
+        topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
         body: SeatRequest | SeatRenew | SeatRelease
         try:
             if action == "request":
@@ -116,7 +129,7 @@ class SeatDesk:
             return
         now = self._clock.now()
         if isinstance(body, SeatRequest):
-            self._request(body, now)
+            self._request(body, login, now)
         elif isinstance(body, SeatRenew):
             self._renew(body, now)
         elif body.lease is None:
@@ -131,7 +144,7 @@ class SeatDesk:
         self._rate_counts[client_id] += 1
         return self._rate_counts[client_id] > self._max_rate
 
-    def _request(self, body: SeatRequest, now: int) -> None:
+    def _request(self, body: SeatRequest, login: str, now: int) -> None:
         decision = self.ledger.request(
             body.client,
             now,
@@ -139,14 +152,27 @@ class SeatDesk:
             user=body.user[:128],
             host=body.host[:256],
             pid=body.pid,
+            login=login,
         )
         if isinstance(decision, Denied):
             log.info(
                 "seat denied",
                 client=body.client,
+                login=login,
                 reason=decision.reason,
                 in_use=decision.in_use,
                 seats=decision.seats,
+            )
+            self.denials.append(
+                DenialRow(
+                    at=now,
+                    client=body.client,
+                    login=login,
+                    app=body.app[:128],
+                    user=body.user[:128],
+                    host=body.host[:256],
+                    reason=decision.reason,
+                )
             )
             self._reply(
                 body.client,
@@ -165,6 +191,7 @@ class SeatDesk:
             log.info(
                 "seat granted",
                 client=body.client,
+                login=login,
                 app=lease.app,
                 user=lease.user,
                 host=lease.host,
@@ -224,6 +251,16 @@ class SeatDesk:
     def _stage(self, lease: Lease) -> None:
         self._store.stage_lease(lease)
         self._staged.set()
+
+    def set_limits(self, limits: Limits) -> None:
+        """New caps per login, host and user (a reload); seats already held are kept."""
+        self.ledger.limits = seat_limits(limits)
+        log.info(
+            "seat limits",
+            per_login=limits.seats_per_login,
+            per_host=limits.seats_per_host,
+            per_user=limits.seats_per_user,
+        )
 
     # --- on an administrator's order ----------------------------------------------
 
@@ -332,6 +369,7 @@ class SeatDesk:
         return [
             ClientRow(
                 client=lease.client,
+                login=lease.login,
                 app=lease.app,
                 user=lease.user,
                 host=lease.host,

@@ -15,7 +15,7 @@ and owns the tasks:
 
 :meth:`Daemon.run` owns one ``asyncio.TaskGroup`` of named tasks: ``link`` (with its
 ``mqtt`` and ``replies``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
-``admin-reload`` and ``watchdog``. A step of a background loop that fails is logged,
+``reload`` (SIGHUP) and ``watchdog``. A step of a background loop that fails is logged,
 counted (``internal_error``) and the loop goes on: one message's failure costs that
 message, never the service. Messages are handled one at a time; a shutdown is looked
 at only between messages, so it never interrupts a half-done unlock.
@@ -25,23 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from typing import TYPE_CHECKING
 
 import structlog
 
 from floatkey import protocol
 from floatkey.envelope import Signer
+from floatkey.errors import ConfigError
 from floatkey.signing import public_key_text
 from floatkeyd.admin import AdminDesk, Keyring
 from floatkeyd.authority import LicenseAuthority
 from floatkeyd.clock import Clock
+from floatkeyd.config import load_config
 from floatkeyd.drops import Drops
 from floatkeyd.embedded_broker import EMBEDDED_LOGINS, embedded_broker
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
 from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
-from floatkeyd.seats import SeatDesk
+from floatkeyd.seats import SeatDesk, seat_limits
 from floatkeyd.statedir import held_state_directory
 from floatkeyd.store import Store
 
@@ -86,6 +89,7 @@ class Daemon:
         self.notifier = notifier
         self._identity_body = identity_body
         self._ready = asyncio.Event()
+        self._reload_requested = asyncio.Event()
 
     # --- the Inbox the link talks to ----------------------------------------------
 
@@ -127,8 +131,23 @@ class Daemon:
     # --- lifecycle ----------------------------------------------------------------
 
     def reload(self) -> None:
-        """Read the admin keys again (SIGHUP); errors are logged by the reload task."""
-        self.admin.request_reload()
+        """Read the config's limits and the admin keys again (SIGHUP), in the reload task."""
+        self._reload_requested.set()
+
+    async def _reload_step(self) -> None:
+        """Wait for a reload request and carry it out; what cannot be read stays as it was."""
+        await self._reload_requested.wait()
+        self._reload_requested.clear()
+        try:
+            limits = load_config(self.loaded.path).config.limits
+        except ConfigError as exc:
+            log.error("configuration not reloaded; the old limits stay", error=exc.message)
+        else:
+            self.seats.set_limits(limits)
+        try:
+            await self.admin.keyring.reload()
+        except sqlite3.Error as exc:
+            log.error("admin keys not reloaded: database error; the old keys stay", error=str(exc))
 
     async def wait_ready(self) -> None:
         """Return once the broker connection and the state publication are up."""
@@ -140,7 +159,7 @@ class Daemon:
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
             "license-expiry": self.authority.expiry_step,
-            "admin-reload": self.admin.reload_step,
+            "reload": self._reload_step,
         }
         async with asyncio.TaskGroup() as tasks:
             loops = [
@@ -231,6 +250,7 @@ async def open_daemon(
             stored.license.seats if stored.license else 0,
             stored.generation,
             config.lease_seconds * 1000,
+            limits=seat_limits(config.limits),
         )
         for lease in stored.leases:
             ledger.restore(lease)

@@ -87,6 +87,10 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 2: the broker login each lease was asked under (seats per login).
+    """
+    ALTER TABLE leases ADD COLUMN login TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -130,7 +134,7 @@ class AuditEntry:
 
 
 _LEASE_COLUMNS = (
-    "client, token, generation, licensed, since, expires_at, app, user, host, pid, revoked"
+    "client, token, generation, licensed, since, expires_at, app, user, host, pid, revoked, login"
 )
 
 
@@ -147,6 +151,7 @@ def _lease_row(lease: Lease) -> tuple[object, ...]:
         lease.host,
         lease.pid,
         int(lease.revoked),
+        lease.login,
     )
 
 
@@ -272,6 +277,7 @@ class Store:
                     host=r[8],
                     pid=r[9],
                     revoked=bool(r[10]),
+                    login=r[11],
                 )
                 async for r in cursor
             ]
@@ -426,7 +432,7 @@ class Store:
             async with self._transaction():
                 await self._db.executemany(
                     f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
