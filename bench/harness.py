@@ -228,7 +228,11 @@ class Environment:
     def agent_config(self) -> Path:
         """An agent config for this server (the server key pinned)."""
         return write_agent_config(
-            self.server, self.workdir / "agent.toml", request_timeout=120, shutdown_grace=2, hook_timeout=5
+            self.server,
+            self.workdir / "agent.toml",
+            request_timeout=120,
+            shutdown_grace=2,
+            hook_timeout=5,
         )
 
     def broker_spec(self, user: str = "floatkeyd") -> dict[str, Any]:

@@ -402,7 +402,7 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
 
 async def _flood(env: Environment, flowing: asyncio.Event, stop: asyncio.Event) -> int:
     """One client sends seat requests as fast as the broker takes them, until ``stop``."""
-    topic = env.server.topics.seat("flooder", "request")
+    topic = env.server.topics.for_login("floatkey-agent").seat("flooder", "request")
     sent = 0
     async with connect(
         env.server.broker("floatkey-agent"), identifier="flooder", base=Path.cwd()

@@ -111,10 +111,14 @@ async def test_long_client_ids_neither_flood_the_log_nor_grow_the_daemon(server)
     payload = protocol.encode(protocol.SeatRequest(client="v", nonce="n"))
     async with raw_client(server, "floatkeyd", "flooder") as flooder:
         for n in range(2_000):
-            await flooder.publish(f"{server.topics.root}/seats/{huge}/request", payload, qos=0)
+            await flooder.publish(
+                f"{server.topics.root}/seats/floatkeyd/{huge}/request", payload, qos=0
+            )
             if n % 200 == 0:
                 await asyncio.sleep(0.01)  # let the broker keep up
-        await flooder.publish(f"{server.topics.root}/seats/{huge}/request", payload, qos=1)
+        await flooder.publish(
+            f"{server.topics.root}/seats/floatkeyd/{huge}/request", payload, qos=1
+        )
     dropped = await eventually(
         lambda: (n := status(server)["dropped"].get("unknown_topic", 0)) >= 1_000 and n,
         within=60,

@@ -304,7 +304,7 @@ async def _clients(args: argparse.Namespace) -> int:
     if not result.clients:
         print("No clients are connected.")
     else:
-        _table(
+        _columns(
             (
                 "CLIENT",
                 "LOGIN",
@@ -331,7 +331,7 @@ async def _clients(args: argparse.Namespace) -> int:
         )
     if result.denials:
         print("\nRecently denied a seat:")
-        _table(
+        _columns(
             ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON"),
             [
                 (_when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason)
@@ -341,7 +341,7 @@ async def _clients(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
+def _columns(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
     """Print rows in columns as wide as their widest cell."""
     rows = [header, *body]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
