@@ -213,6 +213,7 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
         ):
             # A plain subscriber of the events topic: when the daemon had published.
             await watcher.subscribe(env.server.topics.events, qos=1)
+            await session.unlock_key()  # asked before the clock starts, as a console would
             started = time.time()
             result = await session.send(
                 protocol.AdminUnlock(

@@ -20,6 +20,7 @@ from floatkey.productkey import issue_product_key
 from floatkey.signing import key_id, load_private_key, parse_public_key
 from floatkeyd.config import load_config
 from floatkeyd.service import open_daemon
+from floatkeyd.unlockbox import seal_product_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -135,6 +136,10 @@ def admin_command(daemon: Daemon, command: protocol.AdminCommand) -> bytes:
     """``command`` signed with the development admin key for the admin topic."""
     topic = daemon.topics.admin_request
     command = msgspec.structs.replace(command, reply_to=command.reply_to or "test-admin")
+    if isinstance(command, protocol.AdminUnlock) and command.key:  # as AdminSession does
+        unlock_key = daemon.admin.status_report().unlock_key
+        sealed = seal_product_key(unlock_key, command.request_id, command.key)
+        command = msgspec.structs.replace(command, key="", sealed_key=sealed)
     return ADMIN.seal(topic, protocol.encode(command))
 
 

@@ -187,3 +187,68 @@ async def test_the_embedded_broker_lets_in_only_the_logins_made_at_first_start(s
                 await spy.subscribe("#")
     async with raw_client(server, "floatkey-agent", "agent-login"):
         pass  # the real password works
+
+
+async def test_product_keys_cross_the_broker_only_sealed(server_factory):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    key = issue(seats=4)
+    # Whoever reads the admin topic (here the daemon's own login) sees no product key.
+    async with raw_client(server, "floatkeyd", "reader") as reader:
+        await reader.subscribe(server.topics.admin_request, qos=1)
+        assert (await asyncio.to_thread(unlock, server, key)).returncode == 0
+        seen = b""
+        async with asyncio.timeout(10):
+            async for message in reader.messages:
+                seen = bytes(message.payload)
+                if b"admin.unlock" in open_envelope_body(seen):
+                    break
+    compact = key.replace("-", "").encode()
+    assert compact not in open_envelope_body(seen).replace(b"-", b"")
+    assert b"sealed_key" in open_envelope_body(seen)
+
+
+def open_envelope_body(payload: bytes) -> bytes:
+    from floatkey.envelope import peek  # noqa: PLC0415
+
+    peeked = peek(payload)
+    return peeked[1] if peeked else b""
+
+
+async def test_a_product_key_in_clear_or_sealed_for_another_server_is_refused(tmp_path):
+    from floatkeyd.unlockbox import UnlockBox, seal_product_key  # noqa: PLC0415
+    from inprocess import ADMIN, NAME, ORG, product_key  # noqa: PLC0415
+
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        key = product_key()
+        topic = daemon.topics.admin_request
+        clear = protocol.AdminUnlock(
+            request_id="clear", reply_to="t", name=NAME, organization=ORG, key=key
+        )
+        await daemon.handle(topic, ADMIN.seal(topic, protocol.encode(clear)))
+        other = UnlockBox.load_or_create(tmp_path / "other.key")
+        elsewhere = protocol.AdminUnlock(
+            request_id="other",
+            reply_to="t",
+            name=NAME,
+            organization=ORG,
+            sealed_key=seal_product_key(other.public_text, "other", key),
+        )
+        await daemon.handle(topic, ADMIN.seal(topic, protocol.encode(elsewhere)))
+        moved = protocol.AdminUnlock(
+            request_id="moved",
+            reply_to="t",
+            name=NAME,
+            organization=ORG,
+            sealed_key=seal_product_key(
+                daemon.admin.status_report().unlock_key, "another-request", key
+            ),
+        )
+        await daemon.handle(topic, ADMIN.seal(topic, protocol.encode(moved)))
+        reasons = []
+        for item in link.published:
+            body = open_envelope(item.payload, item.topic, trusted(daemon))
+            reasons.append(protocol.decode(body, protocol.AdminResult).reason)
+        assert reasons[-3:] == ["cleartext_key", "unreadable_key", "unreadable_key"]
+        assert daemon.authority.status == "unlicensed"

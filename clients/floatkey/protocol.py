@@ -29,6 +29,7 @@ __all__ = [
     "Event",
     "Identity",
     "LicenseInfo",
+    "SealedKey",
     "SeatDenied",
     "SeatGranted",
     "SeatLost",
@@ -219,12 +220,24 @@ class _AdminBody(_Body, kw_only=True):
     reply_to: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] = ""
 
 
+class SealedKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A product key sealed to the server (``floatkeyd.unlockbox``), base64url fields."""
+
+    epk: Annotated[str, msgspec.Meta(max_length=64)]
+    nonce: Annotated[str, msgspec.Meta(max_length=32)]
+    box: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
 class AdminUnlock(_AdminBody, tag="admin.unlock"):
-    """Activate a product key."""
+    """Activate a product key: ``sealed_key`` on the wire; ``key`` only before sealing.
+
+    The daemon refuses a command that carries the key in clear (``cleartext_key``).
+    """
 
     name: Label
     organization: Label
-    key: Annotated[str, msgspec.Meta(max_length=2048)]
+    key: Annotated[str, msgspec.Meta(max_length=2048)] = ""
+    sealed_key: SealedKey | None = None
 
 
 class AdminStatus(_AdminBody, tag="admin.status"):
@@ -272,6 +285,8 @@ class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tasks: int = 0
     #: Admin keys the daemon trusts now (after a SIGHUP reload, say).
     admin_keys: int = 0
+    #: The X25519 key product keys are sealed to for an unlock (``x25519:...``).
+    unlock_key: str = ""
 
 
 class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -147,8 +147,17 @@ async def _session(args: argparse.Namespace) -> AdminSession:
             "No admin key: pass --admin-key FILE (create one with `floatkeyctl admin-key "
             "create`), or set admin_key_file in the config.",
         )
+    broker = loaded.admin_broker
+    if loaded.config.broker is None and broker.password_file is not None:
+        secret = Path(broker.password_file)
+        if not secret.exists():  # noqa: ASYNC240 - once, before connecting
+            # The embedded broker's logins are made when floatkeyd first starts.
+            raise DaemonUnreachable(
+                "Cannot reach the MQTT broker: the embedded broker of this config has never "
+                f"run (no {secret}). Start floatkeyd with this config first."
+            )
     return AdminSession(
-        loaded.admin_broker,
+        broker,
         loaded.topics,
         load_private_key(key_path),
         base=loaded.base,

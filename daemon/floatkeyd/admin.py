@@ -37,6 +37,7 @@ from floatkey.signing import key_id, parse_public_key
 from floatkeyd.drops import clip
 from floatkeyd.errors import Refused
 from floatkeyd.store import AuditEntry
+from floatkeyd.unlockbox import BoxError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from floatkeyd.link import Link
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
+    from floatkeyd.unlockbox import UnlockBox
 
 __all__ = ["MAX_CLOCK_SKEW_MS", "AdminDesk", "Keyring"]
 
@@ -113,6 +115,7 @@ class AdminDesk:
         link: Link,
         drops: Drops,
         broker: str,
+        unlock_box: UnlockBox,
     ) -> None:
         self._topics = topics
         self.keyring = keyring
@@ -124,6 +127,7 @@ class AdminDesk:
         self._link = link
         self._drops = drops
         self._broker = broker
+        self._unlock_box = unlock_box
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
@@ -166,14 +170,10 @@ class AdminDesk:
         except Refused as refusal:
             log.warning("admin command refused", action=action, reason=refusal.code)
             detail = (
-                {
-                    "name": clip(command.name),
-                    "organization": clip(command.organization),
-                    "key": redact(command.key),
-                }
+                {"name": clip(command.name), "organization": clip(command.organization)}
                 if isinstance(command, AdminUnlock)
                 else {}
-            )
+            ) | refusal.detail
             try:
                 await self._store.audit(
                     AuditEntry(kid, str(action), "refused", refusal.code, detail), self._clock.now()
@@ -233,12 +233,25 @@ class AdminDesk:
         return await self._unlock(command, kid)
 
     async def _unlock(self, command: AdminUnlock, kid: str) -> AdminResult:
-        try:
-            done = await self._authority.activate(
-                command.key, command.name, command.organization, kid
+        if command.sealed_key is None:
+            raise Refused(
+                "cleartext_key",
+                "The product key was sent over the broker unencrypted, so it was not used. "
+                "Unlock with a current floatkeyctl (it seals the key to this server); if "
+                "the key may have been read on the way, ask the vendor for a new one.",
             )
+        try:
+            key_text = self._unlock_box.open(command.sealed_key, command.request_id)
+        except BoxError:
+            raise Refused(
+                "unreadable_key",
+                "The product key was sealed for another server, or damaged on the way; "
+                "nothing was changed. Run the unlock again.",
+            ) from None
+        try:
+            done = await self._authority.activate(key_text, command.name, command.organization, kid)
         except ProductKeyError as exc:
-            raise Refused(exc.reason, exc.message) from None
+            raise Refused(exc.reason, exc.message, {"key": redact(key_text)}) from None
         report = UnlockReport(
             changed=done.changed,
             license=done.info,
@@ -334,6 +347,7 @@ class AdminDesk:
             tasks=len(asyncio.all_tasks()),
             broker=self._broker,
             admin_keys=len(self.keyring.keys),
+            unlock_key=self._unlock_box.public_text,
         )
 
 

@@ -19,6 +19,7 @@ from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.errors import FloatkeyError
 from floatkey.signing import key_id, parse_public_key
 from floatkeyd.statedir import IDENTITY_FILE
+from floatkeyd.unlockbox import seal_product_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -98,6 +99,7 @@ class AdminSession:
         self._identity: asyncio.Future[Ed25519PublicKey] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._failure: DaemonUnreachable | None = None  # why the listener stopped
+        self._unlock_key: str | None = None
 
     async def __aenter__(self) -> Self:
         try:
@@ -214,6 +216,13 @@ class AdminSession:
         no answer comes within the timeout.
         """
         command = msgspec.structs.replace(command, reply_to=self.identifier)
+        if isinstance(command, protocol.AdminUnlock) and command.key:
+            # Never in clear over the broker: sealed to this server's unlock key.
+            unlock_key = await self.unlock_key()
+            if isinstance(unlock_key, protocol.AdminResult):  # refused: this admin's answer
+                return msgspec.structs.replace(unlock_key, request_id=command.request_id)
+            box = seal_product_key(unlock_key, command.request_id, command.key)
+            command = msgspec.structs.replace(command, key="", sealed_key=box)
         waiter: asyncio.Future[AdminResult] = asyncio.get_running_loop().create_future()
         self._replies[command.request_id] = waiter
         try:
@@ -234,6 +243,25 @@ class AdminSession:
             ) from None
         finally:
             self._replies.pop(command.request_id, None)
+
+    async def unlock_key(self) -> str | AdminResult:
+        """The server's unlock key (from a signed ``admin.status``), asked once.
+
+        The refusal instead, when the daemon refuses this administrator. Raises
+        ``DaemonUnreachable`` like :meth:`send`.
+        """
+        if self._unlock_key is None:
+            result = await self.send(protocol.AdminStatus(request_id=self.request_id()))
+            if not result.ok:
+                return result
+            if result.status is None or not result.status.unlock_key:
+                raise DaemonUnreachable(
+                    "The license server did not say how to seal a product key for it "
+                    f"({result.reason or 'no unlock key'}): it may be an older floatkeyd. "
+                    "Update it, then unlock again."
+                )
+            self._unlock_key = result.status.unlock_key
+        return self._unlock_key
 
     @staticmethod
     def request_id() -> str:

@@ -28,6 +28,8 @@ class StoreError(FloatkeyError):
 class Refused(FloatkeyError):
     """An admin command was refused; ``code`` goes in the reply and the audit row."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, detail: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.code = code
+        #: What the audit row should say besides the command (a shortened key, say).
+        self.detail = detail or {}

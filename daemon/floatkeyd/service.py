@@ -291,6 +291,7 @@ async def open_daemon(
             link=link,
             drops=drops,
             broker=loaded.broker.describe(),
+            unlock_box=statedir.unlock_box,
         )
         identity_body = protocol.encode(
             protocol.Identity(server=config.server, public_key=public, kid=signer.kid)

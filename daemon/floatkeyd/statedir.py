@@ -17,6 +17,7 @@ from floatkey.configfile import private_directory_problem
 from floatkey.errors import ConfigError, KeyFileError
 from floatkey.signing import create_private_key_file, load_private_key
 from floatkeyd.errors import StoreError
+from floatkeyd.unlockbox import UNLOCK_KEY_FILE, UnlockBox
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -58,6 +59,8 @@ class StateDirectory:
     #: The daemon's MQTT client id: made at first start and kept, never guessable, so
     #: nobody can take the daemon's place on the broker by connecting with its id.
     broker_client_id: str
+    #: The X25519 key product keys are sealed to on their way to the daemon.
+    unlock_box: UnlockBox
 
     @property
     def database(self) -> Path:
@@ -98,7 +101,13 @@ def held_state_directory(path: Path) -> Iterator[StateDirectory]:
     fd = _take_lock(path)
     try:
         identity, created = _load_or_create_identity(path)
-        yield StateDirectory(path, identity, created, _load_or_create_client_id(path))
+        yield StateDirectory(
+            path,
+            identity,
+            created,
+            _load_or_create_client_id(path),
+            UnlockBox.load_or_create(path / UNLOCK_KEY_FILE),
+        )
     finally:
         os.close(fd)  # releases the directory for the next daemon
 
