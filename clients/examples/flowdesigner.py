@@ -17,8 +17,10 @@ verifies the daemon's signed grant in ``FLOATKEY_LICENSE_FILE`` against the serv
 of that config (:func:`floatkey.verify_license_file`), and runs with every feature
 disabled, saying why, when that fails. Without an agent config it has no key to check
 against and believes the environment, as any program in any language may (see "The
-license file" in docs/PROTOCOL.md for what the check can and cannot stop). Apart from
-that check it uses only the standard library.
+license file" in docs/PROTOCOL.md for what the check can and cannot stop). A real
+application would not take the key's location from its command line, where whoever
+starts it can name their own server's; the option is for the development setup and the
+tests. Apart from that check it uses only the standard library.
 """
 
 from __future__ import annotations
