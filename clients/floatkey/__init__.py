@@ -1,7 +1,8 @@
 """floatkey: the client side of the floatkey license server, and the shared core.
 
 :class:`Agent` (hold a seat, read the features, stop when told) and what it tells the
-application (:mod:`floatkey.notices`), the product key codec
+application (:mod:`floatkey.notices`), the license file an application can verify
+(:func:`verify_license_file`, :mod:`floatkey.licensefile`), the product key codec
 (:mod:`floatkey.productkey`), the wire protocol (:mod:`floatkey.protocol`,
 :mod:`floatkey.envelope`), signing keys (:mod:`floatkey.signing`) and the error
 hierarchy (:mod:`floatkey.errors`).
@@ -20,6 +21,7 @@ from floatkey.errors import (
     KeyMistyped,
     KeyNotIssuedByVendor,
     LicenseeMismatch,
+    LicenseFileInvalid,
     NoAnswer,
     ProductKeyError,
     SeatsOutOfRange,
@@ -27,6 +29,7 @@ from floatkey.errors import (
     UnknownKeyFormat,
     WrongProductVersion,
 )
+from floatkey.licensefile import VerifiedLicense, verify_license_file
 from floatkey.notices import Denial, LicenseView, ShutdownReason, ShutdownSignal
 from floatkey.productkey import (
     PRODUCT_VERSION,
@@ -50,6 +53,7 @@ __all__ = [
     "KeyMalformed",
     "KeyMistyped",
     "KeyNotIssuedByVendor",
+    "LicenseFileInvalid",
     "LicenseView",
     "LicenseeMismatch",
     "NoAnswer",
@@ -60,9 +64,11 @@ __all__ = [
     "ShutdownReason",
     "ShutdownSignal",
     "UnknownKeyFormat",
+    "VerifiedLicense",
     "WrongProductVersion",
     "issue_product_key",
     "load_agent_config",
     "parse_product_key",
+    "verify_license_file",
     "verify_product_key",
 ]

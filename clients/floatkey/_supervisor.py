@@ -6,7 +6,9 @@
 
 The agent asks for a seat, then starts COMMAND with the license in its environment
 (``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a JSON
-file (``FLOATKEY_LICENSE_FILE``) it keeps current. When the application must stop (a new
+file (``FLOATKEY_LICENSE_FILE``) it keeps current: rewritten at every license change and
+every renewal of the seat, with the daemon's signed grant and renewal in it, which the
+application can verify (:func:`floatkey.verify_license_file`). When the application must stop (a new
 license, expiry, revocation, a seat lost with none free, the server silent past the
 offline grace) it sends COMMAND SIGTERM, then SIGKILL after the shutdown grace, releases
 the seat and exits with :data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service``
@@ -84,6 +86,7 @@ def license_environment(agent: Agent, license_file: Path) -> dict[str, str]:
 
 def _license_document(agent: Agent, view: LicenseView) -> dict[str, object]:
     reason = agent.shutdown_requested.reason
+    seat = agent.signed_seat
     return {
         "status": view.status if agent.licensed else "unlicensed",
         "licensee": view.licensee,
@@ -99,13 +102,34 @@ def _license_document(agent: Agent, view: LicenseView) -> dict[str, object]:
             "reason": reason.code,
             "message": reason.message,
         },
+        # Everything above is a convenience copy anyone can edit; this is what proves it.
+        "signed": seat.section() if seat is not None else None,
     }
 
 
 def _write_license_file(path: Path, document: dict[str, object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    # 0600: the signed grant holds the seat's lease token (only the application's own
+    # user, who could speak as the agent anyway, reads it).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(document, indent=2) + "\n")
     tmp.replace(path)  # atomic: the application never reads half a file
+
+
+def _keep_license_file(agent: Agent, path: Path) -> None:
+    """Write the license file now, and again at every license change and every renewal.
+
+    At every renewal because a verifier refuses a file whose lease has ended. Raises
+    ``OSError`` when the first write fails; later failures are logged by the agent.
+    """
+
+    def rewrite(_change: object) -> None:
+        _write_license_file(path, _license_document(agent, agent.license))
+
+    rewrite(None)
+    agent.on_license_change(rewrite)
+    agent.on_lease_change(rewrite)
 
 
 def _parent_death_signal() -> list[str]:
@@ -201,12 +225,7 @@ async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
     if shutil.which(program[0]) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program[0])
     license_file = workdir / "license.json"
-    _write_license_file(license_file, _license_document(agent, agent.license))
-
-    def update_license_file(view: LicenseView) -> None:
-        _write_license_file(license_file, _license_document(agent, view))
-
-    agent.on_license_change(update_license_file)  # a failure is logged by the agent
+    _keep_license_file(agent, license_file)
     own_group = _own_process_group()
     child = await asyncio.create_subprocess_exec(
         *_parent_death_signal(),

@@ -35,7 +35,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self, TypeVar
 
 import aiomqtt
 import msgspec
@@ -45,6 +45,7 @@ from floatkey import protocol
 from floatkey.broker import Backoff, connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.licensefile import SignedSeat
 from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
 from floatkey.pinning import KnownServers
 from floatkey.protocol import (
@@ -57,7 +58,7 @@ from floatkey.protocol import (
     SeatRequest,
     SeatRevoked,
 )
-from floatkey.signing import key_id, parse_public_key
+from floatkey.signing import key_id, parse_public_key, public_key_text
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -85,6 +86,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 # Without a seat, ask again every renew_after_s of the last grant, within these bounds.
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
+_Told = TypeVar("_Told")
 
 
 def default_client_id(app: str) -> str:
@@ -120,11 +122,13 @@ class Agent:
             raise ValueError(msg)
         self.shutdown_requested = ShutdownSignal()
         self.drops: Counter[str] = Counter()
-        #: Exceptions raised by ``on_license_change`` listeners, by listener name.
+        #: Exceptions raised by ``on_license_change`` and ``on_lease_change`` listeners,
+        #: by listener name.
         self.listener_failures: Counter[str] = Counter()
         self.denial: Denial | None = None
         self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
         self._license_listeners: list[Callable[[LicenseView], None]] = []
+        self._lease_listeners: list[Callable[[SignedSeat], None]] = []
         self._key_changed = asyncio.Event()
         self._reading_retained = False
         self._kid_of: Ed25519PublicKey | None = None
@@ -139,6 +143,10 @@ class Agent:
         # application runs under, and its renew_after_s paces the requests for another.
         self._last_grant: SeatGranted | None = None
         self._lost_at: float | None = None  # monotonic; set while a lost seat is not back
+        # The envelopes of the current grant and of its latest renewal, as verified: the
+        # application can check them itself (floatkey.licensefile).
+        self._grant_envelope: bytes | None = None
+        self._renewal_envelope: bytes | None = None
         self._lease_ends = 0.0  # monotonic: when the last lease the daemon gave runs out
         self._seat_changed = asyncio.Event()
         self._nonce = ""
@@ -197,6 +205,19 @@ class Agent:
             return frozenset()
         return frozenset(self._grant.features)
 
+    @property
+    def signed_seat(self) -> SignedSeat | None:
+        """The daemon's signed grant of the seat held and its latest renewal (or ``None``)."""
+        key = self._server_key
+        if not self.has_seat or self._grant_envelope is None or key is None:
+            return None
+        return SignedSeat(
+            server_key=public_key_text(key),
+            topic=self.topics.client(self.client_id),
+            grant=self._grant_envelope,
+            renewal=self._renewal_envelope,
+        )
+
     def is_enabled(self, feature: str) -> bool:
         """Whether ``feature`` may be used now."""
         return feature in self.features
@@ -225,6 +246,14 @@ class Agent:
         :attr:`listener_failures`; the agent and the other listeners go on.
         """
         self._license_listeners.append(listener)
+
+    def on_lease_change(self, listener: Callable[[SignedSeat], None]) -> None:
+        """Call ``listener`` with :attr:`signed_seat` whenever a grant or a renewal is accepted.
+
+        An exception raised by ``listener`` is logged with its name and counted in
+        :attr:`listener_failures`; the agent and the other listeners go on.
+        """
+        self._lease_listeners.append(listener)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -551,9 +580,10 @@ class Agent:
             # (with a thousand agents in one process, that time delays the others).
             self.drops["ignored_while_stopping"] += 1
             return
-        body = self._open(bytes(payload), topic)
+        envelope = bytes(payload)
+        body = self._open(envelope, topic)
         if body is not None:
-            self._dispatch(topic, body)
+            self._dispatch(topic, body, envelope)
 
     def _open(self, data: bytes, topic: str) -> bytes | None:
         """The verified body, or ``None`` (dropped, logged, counted)."""
@@ -567,14 +597,16 @@ class Agent:
             self._drop(exc.reason, topic)
             return None
 
-    def _dispatch(self, topic: str, body: bytes) -> None:
+    def _dispatch(self, topic: str, body: bytes, envelope: bytes) -> None:
         try:
             if topic == self.topics.state:
                 self._take_state(protocol.decode(body, protocol.State))
             elif topic == self.topics.events:
                 self._take_event(protocol.decode(body, protocol.Event))
             elif topic == self.topics.client(self.client_id):
-                self._take_reply(protocol.decode_to_client(body))
+                reply = protocol.decode_to_client(body)
+                self._take_reply(reply)
+                self._keep_envelope(reply, envelope)
             else:
                 self._drop("unknown_topic", topic)
         except msgspec.DecodeError:
@@ -617,7 +649,7 @@ class Agent:
             )
         view = self.license
         for listener in self._license_listeners:
-            self._tell_listener(listener, view)
+            self._tell_listener(listener, view, "license listener failed")
         # The last seat's generation, even when that seat is lost: a new license stops
         # an application that runs on without a seat as well.
         held = self._last_grant
@@ -627,15 +659,36 @@ class Agent:
             )
             self.request_shutdown(code, _shutdown_message(code), state.generation)
 
-    def _tell_listener(self, listener: Callable[[LicenseView], None], view: LicenseView) -> None:
+    def _tell_listener(
+        self,
+        listener: Callable[[_Told], None],
+        value: _Told,
+        failure: Literal["license listener failed", "lease listener failed"],
+    ) -> None:
         try:
-            listener(view)
+            listener(value)
         except Exception:
             # The application's code runs inside the connection task: what it raises must
             # not end the connection, nor (through the task group) the application.
             name = _callable_name(listener)
             self.listener_failures[name] += 1
-            log.exception("license listener failed", client=self.client_id, listener=name)
+            log.exception(failure, client=self.client_id, listener=name)
+
+    def _keep_envelope(self, reply: protocol.DaemonToClient, envelope: bytes) -> None:
+        """Keep the envelope of a grant or renewal just accepted; tell the lease listeners."""
+        grant = self._grant
+        if grant is None:
+            return
+        if reply is grant:
+            self._grant_envelope, self._renewal_envelope = envelope, None
+        elif isinstance(reply, SeatRenewed) and reply.lease == grant.lease:
+            self._renewal_envelope = envelope
+        else:
+            return
+        seat = self.signed_seat
+        if seat is not None:
+            for listener in self._lease_listeners:
+                self._tell_listener(listener, seat, "lease listener failed")
 
     def _take_event(self, event: protocol.Event) -> None:
         held = self._last_grant

@@ -20,7 +20,8 @@ and in exit codes) and ``message``, a sentence a customer can act on.
     └── AgentError                       the client agent cannot do what was asked
         ├── NoAnswer                     no_answer: broker or license server unreachable in time
         ├── ServerKeyChanged             server_key_changed: the server's key is not the pinned one
-        └── FeatureNotLicensed           feature_not_licensed: the license lacks a feature
+        ├── FeatureNotLicensed           feature_not_licensed: the license lacks a feature
+        └── LicenseFileInvalid           license_file_invalid: the license file does not verify
 
 The daemon's own errors (``StoreError``, ``Refused``) live in ``floatkeyd.errors``.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "KeyMalformed",
     "KeyMistyped",
     "KeyNotIssuedByVendor",
+    "LicenseFileInvalid",
     "LicenseeMismatch",
     "NoAnswer",
     "ProductKeyError",
@@ -162,3 +164,17 @@ class FeatureNotLicensed(AgentError):
     def __init__(self, message: str, *, feature: str) -> None:
         super().__init__(message)
         self.feature = feature
+
+
+class LicenseFileInvalid(AgentError):
+    """A license file that does not prove a seat: missing, malformed, forged or ended.
+
+    ``problem`` says which: ``unreadable``, ``malformed``, ``unsigned``, ``other_key``,
+    ``bad_signature``, ``unlicensed``, ``other_lease``, ``edited`` or ``lease_ended``.
+    """
+
+    reason: ClassVar[str] = "license_file_invalid"
+
+    def __init__(self, message: str, *, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
