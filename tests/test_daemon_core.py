@@ -158,7 +158,7 @@ async def test_awaiting_release_counts_only_the_clients_the_last_unlock_told(tmp
 
 
 async def test_retained_echoes_are_expected_replays_are_put_right_rivals_not_fought(
-    tmp_path, link, wall
+    tmp_path, link, wall, monkeypatch
 ):
     async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
         topic = daemon.topics.state
@@ -201,6 +201,14 @@ async def test_retained_echoes_are_expected_replays_are_put_right_rivals_not_fou
             await overwrite(other.seal(topic, protocol.encode(body)))
         assert len(link.published) == FIGHT_LIMIT
         assert daemon.retained.contested
+        # The rival goes quiet for a whole window: ours goes back.
+        monkeypatch.setattr("floatkeyd.retained._WINDOW_S", 0.05)
+        link.published.clear()
+        await daemon.retained.recover_step()
+        assert not daemon.retained.contested
+        assert current in [item.payload for item in link.published]
+        for item in list(link.published):  # their echoes
+            await daemon.handle(item.topic, item.payload)
         # Garbage is no rival: our state goes back every time it is overwritten.
         link.published.clear()
         for n in range(5):

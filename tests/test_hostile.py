@@ -216,6 +216,7 @@ def open_envelope_body(payload: bytes) -> bytes:
 
 
 async def test_a_product_key_in_clear_or_sealed_for_another_server_is_refused(tmp_path):
+    from floatkeyd.statedir import write_private  # noqa: PLC0415
     from floatkeyd.unlockbox import UnlockBox, seal_product_key  # noqa: PLC0415
     from inprocess import ADMIN, NAME, ORG, product_key  # noqa: PLC0415
 
@@ -227,7 +228,7 @@ async def test_a_product_key_in_clear_or_sealed_for_another_server_is_refused(tm
             request_id="clear", reply_to="t", name=NAME, organization=ORG, key=key
         )
         await daemon.handle(topic, ADMIN.seal(topic, protocol.encode(clear)))
-        other = UnlockBox.load_or_create(tmp_path / "other.key")
+        other = UnlockBox.load_or_create(tmp_path / "other.key", write_private)
         elsewhere = protocol.AdminUnlock(
             request_id="other",
             reply_to="t",
@@ -252,3 +253,54 @@ async def test_a_product_key_in_clear_or_sealed_for_another_server_is_refused(tm
             reasons.append(protocol.decode(body, protocol.AdminResult).reason)
         assert reasons[-3:] == ["cleartext_key", "unreadable_key", "unreadable_key"]
         assert daemon.authority.status == "unlicensed"
+
+
+async def test_a_will_under_another_login_does_not_touch_the_seat(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        owner = daemon.topics.for_login("lab-1")
+        request = protocol.SeatRequest(client="victim", nonce="n")
+        await daemon.handle(owner.seat("victim", "request"), protocol.encode(request))
+        will = protocol.encode(protocol.SeatRelease(client="victim"))
+        intruder = daemon.topics.for_login("lab-2")
+        await daemon.handle(intruder.seat("victim", "release"), will)
+        assert daemon.drops.counts["login_mismatch"] == 1
+        lease = daemon.seats.ledger.leases["victim"]
+        assert (lease.login, lease.expires_at > wall() + 10_000) == ("lab-1", True)
+
+
+async def test_a_refusal_names_the_envelope_it_refuses(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        topic = daemon.topics.admin_request
+        command = protocol.AdminStatus(request_id="borrowed", reply_to="victim-admin")
+        forged = Signer(Ed25519PrivateKey.generate()).seal(topic, protocol.encode(command))
+        await daemon.handle(topic, forged)
+        (reply_topic, payload) = link.sent[-1]
+        assert reply_topic == daemon.topics.admin_reply("victim-admin", "borrowed")
+        result = protocol.decode(
+            open_envelope(payload, reply_topic, trusted(daemon)), protocol.AdminResult
+        )
+        assert result.reason == "not_authorized"
+        assert result.refused == protocol.envelope_digest(forged)
+
+
+def test_an_empty_password_or_unlock_key_file_is_made_again(tmp_path):
+    from floatkeyd.statedir import held_state_directory  # noqa: PLC0415
+
+    with held_state_directory(tmp_path / "s") as first:
+        logins = first.embedded_logins(("floatkey-agent",))
+        unlock_key = first.unlock_box.public_text
+    (tmp_path / "s" / "embedded-broker" / "floatkey-agent.password").write_text("")
+    (tmp_path / "s" / "unlock-box.key").write_text("")
+    with held_state_directory(tmp_path / "s") as again:
+        renewed = again.embedded_logins(("floatkey-agent",))
+        assert renewed["floatkey-agent"]
+        assert renewed != logins
+        assert again.unlock_box.public_text != unlock_key
+    (tmp_path / "s" / "unlock-box.key").write_text("not a key")
+    with (
+        pytest.raises(Exception, match="is not an unlock key"),
+        held_state_directory(tmp_path / "s"),
+    ):
+        pass

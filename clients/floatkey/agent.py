@@ -411,9 +411,11 @@ class Agent:
                     backoff.reset()
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
-            except (aiomqtt.MqttError, ConfigError) as exc:  # ConfigError: TLS files gone
-                self._broker_error = str(exc)
-                log.info("broker connection lost", client=self.client_id, error=str(exc))
+            except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
+                # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
+                # use within request_timeout (a broker without retained messages).
+                self._broker_error = str(exc) or type(exc).__name__
+                log.info("broker connection lost", client=self.client_id, error=self._broker_error)
             finally:
                 self._client = None
                 self._connected.clear()
@@ -492,7 +494,11 @@ class Agent:
                 # Jittered, so agents started together do not renew together forever.
                 delay = held.renew_after_s * random.uniform(0.8, 1.0)  # noqa: S311
                 grant = self._grant
-                if not await self._seat_changes_within(delay) and self._connected.is_set():
+                if (
+                    not await self._seat_changes_within(delay)
+                    and self._connected.is_set()
+                    and not self.shutdown_requested.is_set()  # the lease outlasts the hooks
+                ):
                     await self._send(SeatRenew(client=self.client_id, lease=grant.lease), "renew")
             elif self._lost_at is None or self.shutdown_requested.is_set():
                 await self._seat_changed.wait()
@@ -758,7 +764,9 @@ class Agent:
             await client.unsubscribe([self.topics.identity, self.topics.state])
 
     def _spawn_request(self) -> None:
-        if self._tasks is not None and not self._closing:
+        # Never once a stop is requested: a revoked seat asked for again would be a new
+        # seat held by an application on its way out (an administrator's release undone).
+        if self._tasks is not None and not self._closing and not self.shutdown_requested.is_set():
             self._tasks.create_task(self._request_seat(), name=f"agent-request-{self.client_id}")
 
     @property

@@ -86,7 +86,7 @@ class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive: int = 30
     tls: TLSOptions | None = None
 
-    def password_for(self, base: Path) -> str | None:
+    def password_for(self, base: Path, section: str = "broker") -> str | None:
         """The password, read from ``password_file`` if that is set.
 
         Raises ``ConfigError`` naming the setting when the file cannot be read.
@@ -99,7 +99,7 @@ class BrokerOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(
-                f"[broker] password_file = {self.password_file!r}: cannot read {path} ({why}). "
+                f"[{section}] password_file = {self.password_file!r}: cannot read {path} ({why}). "
                 "Name a file holding the broker password, readable by this user."
             ) from None
 

@@ -10,7 +10,7 @@ import msgspec
 
 from floatkey.broker import BrokerOptions
 from floatkey.configfile import load_toml
-from floatkey.protocol import ANONYMOUS, Topics
+from floatkey.protocol import ANONYMOUS, LOGIN, Topics
 from floatkey.signing import parse_public_key
 
 __all__ = ["AgentConfig", "LoadedAgentConfig", "load_agent_config"]
@@ -36,6 +36,11 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hook_timeout: float = 15.0
 
     def __post_init__(self) -> None:
+        if self.broker.username is not None and not LOGIN.fullmatch(self.broker.username):
+            raise msgspec.ValidationError(
+                "broker.username must be 1-128 letters, digits or . _ : @ - (it is part of "
+                "the agent's seat topics, where the broker's ACL checks it)"
+            )
         for name in ("server", "topic_prefix"):
             if not _NAME.fullmatch(getattr(self, name)):
                 raise msgspec.ValidationError(

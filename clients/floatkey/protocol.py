@@ -8,6 +8,7 @@ floatkey works on these types only.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "decode_admin_command",
     "decode_to_client",
     "encode",
+    "envelope_digest",
     "now_ms",
 ]
 
@@ -71,6 +73,11 @@ Pid = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
 
 Status = Literal["unlicensed", "licensed", "expired"]
 EventName = Literal["license.activated", "license.expired"]
+
+
+def envelope_digest(payload: bytes) -> str:
+    """What ``AdminResult.refused`` says of a refused envelope."""
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 def now_ms() -> int:
@@ -330,6 +337,10 @@ class AdminResult(_Body, tag="admin.result"):
     clients: list[ClientRow] | None = None
     #: With ``clients``: the latest seat denials, newest last.
     denials: list[DenialRow] | None = None
+    #: With ``not_authorized``: the first 32 hex digits of the SHA-256 of the refused
+    #: envelope, so a sender can tell a refusal of its own command from one provoked by
+    #: someone who copied its request id into a command of their own.
+    refused: str = ""
 
 
 _encoder = msgspec.json.Encoder()

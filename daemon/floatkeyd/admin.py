@@ -293,12 +293,14 @@ class AdminDesk:
         await self._audit_unverified(exc.reason, kid)
         address = _unverified_address(payload)
         if address is not None:
-            await self._reply(
+            # Queued, not awaited: a flood of these must not hold up seat messages.
+            self._reply_later(
                 address[0],
                 AdminResult(
                     request_id=address[1],
                     ok=False,
                     reason="not_authorized",
+                    refused=protocol.envelope_digest(payload),
                     message="This admin key is not authorized on this license server. Authorize "
                     "it with `floatkeyd admin-key add PUBLIC_KEY` on the server.",
                 ),
@@ -322,6 +324,10 @@ class AdminDesk:
         if self._refusals[reason] == 1:
             entry = AuditEntry(kid, "admin", "refused", "not_authorized", {"envelope": reason})
             await self._store.audit(entry, now)
+
+    def _reply_later(self, reply_to: str, result: AdminResult) -> None:
+        topic = self._topics.admin_reply(reply_to, result.request_id)
+        self._link.send(topic, self._signer.seal(topic, protocol.encode(result)))
 
     async def _reply(self, reply_to: str, result: AdminResult) -> None:
         topic = self._topics.admin_reply(reply_to, result.request_id)

@@ -100,6 +100,8 @@ class AdminSession:
         self._listener: asyncio.Task[None] | None = None
         self._failure: DaemonUnreachable | None = None  # why the listener stopped
         self._unlock_key: str | None = None
+        # The digest of each pending command's envelope, to recognise its refusals.
+        self._sent: dict[str, str] = {}
 
     async def __aenter__(self) -> Self:
         try:
@@ -206,6 +208,10 @@ class AdminSession:
         except (EnvelopeError, msgspec.DecodeError):
             log.warning("unverifiable admin reply ignored", topic=topic)
             return
+        if result.refused and result.refused != self._sent.get(request_id):
+            # A refusal of someone else's envelope that borrowed our request id.
+            log.warning("refusal of another command ignored", request_id=request_id)
+            return
         if result.request_id == request_id:
             waiter.set_result(result)
 
@@ -228,6 +234,7 @@ class AdminSession:
         try:
             topic = self.topics.admin_request
             sealed = self._signer.seal(topic, protocol.encode(command))
+            self._sent[command.request_id] = protocol.envelope_digest(sealed)
             async with asyncio.timeout(self.timeout):
                 await self._unless_lost(self._client.publish(topic, sealed, qos=1))
                 return await self._unless_lost(waiter)
@@ -243,6 +250,7 @@ class AdminSession:
             ) from None
         finally:
             self._replies.pop(command.request_id, None)
+            self._sent.pop(command.request_id, None)
 
     async def unlock_key(self) -> str | AdminResult:
         """The server's unlock key (from a signed ``admin.status``), asked once.

@@ -29,6 +29,8 @@ from floatkeyd.clock import expiry_instant_ms
 from floatkeyd.store import AuditEntry, StoredLicense
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from floatkey.envelope import Signer
@@ -270,6 +272,12 @@ class LicenseAuthority:
             await self._announce("license.expired", told)
             return True
 
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Hold off license changes for the block (waiting for one in progress first)."""
+        async with self._lock:
+            yield
+
     async def remember_time(self) -> None:
         """Persist the latest time seen, so a clock set back cannot un-expire the license."""
         await self._store.set_latest_time(self._clock.now())
@@ -394,5 +402,8 @@ class LicenseAuthority:
             name=event, generation=self._generation, revision=self._revision, clients_told=told
         )
         sealed = self._signer.seal(self._topics.events, protocol.encode(body))
-        await self._link.publish(self._topics.events, sealed)
-        await self._retained.put(self._topics.state, self._state_payload)
+        try:
+            await self._link.publish(self._topics.events, sealed)
+            await self._retained.put(self._topics.state, self._state_payload)
+        except Exception:
+            log.exception("publishing the new state failed; it goes out on reconnect")

@@ -116,6 +116,8 @@ class SeatLedger:
         self._licensed_in_use += delta
         for key in (("login", lease.login), ("host", lease.host), ("user", lease.user)):
             self._held[key] += delta
+            if self._held[key] <= 0:
+                del self._held[key]  # names are the agents' own: keep only those in use
 
     def _over_limit(self, login: str, host: str, user: str) -> Denied | None:
         """The denial if one more seat for this login, host or user would pass a cap."""

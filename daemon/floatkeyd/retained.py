@@ -8,8 +8,10 @@ and subscribes to both. What it then reads there is one of:
 - a rival's: a well-formed state or identity for this server name under another key id,
   which is what a second floatkeyd started with the same ``server`` name on the same
   broker publishes. The daemon puts its own back, but if rivals keep coming (more than
-  :data:`FIGHT_LIMIT` a minute) it steps back for that minute and says so in one error
-  line: republishing against another daemon is a publishing fight that never ends;
+  :data:`FIGHT_LIMIT` a minute) it steps back and says so in one error line:
+  republishing against another daemon is a publishing fight that never ends. Once a
+  whole minute passes without a rival, :meth:`Retained.recover_step` puts ours back (a
+  rival that stopped must not leave its messages there for good);
 - anything else (garbage, our own older state replayed by someone): our own goes back.
   Agents would refuse garbage anyway, and ignore an older revision they have seen, but a
   fresh agent must find the current state there.
@@ -22,6 +24,7 @@ one republication per broker round trip, not one per message.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
@@ -60,6 +63,7 @@ class Retained:
         self._pending: dict[str, deque[tuple[bytes, float]]] = {}
         self._rivals: deque[float] = deque()
         self.contested = False
+        self._stepped_back = asyncio.Event()
 
     async def put(self, topic: str, payload: bytes) -> bool:
         """Publish ``payload`` retained on ``topic`` as ours from now on."""
@@ -103,11 +107,11 @@ class Retained:
             self._rivals.popleft()
         if len(self._rivals) <= FIGHT_LIMIT:
             if self.contested:
-                self.contested = False
-                log.warning("putting this server's retained messages back again", topic=topic)
+                self._end_contest()
             return False
         if not self.contested:
             self.contested = True
+            self._stepped_back.set()
             log.error(
                 "another publisher keeps overwriting this server's retained state; not "
                 "putting ours back while it goes on. If a second floatkeyd runs with "
@@ -118,6 +122,23 @@ class Retained:
                 per_minute=len(self._rivals),
             )
         return True
+
+    def _end_contest(self) -> None:
+        self.contested = False
+        self._stepped_back.clear()
+        log.warning("putting this server's retained messages back again")
+
+    async def recover_step(self) -> None:
+        """After stepping back: once a minute passes without a rival, put ours back."""
+        await self._stepped_back.wait()
+        await asyncio.sleep(_WINDOW_S)
+        now = time.monotonic()
+        if not self.contested or (self._rivals and self._rivals[-1] > now - _WINDOW_S):
+            return  # still contested: look again in a minute
+        self._rivals.clear()
+        self._end_contest()
+        for topic, payload in list(self._current.items()):
+            await self.put(topic, payload)
 
     def _is_rival(self, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is a well-formed message for this server under another key."""

@@ -128,6 +128,11 @@ class SeatDesk:
             self._drops("rate_limited", topic)
             return
         now = self._clock.now()
+        if not isinstance(body, SeatRequest) and not self._same_login(client_id, login):
+            # A client id taken over under another login (its will, say) must not touch
+            # the seat its owner holds; the owner's own login is in its lease.
+            self._drops("login_mismatch", topic)
+            return
         if isinstance(body, SeatRequest):
             self._request(body, login, now)
         elif isinstance(body, SeatRenew):
@@ -136,6 +141,11 @@ class SeatDesk:
             self._will(client_id, now)
         else:
             self._release(body)
+
+    def _same_login(self, client_id: str, login: str) -> bool:
+        lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)
+        # Leases from before logins were recorded carry none.
+        return lease is None or lease.login in {"", login}
 
     def _rate_limited(self, client_id: str) -> bool:
         window = int(time.monotonic())
@@ -275,6 +285,7 @@ class SeatDesk:
             return False
         audit = AuditEntry(actor, "admin.release", "accepted", "", {"client": client_id})
         await self._store.release_lease(client_id, audit, self._clock.now())
+        self._staged.set()  # the delete the store staged again goes out with the next flush
         released = self.ledger.release(client_id, lease.token)
         if released is None:
             return True  # its agent released it meanwhile

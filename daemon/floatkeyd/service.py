@@ -13,12 +13,13 @@ and owns the tasks:
 ``link``               the broker connection (a seam tests can replace)
 =====================  ===============================================================
 
-:meth:`Daemon.run` owns one ``asyncio.TaskGroup`` of named tasks: ``link`` (with its
-``mqtt`` and ``replies``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
-``reload`` (SIGHUP) and ``watchdog``. A step of a background loop that fails is logged,
-counted (``internal_error``) and the loop goes on: one message's failure costs that
-message, never the service. Messages are handled one at a time; a shutdown is looked
-at only between messages, so it never interrupts a half-done unlock.
+:meth:`Daemon.serve` owns one ``asyncio.TaskGroup`` of named tasks: the link's (``mqtt``,
+``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
+``reload`` (SIGHUP), ``retained-recovery`` and ``watchdog``. A step of a background loop
+that fails is logged, counted (``internal_error``) and the loop goes on: one message's
+failure costs that message, never the service. Messages are handled one at a time; a
+shutdown is looked at only between messages, and waits for a license change in progress,
+so it never interrupts a half-done unlock or expiry.
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ class Daemon:
             "lease-flush": self.seats.flush_step,
             "license-expiry": self.authority.expiry_step,
             "reload": self._reload_step,
+            "retained-recovery": self.retained.recover_step,
         }
         async with asyncio.TaskGroup() as tasks:
             loops = [
@@ -170,8 +172,12 @@ class Daemon:
             await self.link.run(self, stop)
             self.notifier.stopping()
             log.info("stopping")
-            for task in loops:
-                task.cancel()
+            # A license change in progress (an expiry) is finished first, never cut off
+            # between its commit and its publication; none starts after.
+            async with self.authority.paused():
+                for task in loops:
+                    task.cancel()
+                await asyncio.wait(loops)
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` again and again; a failed step is logged and counted, not fatal."""

@@ -34,6 +34,7 @@ __all__ = [
     "StateDirectory",
     "embedded_password_file",
     "held_state_directory",
+    "write_private",
 ]
 
 DB_FILE = "floatkeyd.db"
@@ -80,8 +81,10 @@ class StateDirectory:
             try:
                 logins[user] = path.read_text().strip()
             except FileNotFoundError:
+                logins[user] = ""
+            if not logins[user]:  # never an empty password: that would let anyone in
                 logins[user] = secrets.token_urlsafe(32)
-                _write_private(path, logins[user] + "\n")
+                write_private(path, logins[user] + "\n")
         return logins
 
 
@@ -106,7 +109,7 @@ def held_state_directory(path: Path) -> Iterator[StateDirectory]:
             identity,
             created,
             _load_or_create_client_id(path),
-            UnlockBox.load_or_create(path / UNLOCK_KEY_FILE),
+            UnlockBox.load_or_create(path / UNLOCK_KEY_FILE, write_private),
         )
     finally:
         os.close(fd)  # releases the directory for the next daemon
@@ -153,12 +156,24 @@ def _load_or_create_client_id(path: Path) -> str:
         if text:
             return text
     identifier = f"floatkeyd-{secrets.token_hex(12)}"
-    _write_private(id_path, identifier + "\n")
+    write_private(id_path, identifier + "\n")
     return identifier
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new file created 0600 (never chmod-ed afterwards)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once, created 0600 (never chmod-ed afterwards).
+
+    Written to a temporary file, synced, then renamed: a crash or a full disk leaves the
+    old file or none, never an empty one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from floatkey.protocol import SealedKey
 from floatkey.signing import b64url_decode, b64url_encode
+from floatkeyd.errors import StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 __all__ = ["UNLOCK_KEY_FILE", "BoxError", "UnlockBox", "seal_product_key"]
@@ -76,17 +78,26 @@ class UnlockBox:
         self.public_text = _PREFIX + b64url_encode(self._public)
 
     @classmethod
-    def load_or_create(cls, path: Path) -> UnlockBox:
-        """The key in ``path`` (0600), created on first use. Raises ``OSError``."""
+    def load_or_create(cls, path: Path, write: Callable[[Path, str], None]) -> UnlockBox:
+        """The key in ``path``, made with ``write`` (0600, atomic) on first use.
+
+        Raises ``StoreError`` when the file holds something else, ``OSError``.
+        """
         try:
-            return cls(X25519PrivateKey.from_private_bytes(b64url_decode(path.read_text().strip())))
+            text = path.read_text().strip()
         except FileNotFoundError:
-            pass
-        private = X25519PrivateKey.generate()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(b64url_encode(private.private_bytes_raw()) + "\n")
-        return cls(private)
+            text = ""
+        if not text:
+            private = X25519PrivateKey.generate()
+            write(path, b64url_encode(private.private_bytes_raw()) + "\n")
+            return cls(private)
+        try:
+            return cls(X25519PrivateKey.from_private_bytes(b64url_decode(text)))
+        except ValueError:
+            raise StoreError(
+                f"{path} is not an unlock key. Move it away: floatkeyd makes a new one at "
+                "its next start (administrators' tools learn it from the server)."
+            ) from None
 
     def open(self, sealed: SealedKey, request_id: str) -> str:
         """The product key text sealed in ``sealed`` for ``request_id``. Raises ``BoxError``."""
