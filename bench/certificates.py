@@ -76,6 +76,13 @@ def _certificate_authority(common_name: str) -> tuple[x509.Certificate, ec.Ellip
     return certificate, key
 
 
+def make_ca_file(path: Path, common_name: str) -> Path:
+    """A CA certificate that signed nothing we use: a client trusting it trusts no broker."""
+    certificate, _ = _certificate_authority(common_name)
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def make_broker_certificates(directory: Path) -> BrokerCertificates:
     """A CA and a broker certificate for 127.0.0.1 and localhost, as PEM files."""
     ca_cert, ca_key = _certificate_authority("floatkey test CA")

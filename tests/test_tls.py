@@ -8,11 +8,11 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from bench.certificates import make_ca_file
 
 from floatkey.errors import NoAnswer
 from licensing import issue, unlock
 from servers import clients, make_agent, status, tls_context
-from tls import make_ca_file
 
 pytestmark = pytest.mark.broker
 

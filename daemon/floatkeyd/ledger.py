@@ -166,6 +166,7 @@ class SeatLedger:
         again.
         """
         held = self.leases.get(client)
+        licensed = self.mode == "licensed"  # a held lease is of this generation and mode
         if held is not None:
             if held.licensed:
                 # The same seat, perhaps under another login, host or user: their caps.
@@ -174,22 +175,7 @@ class SeatLedger:
                 self._count(held, +1)
                 if over is not None:
                     return over
-            lease = Lease(
-                client=client,
-                token=secrets.token_urlsafe(16),
-                generation=held.generation,
-                licensed=held.licensed,
-                since=now,
-                expires_at=now + self.lease_ms,
-                app=app,
-                user=user,
-                host=host,
-                pid=pid,
-                login=login,
-            )
-            self._add(lease)
-            return Granted(lease, fresh=False)
-        if self.mode == "expired":
+        elif self.mode == "expired":
             return Denied(
                 "expired",
                 "The license on this server has expired; ask your administrator to enter "
@@ -197,10 +183,9 @@ class SeatLedger:
                 self.seats,
                 self._licensed_in_use,
             )
-        licensed = self.mode == "licensed"
-        if licensed and (over := self._over_limit(login, host, user)) is not None:
+        elif licensed and (over := self._over_limit(login, host, user)) is not None:
             return over
-        if licensed and self._licensed_in_use >= self.seats:
+        elif licensed and self._licensed_in_use >= self.seats:
             return Denied(
                 "seats_exhausted",
                 f"All {self.seats} seats are in use. Close the application on another "
@@ -224,7 +209,7 @@ class SeatLedger:
         # A restarted client may still have a revoked lease from before the unlock.
         self.revoked.pop(client, None)
         self._add(lease)
-        return Granted(lease, fresh=True)
+        return Granted(lease, fresh=held is None)
 
     def renew(self, client: str, token: str, now: int) -> Lease | None:
         """Extend a lease; ``None`` when the daemon does not hold it (it must ask again)."""
