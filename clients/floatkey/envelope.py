@@ -67,6 +67,10 @@ class Signer:
         self.public_key = key.public_key()
         self.kid = key_id(self.public_key)
 
+    def sign(self, message: bytes) -> bytes:
+        """A bare Ed25519 signature of ``message`` (callers prefix their own context)."""
+        return self._key.sign(message)
+
     def seal(self, topic: str, body: bytes) -> bytes:
         """Return the envelope carrying ``body`` for publication on ``topic``."""
         signature = self._key.sign(_signed_bytes(topic, body))

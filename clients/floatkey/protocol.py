@@ -18,12 +18,15 @@ import msgspec
 
 __all__ = [
     "MAX_PAYLOAD",
+    "AdminAudit",
     "AdminClients",
     "AdminCommand",
     "AdminRelease",
     "AdminResult",
     "AdminStatus",
     "AdminUnlock",
+    "AuditRow",
+    "AuditVerdict",
     "ClientRow",
     "DaemonToClient",
     "DenialRow",
@@ -261,7 +264,17 @@ class AdminRelease(_AdminBody, tag="admin.release"):
     client: ClientId
 
 
-AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease
+class AdminAudit(_AdminBody, tag="admin.audit"):
+    """Read the audit log (rows after ``after_seq``, a page at a time), or verify its chain."""
+
+    after_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
+    since: Timestamp = 0
+    action: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 200
+    verify: bool = False
+
+
+AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease | AdminAudit
 
 
 class UnlockReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -325,6 +338,27 @@ class DenialRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reason: str
 
 
+class AuditRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One audit log row; ``detail`` is its JSON text as stored."""
+
+    seq: int
+    ts: int
+    actor: str
+    action: str
+    outcome: str
+    reason: str
+    detail: str
+
+
+class AuditVerdict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What a walk of the audit chain found (``admin.audit`` with ``verify``)."""
+
+    intact: bool
+    rows: int
+    message: str
+    bad_seq: int | None = None
+
+
 class AdminResult(_Body, tag="admin.result"):
     """The answer to an admin command; ``reason`` and ``message`` when refused."""
 
@@ -337,6 +371,9 @@ class AdminResult(_Body, tag="admin.result"):
     clients: list[ClientRow] | None = None
     #: With ``clients``: the latest seat denials, newest last.
     denials: list[DenialRow] | None = None
+    #: With ``admin.audit``: a page of rows, oldest first; or the verdict of a walk.
+    audit: list[AuditRow] | None = None
+    verdict: AuditVerdict | None = None
     #: With ``not_authorized``: the first 32 hex digits of the SHA-256 of the refused
     #: envelope, so a sender can tell a refusal of its own command from one provoked by
     #: someone who copied its request id into a command of their own.

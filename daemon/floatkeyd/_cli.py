@@ -14,13 +14,14 @@ from pathlib import Path
 
 import structlog
 
+from floatkey.envelope import Signer
 from floatkey.errors import FloatkeyError
 from floatkey.logs import configure_logging
 from floatkey.protocol import now_ms
 from floatkey.signing import key_id, parse_public_key, public_key_text
 from floatkeyd.config import load_config
 from floatkeyd.service import open_daemon
-from floatkeyd.statedir import DB_FILE
+from floatkeyd.statedir import DB_FILE, load_or_create_identity
 from floatkeyd.store import Store
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
@@ -76,7 +77,11 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _admin_key(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
-    async with await Store.open(loaded.state_dir / DB_FILE) as store:
+    # The server key signs the audit chain's head with the row this adds (it is made here
+    # if the daemon never ran: the daemon then finds and uses it).
+    loaded.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    signer = Signer(load_or_create_identity(loaded.state_dir)[0])
+    async with await Store.open(loaded.state_dir / DB_FILE, signer) as store:
         if args.admin_command == "list":
             for text in [*loaded.config.admin_keys, *await store.admin_keys()]:
                 try:

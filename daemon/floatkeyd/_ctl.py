@@ -1,4 +1,4 @@
-"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, admin keys.
+"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, audit, admin keys.
 
 ``--config`` takes the daemon's own config file: the broker, the server name, the server's
 public key (from its state directory, when readable) and, in the development config,
@@ -8,7 +8,7 @@ Exit status:
 
 == =====================================================================
 0  done
-1  other errors (configuration, key files, an unknown client)
+1  other errors (configuration, key files, an unknown client, an audit log that is not intact)
 2  bad arguments
 3  the product key was refused (mistyped, not issued by the vendor, old version, ...)
 4  not authorized (admin key not trusted, clock too far off, replayed command)
@@ -93,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         sub = commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("--json", action="store_true", help="print JSON")
+    audit = commands.add_parser(
+        "audit", parents=[common], help="list the audit log, or verify its hash chain"
+    )
+    audit.add_argument(
+        "what", nargs="?", choices=["list", "verify"], default="list", help="(default: list)"
+    )
+    audit.add_argument("--since", type=dt.date.fromisoformat, help="from this day on (UTC)")
+    audit.add_argument("--action", help="only this action (admin.unlock, license.expired, ...)")
+    audit.add_argument("--json", action="store_true", help="print JSON")
     release = commands.add_parser("release", parents=[common], help="free a client's seat")
     release.add_argument("client_id")
     release.add_argument("--json", action="store_true", help="print JSON")
@@ -103,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_AUDIT_PAGE = 200
 _KEY_REASONS = frozenset(cls.reason for cls in ProductKeyError.__subclasses__())
 _AUTH_REASONS = frozenset({"not_authorized", "clock_skew", "replayed"})
 
@@ -360,6 +370,58 @@ def _columns(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
         )
 
 
+async def _audit(args: argparse.Namespace) -> int:
+    """``audit``: the whole log, a page at a time; ``audit verify``: the chain's verdict."""
+    async with await _session(args) as session:
+        if args.what == "verify":
+            result = await session.send(
+                protocol.AdminAudit(request_id=session.request_id(), verify=True)
+            )
+            if args.json:
+                _print_json(result)
+            if not result.ok or result.verdict is None:
+                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+                return _exit_code(result.reason)
+            if not args.json:
+                print(result.verdict.message)
+            return EXIT_OK if result.verdict.intact else EXIT_ERROR
+        since = (
+            int(dt.datetime.combine(args.since, dt.time(), dt.UTC).timestamp() * 1000)
+            if args.since
+            else 0
+        )
+        rows: list[protocol.AuditRow] = []
+        while True:
+            result = await session.send(
+                protocol.AdminAudit(
+                    request_id=session.request_id(),
+                    after_seq=rows[-1].seq if rows else 0,
+                    since=since,
+                    action=args.action,
+                    limit=_AUDIT_PAGE,
+                )
+            )
+            if not result.ok or result.audit is None:
+                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+                return _exit_code(result.reason)
+            rows += result.audit
+            if len(result.audit) < _AUDIT_PAGE:
+                break
+    if args.json:
+        print(json.dumps({"audit": [msgspec.to_builtins(row) for row in rows]}, indent=2))
+    elif not rows:
+        print("The audit log has no such rows.")
+    else:
+        _columns(
+            ("SEQ", "WHEN (UTC)", "ACTOR", "ACTION", "OUTCOME", "REASON", "DETAIL"),
+            [
+                (str(r.seq), _when(r.ts), r.actor, r.action, r.outcome, r.reason, r.detail)
+                for r in rows
+            ],
+        )
+    return EXIT_OK
+
+
 async def _release(args: argparse.Namespace) -> int:
     result = await _query(
         args,
@@ -389,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     # paho logs a lost connection as an error of its own; floatkeyctl reports every
     # broker failure itself, in one sentence that says what to check.
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)
-    runners = {"unlock": _unlock, "status": _status, "clients": _clients, "release": _release}
+    runners = {
+        "unlock": _unlock,
+        "status": _status,
+        "clients": _clients,
+        "release": _release,
+        "audit": _audit,
+    }
     try:
         if args.command == "admin-key":
             return _create_admin_key(args)

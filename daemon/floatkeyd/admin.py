@@ -4,8 +4,8 @@ Every command on the admin topic is opened against the admin keyring (the keys i
 config plus those added with ``floatkeyd admin-key add``), decoded, checked for
 freshness against the machine's real clock and for replay, then carried out. Every
 command that changes something (unlock, release) and every refusal is audited; the
-read-only ``status`` and ``clients`` are not (they change nothing, and floatkeyctl
-polls ``status`` while it waits for clients to shut down).
+read-only ``status``, ``clients`` and ``audit`` are not (they change nothing, and
+floatkeyctl polls ``status`` while it waits for clients to shut down).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import re
 import sqlite3
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import structlog
@@ -24,16 +24,20 @@ from floatkey.envelope import EnvelopeError, open_envelope, peek, peek_kid
 from floatkey.errors import ProductKeyError
 from floatkey.logs import redact
 from floatkey.protocol import (
+    AdminAudit,
     AdminClients,
     AdminCommand,
     AdminRelease,
     AdminResult,
     AdminStatus,
     AdminUnlock,
+    AuditRow,
+    AuditVerdict,
     StatusReport,
     UnlockReport,
 )
 from floatkey.signing import key_id, parse_public_key
+from floatkeyd.auditchain import verify_chain
 from floatkeyd.drops import clip
 from floatkeyd.errors import Refused
 from floatkeyd.store import AuditEntry
@@ -131,6 +135,17 @@ class AdminDesk:
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
+
+    async def record(
+        self, action: str, outcome: Literal["done", "refused"], reason: str, detail: dict[str, Any]
+    ) -> None:
+        """Audit a change the daemon made on its own (a reload), as ``system``."""
+        try:
+            await self._store.audit(
+                AuditEntry("system", action, outcome, reason, detail), self._clock.now()
+            )
+        except sqlite3.Error as exc:
+            log.error("not audited: database error", action=action, error=str(exc))
 
     # --- inbound ------------------------------------------------------------------
 
@@ -230,6 +245,8 @@ class AdminDesk:
             )
         if isinstance(command, AdminRelease):
             return await self._release(command, kid)
+        if isinstance(command, AdminAudit):
+            return await self._audit_log(command)
         return await self._unlock(command, kid)
 
     async def _unlock(self, command: AdminUnlock, kid: str) -> AdminResult:
@@ -276,6 +293,36 @@ class AdminDesk:
             f"client{'s were' if told != 1 else ' was'} told to shut down.",
             unlock=report,
         )
+
+    async def _audit_log(self, command: AdminAudit) -> AdminResult:
+        """A page of the audit log, or the verdict of a walk of its chain (read-only)."""
+        if command.verify:
+            rows, head = await self._store.audit_chain()
+            # Hashing 100,000 rows takes a moment: not in the event loop.
+            found = await asyncio.to_thread(verify_chain, rows, head, self._signer.public_key)
+            verdict = AuditVerdict(
+                intact=found.intact, rows=found.rows, message=found.message, bad_seq=found.bad_seq
+            )
+            return AdminResult(request_id=command.request_id, ok=True, verdict=verdict)
+        rows = await self._store.audit_rows(
+            after_seq=command.after_seq,
+            since_ts=command.since,
+            action=command.action,
+            limit=command.limit,
+        )
+        page = [
+            AuditRow(
+                seq=r.seq,
+                ts=r.ts,
+                actor=r.actor,
+                action=r.action,
+                outcome=r.outcome,
+                reason=r.reason,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+        return AdminResult(request_id=command.request_id, ok=True, audit=page)
 
     async def _release(self, command: AdminRelease, kid: str) -> AdminResult:
         if not await self._seats.release_by_admin(command.client, kid):

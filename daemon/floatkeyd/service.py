@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -139,16 +140,27 @@ class Daemon:
         """Wait for a reload request and carry it out; what cannot be read stays as it was."""
         await self._reload_requested.wait()
         self._reload_requested.clear()
+        before = (self.seats.ledger.limits, len(self.admin.keyring.keys))
         try:
             limits = load_config(self.loaded.path).config.limits
         except ConfigError as exc:
             log.error("configuration not reloaded; the old limits stay", error=exc.message)
-        else:
-            self.seats.set_limits(limits)
+            await self.admin.record("config.reload", "refused", "config", {"error": exc.message})
+            return
+        self.seats.set_limits(limits)
         try:
             await self.admin.keyring.reload()
         except sqlite3.Error as exc:
             log.error("admin keys not reloaded: database error; the old keys stay", error=str(exc))
+        after = (self.seats.ledger.limits, len(self.admin.keyring.keys))
+        detail = {
+            "limits": {
+                "before": dataclasses.asdict(before[0]),
+                "after": dataclasses.asdict(after[0]),
+            },
+            "admin_keys": {"before": before[1], "after": after[1]},
+        }
+        await self.admin.record("config.reload", "done", "", detail)
 
     async def wait_ready(self) -> None:
         """Return once the broker connection and the state publication are up."""
@@ -225,7 +237,7 @@ async def open_daemon(
             fingerprint=signer.kid,
             public_key=public,
         )
-        store = await Store.open(statedir.database)
+        store = await Store.open(statedir.database, signer)
         stack.push_async_callback(store.close)
         stored = await store.load()
         clock = Clock(stored.latest_time_ms, wall)

@@ -34,6 +34,7 @@ __all__ = [
     "StateDirectory",
     "embedded_password_file",
     "held_state_directory",
+    "load_or_create_identity",
     "write_private",
 ]
 
@@ -103,7 +104,7 @@ def held_state_directory(path: Path) -> Iterator[StateDirectory]:
         )
     fd = _take_lock(path)
     try:
-        identity, created = _load_or_create_identity(path)
+        identity, created = load_or_create_identity(path)
         yield StateDirectory(
             path,
             identity,
@@ -136,7 +137,7 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-def _load_or_create_identity(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+def load_or_create_identity(path: Path) -> tuple[Ed25519PrivateKey, bool]:
     """The server key, created (0600) on first start; the boolean says whether it was."""
     key_path = path / IDENTITY_FILE
     if key_path.exists():

@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
 
+from floatkey.signing import b64url_encode
+from floatkeyd.auditchain import GENESIS, AuditRowData, Head, head_message, row_hash
 from floatkeyd.errors import StoreError
 from floatkeyd.ledger import Lease
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from floatkey.envelope import Signer
 
 __all__ = ["AuditEntry", "Store", "StoredLicense", "StoredState"]
 
@@ -90,6 +94,19 @@ _MIGRATIONS: tuple[str, ...] = (
     # 2: the broker login each lease was asked under (seats per login).
     """
     ALTER TABLE leases ADD COLUMN login TEXT NOT NULL DEFAULT '';
+    """,
+    # 3: the audit log's hash chain and its signed head (floatkeyd.auditchain). Rows
+    # from before have no hash: they are counted, not checked.
+    """
+    ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+    CREATE TABLE audit_head (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        kid TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        signed_at INTEGER NOT NULL
+    ) STRICT;
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -161,11 +178,16 @@ class Store:
     Also an async context manager (``async with await Store.open(path) as store``).
     """
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, signer: Signer | None) -> None:
         self._db = db
+        self._signer = signer
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
+        # The audit chain's end (sequence number, hash), as committed; and the new end a
+        # transaction in progress would make.
+        self._chain_end = (0, GENESIS)
+        self._chain_pending: tuple[int, str] | None = None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -175,14 +197,21 @@ class Store:
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:
+                self._chain_pending = None
                 # Also after a failed COMMIT (disk full, locked): never leave it open.
                 with contextlib.suppress(sqlite3.Error):
                     await self._db.execute("ROLLBACK")
                 raise
+            if self._chain_pending is not None:
+                self._chain_end, self._chain_pending = self._chain_pending, None
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        """Open (creating and migrating as needed) the database at ``path``."""
+    async def open(cls, path: Path, signer: Signer | None = None) -> Store:
+        """Open (creating and migrating as needed) the database at ``path``.
+
+        ``signer`` (the server key) signs the audit chain's head with every audit row;
+        without it rows are chained but the head is not signed again.
+        """
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = not path.exists()  # noqa: ASYNC240 - once, at start, before serving
         if fresh:
@@ -196,8 +225,9 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
-            store = cls(db)
+            store = cls(db, signer)
             await store._migrate()
+            await store._load_chain_end()
         except sqlite3.DatabaseError as exc:
             await db.close()  # its thread would keep the process alive
             raise StoreError(
@@ -236,6 +266,15 @@ class Store:
                 for statement in _split_sql(_MIGRATIONS[number]):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number + 1}")
+
+    async def _load_chain_end(self) -> None:
+        async with self._db.execute(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None:
+            # A last row from before the chain: the chain starts after it.
+            self._chain_end = (int(row[0]), str(row[1]) or GENESIS)
 
     # --- reading ------------------------------------------------------------------
 
@@ -305,17 +344,47 @@ class Store:
     # --- writing ------------------------------------------------------------------
 
     async def _audit(self, entry: AuditEntry, ts: int) -> None:
+        """Append a row to the chain, and sign the new head, in the open transaction."""
+        last_seq, last_hash = self._chain_pending or self._chain_end
+        seq = last_seq + 1
+        detail = json.dumps(entry.detail or {}, sort_keys=True)
+        fields = (entry.actor, entry.action, entry.outcome, entry.reason, detail)
+        chain_hash = row_hash(last_hash, seq, ts, fields)
         await self._db.execute(
-            "INSERT INTO audit (ts, actor, action, outcome, reason, detail) VALUES (?,?,?,?,?,?)",
-            (
-                ts,
-                entry.actor,
-                entry.action,
-                entry.outcome,
-                entry.reason,
-                json.dumps(entry.detail or {}, sort_keys=True),
-            ),
+            "INSERT INTO audit (seq, ts, actor, action, outcome, reason, detail, hash) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (seq, ts, *fields, chain_hash),
         )
+        if self._signer is not None:
+            signature = b64url_encode(self._signer.sign(head_message(seq, chain_hash)))
+            await self._db.execute(
+                "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?, ?, ?)",
+                (seq, chain_hash, self._signer.kid, signature, ts),
+            )
+        self._chain_pending = (seq, chain_hash)
+
+    async def audit_rows(
+        self, *, after_seq: int = 0, since_ts: int = 0, action: str | None = None, limit: int = 500
+    ) -> list[AuditRowData]:
+        """Audit rows after ``after_seq``, from ``since_ts``, of one ``action``; oldest first."""
+        query = (
+            "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit "
+            "WHERE seq > ? AND ts >= ? AND (? IS NULL OR action = ?) ORDER BY seq LIMIT ?"
+        )
+        async with self._db.execute(query, (after_seq, since_ts, action, action, limit)) as cur:
+            return [AuditRowData(*row) async for row in cur]
+
+    async def audit_chain(self) -> tuple[list[AuditRowData], Head | None]:
+        """Every audit row, oldest first, and the signed head: for ``verify_chain``."""
+        async with self._db.execute(
+            "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit ORDER BY seq"
+        ) as cursor:
+            rows = [AuditRowData(*row) for row in await cursor.fetchall()]
+        async with self._db.execute(
+            "SELECT seq, hash, kid, signature, signed_at FROM audit_head"
+        ) as cursor:
+            head = await cursor.fetchone()
+        return rows, Head(*head) if head else None
 
     async def audit(self, entry: AuditEntry, ts: int) -> None:
         """Append one entry to the audit log, on its own."""
