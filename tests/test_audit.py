@@ -10,9 +10,11 @@ import json
 import signal
 import sqlite3
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from conftest import CONFIG, run
 from floatkey import protocol
 from floatkey.envelope import Signer, open_envelope
 from floatkeyd.auditchain import AuditRowData, row_hash, verify_chain
@@ -199,6 +201,12 @@ async def test_floatkeyctl_lists_the_log_and_says_which_row_was_altered(server_f
     server = server_factory("mosquitto")
     daemon = server.start_daemon()
     assert (await asyncio.to_thread(unlock, server, issue(seats=2))).returncode == 0
+    # Another process appends to the same chain while the daemon runs.
+    public = CONFIG.joinpath("dev-admin.key.pub").read_text().strip()
+    other = await asyncio.to_thread(
+        run, "floatkeyd", "admin-key", "add", public, "--config", str(server.config_path)
+    )
+    assert other.returncode == 0, other.stderr
     assert (await asyncio.to_thread(unlock, server, issue(seats=3))).returncode == 0
     listing = await asyncio.to_thread(ctl, server, "audit", "--json", "--action", "admin.unlock")
     assert listing.returncode == 0, listing.stderr
@@ -216,3 +224,13 @@ async def test_floatkeyctl_lists_the_log_and_says_which_row_was_altered(server_f
     assert altered.returncode == 1
     assert f"Row {rows[0]['seq']} was altered." in altered.stdout
     daemon.process.send_signal(signal.SIGTERM)
+
+
+async def test_a_command_made_for_a_person_names_both_in_the_audit(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        command = msgspec.structs.replace(
+            unlock_command(product_key(), "for-alice"), user="console:alice"
+        )
+        assert (await ask(daemon, link, command)).ok
+    assert audit_rows(tmp_path)[-1][:2] == (f"console:alice via {ADMIN.kid}", "admin.unlock")

@@ -173,8 +173,10 @@ class AdminDesk:
         if not command.reply_to:
             self._drops("no_reply_to", topic, kid=kid)  # nowhere private to answer
             return
+        # The audit's actor: the admin key, and the person a tool (the console) acts for.
+        actor = f"{command.user} via {kid}" if command.user else kid
         with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
-            result = await self._run(command, kid)
+            result = await self._run(command, actor)
         await self._reply(command.reply_to, result)
 
     async def _run(self, command: AdminCommand, kid: str) -> AdminResult:

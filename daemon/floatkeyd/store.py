@@ -184,10 +184,6 @@ class Store:
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
-        # The audit chain's end (sequence number, hash), as committed; and the new end a
-        # transaction in progress would make.
-        self._chain_end = (0, GENESIS)
-        self._chain_pending: tuple[int, str] | None = None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -197,13 +193,10 @@ class Store:
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:
-                self._chain_pending = None
                 # Also after a failed COMMIT (disk full, locked): never leave it open.
                 with contextlib.suppress(sqlite3.Error):
                     await self._db.execute("ROLLBACK")
                 raise
-            if self._chain_pending is not None:
-                self._chain_end, self._chain_pending = self._chain_pending, None
 
     @classmethod
     async def open(cls, path: Path, signer: Signer | None = None) -> Store:
@@ -227,7 +220,6 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             store = cls(db, signer)
             await store._migrate()
-            await store._load_chain_end()
         except sqlite3.DatabaseError as exc:
             await db.close()  # its thread would keep the process alive
             raise StoreError(
@@ -266,15 +258,6 @@ class Store:
                 for statement in _split_sql(_MIGRATIONS[number]):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {number + 1}")
-
-    async def _load_chain_end(self) -> None:
-        async with self._db.execute(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is not None:
-            # A last row from before the chain: the chain starts after it.
-            self._chain_end = (int(row[0]), str(row[1]) or GENESIS)
 
     # --- reading ------------------------------------------------------------------
 
@@ -344,8 +327,17 @@ class Store:
     # --- writing ------------------------------------------------------------------
 
     async def _audit(self, entry: AuditEntry, ts: int) -> None:
-        """Append a row to the chain, and sign the new head, in the open transaction."""
-        last_seq, last_hash = self._chain_pending or self._chain_end
+        """Append a row to the chain, and sign the new head, in the open transaction.
+
+        The chain's end is read in the transaction (which holds SQLite's write lock), not
+        remembered: ``floatkeyd admin-key add`` appends rows from another process.
+        """
+        async with self._db.execute(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+        ) as cursor:
+            last = await cursor.fetchone()
+        # After a last row from before the chain (no hash), the chain starts again.
+        last_seq, last_hash = (int(last[0]), str(last[1]) or GENESIS) if last else (0, GENESIS)
         seq = last_seq + 1
         detail = json.dumps(entry.detail or {}, sort_keys=True)
         fields = (entry.actor, entry.action, entry.outcome, entry.reason, detail)
@@ -361,7 +353,6 @@ class Store:
                 "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?, ?, ?)",
                 (seq, chain_hash, self._signer.kid, signature, ts),
             )
-        self._chain_pending = (seq, chain_hash)
 
     async def audit_rows(
         self, *, after_seq: int = 0, since_ts: int = 0, action: str | None = None, limit: int = 500
