@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from conftest import CONFIG, run
 from floatkey import protocol
 from floatkey.envelope import Signer, open_envelope
+from floatkey.signing import load_private_key
 from floatkeyd.auditchain import AuditRowData, row_hash, verify_chain
-from floatkeyd.store import Store
+from floatkeyd.store import AuditEntry, Store
 from inprocess import (
     ADMIN,
     MemoryLink,
@@ -112,7 +113,8 @@ async def test_every_change_writes_exactly_one_row_with_its_actor_and_what_it_di
         assert row[:4][1:] == ("admin", "refused", "not_authorized")
 
     # floatkeyd admin-key add (a separate process in real life: the same store call).
-    async with await Store.open(tmp_path.joinpath(*DB)) as store:
+    identity = Signer(load_private_key(tmp_path / "state" / "server-identity.key"))
+    async with await Store.open(tmp_path.joinpath(*DB), identity) as store:
         assert await store.add_admin_key("00112233445566aa", "ed25519:x", wall())
     [row] = new_rows()
     assert row[:4] == ("local", "admin-key.add", "done", "")
@@ -194,6 +196,41 @@ async def test_the_walk_names_the_row_altered_removed_or_inserted(tmp_path):
         rewritten.append(dataclasses.replace(row, hash=previous))
     check(rewritten, "rewritten", 5)
     assert not verify_chain(rows, None, key).intact  # the signed head removed
+    blanked = dataclasses.replace(rows[1], hash="")
+    check([rows[0], blanked, *rows[2:]], "Row 2 was altered", 2)
+    early = dataclasses.replace(rows[0], seq=0)
+    check([early, *rows], "Row 0 was inserted", 0)
+    check([], "removed from the end", 1)  # everything deleted, the head kept
+    # A head moved to another time is not the server's signature any more.
+    moved = dataclasses.replace(head, signed_at=head.signed_at + 1)
+    assert "signature" in verify_chain(rows, moved, key).message
+
+
+async def test_rows_from_before_the_chain_are_chained_when_the_database_is_upgraded(tmp_path):
+    from floatkeyd.store import _MIGRATIONS, _split_sql  # noqa: PLC0415
+
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        for script in _MIGRATIONS[:2]:  # the schema as version 2 left it
+            for statement in _split_sql(script):
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        for n in range(3):
+            db.execute(
+                "INSERT INTO audit (ts, actor, action, outcome, reason, detail) "
+                "VALUES (?, 'kid', 'admin.unlock', 'accepted', '', '{}')",
+                (1000 + n,),
+            )
+    signer = Signer(Ed25519PrivateKey.generate())
+    async with await Store.open(path, signer) as store:
+        rows, head = await store.audit_chain()
+        assert [row.hash != "" for row in rows] == [True, True, True]
+        assert head is None  # nothing signed yet: a log from before
+        await store.audit(AuditEntry("local", "admin-key.add", "done"), 2000)
+        rows, head = await store.audit_chain()
+    verdict = verify_chain(rows, head, signer.public_key)
+    assert verdict.intact, verdict.message
+    assert verdict.rows == 4
 
 
 @pytest.mark.broker

@@ -227,7 +227,7 @@ class _AdminBody(_Body, kw_only=True):
     request_id: RequestId
     #: Who asked, when a tool acts for a person (the console: ``console:alice``); the
     #: audit log records ``{user} via {admin key id}``.
-    user: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    user: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:@-]{0,64}$")] = ""
     #: The sender's MQTT client id: the answer goes to ``admin/reply/{reply_to}/...``,
     #: which the broker ACL lets only that client read. Filled in by the admin session.
     reply_to: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] = ""

@@ -77,10 +77,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _admin_key(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
-    # The server key signs the audit chain's head with the row this adds (it is made here
-    # if the daemon never ran: the daemon then finds and uses it).
-    loaded.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    signer = Signer(load_or_create_identity(loaded.state_dir)[0])
+    signer = None
+    if args.admin_command == "add":
+        # The server key signs the audit chain's head with the row this adds (made here if
+        # the daemon never ran: the daemon then finds and uses it).
+        loaded.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        signer = Signer(load_or_create_identity(loaded.state_dir)[0])
     async with await Store.open(loaded.state_dir / DB_FILE, signer) as store:
         if args.admin_command == "list":
             for text in [*loaded.config.admin_keys, *await store.admin_keys()]:

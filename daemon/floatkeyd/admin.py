@@ -61,6 +61,7 @@ log = structlog.get_logger("floatkeyd")
 
 #: Admin commands whose ``ts`` is further than this from the server's clock are refused.
 MAX_CLOCK_SKEW_MS = 60_000
+_AUDIT_PAGE_BYTES = 40_000
 _KID = re.compile(r"[0-9a-f]{16}")
 
 
@@ -312,6 +313,15 @@ class AdminDesk:
             action=command.action,
             limit=command.limit,
         )
+        # A page must fit in one MQTT message (Mosquitto's max_packet_size, the clients'
+        # limits): cut it by size; the reader asks for the next page after the last row.
+        size, fitting = 0, 0
+        for row in rows:
+            size += len(row.detail) + len(row.actor) + len(row.reason) + 160
+            if size > _AUDIT_PAGE_BYTES and fitting:
+                break
+            fitting += 1
+        rows = rows[:fitting]
         page = [
             AuditRow(
                 seq=r.seq,

@@ -1,4 +1,4 @@
-"""The audit log's hash chain and signed head: pure, so it is checked the same everywhere.
+r"""The audit log's hash chain and signed head: pure, and written down for other verifiers.
 
 Each audit row carries ``hash = SHA-256(previous row's hash, this row's content)``, the
 content being the row's sequence number, time, actor, action, outcome, reason and detail
@@ -6,11 +6,19 @@ exactly as stored. With every row the daemon also signs the new chain head (sequ
 number and hash) with its server key, in the same transaction. :func:`verify_chain`
 walks the rows and the head and says which row was altered, removed or inserted.
 
-What it proves: rows cannot be edited, removed or inserted, nor the newest ones cut off,
-without it showing, unless whoever did it also holds the server's private key (then the
-whole log can be rewritten and signed again: the key and the database live on the same
-machine, so the chain is evidence against tampering by someone with the database only,
-not against the server's own administrator; docs/SECURITY.md).
+What it proves, to someone with the server's public key: no row was edited, removed or
+inserted, and none cut off the end, since the head was signed. What it cannot: a whole
+database put back to an older state (an old backup, or an old signed head saved and
+restored with the rows after it deleted) is a consistent older log; the daemon also
+writes each head to its journal, to compare with. And whoever holds the server's
+private key (root on the license server) can rewrite and sign everything
+(docs/SECURITY.md).
+
+The canonical form of a row, for another implementation: the UTF-8 of the JSON array
+``[previous hash, seq, ts, actor, action, outcome, reason, detail]`` with no spaces
+(``separators=(",", ":")``), non-ASCII characters as they are (``ensure_ascii=False``),
+``detail`` being the stored JSON text; the head message is
+``floatkey/v1 audit head\n{seq}:{hash}:{signed_at}``.
 """
 
 from __future__ import annotations
@@ -75,9 +83,9 @@ def row_hash(previous: str, seq: int, ts: int, fields: Sequence[str]) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
-def head_message(seq: int, chain_hash: str) -> bytes:
+def head_message(seq: int, chain_hash: str, signed_at: int) -> bytes:
     """What the server key signs for a chain head."""
-    return _HEAD_CONTEXT + f"{seq}:{chain_hash}".encode()
+    return _HEAD_CONTEXT + f"{seq}:{chain_hash}:{signed_at}".encode()
 
 
 def _own_hash(previous: str, row: AuditRowData) -> str:
@@ -94,29 +102,30 @@ def verify_chain(  # noqa: C901, PLR0911 - one walk, each failure its own senten
 ) -> Verdict:
     """Walk ``rows`` (oldest first) and ``head``; say whether the log is intact.
 
-    Rows written before the chain existed (an empty ``hash``) come first and are counted
-    but cannot be checked.
+    Every row is chained from the first (rows from before the chain got their hashes when
+    the database was upgraded), so the walk starts at row 1.
     """
-    unchained = next((n for n, row in enumerate(rows) if row.hash), len(rows))
-    chained = rows[unchained:]
-    previous, expected_seq = GENESIS, chained[0].seq if chained else 0
+    chained = rows
+    previous, expected_seq = GENESIS, 1
     for row in chained:
-        if row.seq != expected_seq:
+        if row.seq < expected_seq:
+            return _broken(rows, f"Row {row.seq} was inserted.", row.seq)
+        if row.seq > expected_seq:
             return _broken(
                 rows, f"Rows {expected_seq} to {row.seq - 1} were removed.", expected_seq
             )
         if not row.hash:
-            return _broken(rows, f"Row {row.seq} has no chain hash: it was inserted.", row.seq)
+            return _broken(rows, f"Row {row.seq} was altered (its chain hash is gone).", row.seq)
         if _own_hash(previous, row) != row.hash:
             # Its own content, or its link to the row before, no longer matches.
             return _broken(rows, f"Row {row.seq} was altered.", row.seq)
         previous, expected_seq = row.hash, row.seq + 1
     if head is None:
         if not chained:
-            return Verdict(intact=True, rows=len(rows), message=f"{len(rows)} rows, none chained.")
+            return Verdict(intact=True, rows=0, message="The audit log is empty.")
         return _broken(rows, "The signed chain head is missing: it was removed.")
     try:
-        message = head_message(head.seq, head.hash)
+        message = head_message(head.seq, head.hash, head.signed_at)
         signed = verify_signature(server_key, b64url_decode(head.signature), message)
     except ValueError:
         signed = False
@@ -124,7 +133,7 @@ def verify_chain(  # noqa: C901, PLR0911 - one walk, each failure its own senten
         return _broken(rows, "The chain head's signature is not the server's.")
     last = chained[-1] if chained else None
     if last is None or last.seq < head.seq:
-        gone = (last.seq + 1) if last else head.seq
+        gone = (last.seq + 1) if last else 1
         return _broken(rows, f"Rows {gone} to {head.seq} were removed from the end.", gone)
     at_head = next((row for row in reversed(chained) if row.seq == head.seq), None)
     if at_head is None or at_head.hash != head.hash:
@@ -139,9 +148,8 @@ def verify_chain(  # noqa: C901, PLR0911 - one walk, each failure its own senten
             f"Row {head.seq + 1} and after were added after the last signed head.",
             head.seq + 1,
         )
-    older = f" ({unchained} older rows from before the chain, not checked)" if unchained else ""
     return Verdict(
         intact=True,
         rows=len(rows),
-        message=f"{len(chained)} rows, intact{older}; the last signed at row {head.seq}.",
+        message=f"{len(chained)} rows, intact; the last signed at row {head.seq}.",
     )

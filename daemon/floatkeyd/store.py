@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
+import structlog
 
 from floatkey.signing import b64url_encode
 from floatkeyd.auditchain import GENESIS, AuditRowData, Head, head_message, row_hash
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from floatkey.envelope import Signer
+
+log = structlog.get_logger("floatkeyd")
 
 __all__ = ["AuditEntry", "Store", "StoredLicense", "StoredState"]
 
@@ -95,9 +98,10 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE leases ADD COLUMN login TEXT NOT NULL DEFAULT '';
     """,
-    # 3: the audit log's hash chain and its signed head (floatkeyd.auditchain). Rows
-    # from before have no hash: they are counted, not checked.
+    # 3: the audit log's hash chain and its signed head (floatkeyd.auditchain). The
+    # rows already there are chained by _chain_existing_rows in the same transaction.
     """
+    DROP TRIGGER audit_no_update;
     ALTER TABLE audit ADD COLUMN hash TEXT NOT NULL DEFAULT '';
     CREATE TABLE audit_head (
         one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -110,6 +114,7 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+_CHAIN_SCHEMA = 3  # the migration that starts the audit chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +207,8 @@ class Store:
     async def open(cls, path: Path, signer: Signer | None = None) -> Store:
         """Open (creating and migrating as needed) the database at ``path``.
 
-        ``signer`` (the server key) signs the audit chain's head with every audit row;
-        without it rows are chained but the head is not signed again.
+        ``signer`` (the server key) signs the audit chain's head with every audit row; a
+        store opened without it may read but not write audit rows (``RuntimeError``).
         """
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fresh = not path.exists()  # noqa: ASYNC240 - once, at start, before serving
@@ -257,7 +262,29 @@ class Store:
             async with self._transaction() as db:
                 for statement in _split_sql(_MIGRATIONS[number]):
                     await db.execute(statement)
+                if number + 1 == _CHAIN_SCHEMA:
+                    await self._chain_existing_rows()
                 await db.execute(f"PRAGMA user_version = {number + 1}")
+
+    async def _chain_existing_rows(self) -> None:
+        """Give the rows written before the chain existed their hashes (migration 3).
+
+        From then on every row is chained from the first: the walk refuses a row without
+        a hash anywhere, so nobody can pass rows off as "from before the chain".
+        """
+        async with self._db.execute(
+            "SELECT seq, ts, actor, action, outcome, reason, detail FROM audit ORDER BY seq"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        previous, updates = GENESIS, []
+        for seq, ts, *fields in rows:
+            previous = row_hash(previous, seq, ts, fields)
+            updates.append((previous, seq))
+        await self._db.executemany("UPDATE audit SET hash = ? WHERE seq = ?", updates)
+        await self._db.execute(
+            "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -332,12 +359,14 @@ class Store:
         The chain's end is read in the transaction (which holds SQLite's write lock), not
         remembered: ``floatkeyd admin-key add`` appends rows from another process.
         """
+        if self._signer is None:
+            msg = "this store was opened without the server key: it must not write audit rows"
+            raise RuntimeError(msg)
         async with self._db.execute(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
         ) as cursor:
             last = await cursor.fetchone()
-        # After a last row from before the chain (no hash), the chain starts again.
-        last_seq, last_hash = (int(last[0]), str(last[1]) or GENESIS) if last else (0, GENESIS)
+        last_seq, last_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
         seq = last_seq + 1
         detail = json.dumps(entry.detail or {}, sort_keys=True)
         fields = (entry.actor, entry.action, entry.outcome, entry.reason, detail)
@@ -347,12 +376,14 @@ class Store:
             "VALUES (?,?,?,?,?,?,?,?)",
             (seq, ts, *fields, chain_hash),
         )
-        if self._signer is not None:
-            signature = b64url_encode(self._signer.sign(head_message(seq, chain_hash)))
-            await self._db.execute(
-                "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?, ?, ?)",
-                (seq, chain_hash, self._signer.kid, signature, ts),
-            )
+        signature = b64url_encode(self._signer.sign(head_message(seq, chain_hash, ts)))
+        await self._db.execute(
+            "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?, ?, ?)",
+            (seq, chain_hash, self._signer.kid, signature, ts),
+        )
+        # Also in the journal: a copy of the head outside the database, to compare with
+        # if the database is ever put back to an older state (a signed head included).
+        log.info("audit head", seq=seq, hash=chain_hash[:16])
 
     async def audit_rows(
         self, *, after_seq: int = 0, since_ts: int = 0, action: str | None = None, limit: int = 500
@@ -366,15 +397,25 @@ class Store:
             return [AuditRowData(*row) async for row in cur]
 
     async def audit_chain(self) -> tuple[list[AuditRowData], Head | None]:
-        """Every audit row, oldest first, and the signed head: for ``verify_chain``."""
-        async with self._db.execute(
-            "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit ORDER BY seq"
-        ) as cursor:
-            rows = [AuditRowData(*row) for row in await cursor.fetchall()]
-        async with self._db.execute(
-            "SELECT seq, hash, kid, signature, signed_at FROM audit_head"
-        ) as cursor:
-            head = await cursor.fetchone()
+        """Every audit row, oldest first, and the signed head: for ``verify_chain``.
+
+        Read in one transaction, under the store's lock: never between a row and its
+        head, nor across another process's append.
+        """
+        async with self._lock:
+            await self._db.execute("BEGIN")
+            try:
+                async with self._db.execute(
+                    "SELECT seq, ts, actor, action, outcome, reason, detail, hash "
+                    "FROM audit ORDER BY seq"
+                ) as cursor:
+                    rows = [AuditRowData(*row) for row in await cursor.fetchall()]
+                async with self._db.execute(
+                    "SELECT seq, hash, kid, signature, signed_at FROM audit_head"
+                ) as cursor:
+                    head = await cursor.fetchone()
+            finally:
+                await self._db.execute("COMMIT")
         return rows, Head(*head) if head else None
 
     async def audit(self, entry: AuditEntry, ts: int) -> None:
