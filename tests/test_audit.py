@@ -165,7 +165,7 @@ async def test_the_walk_names_the_row_altered_removed_or_inserted(tmp_path):
         for n in range(5):
             assert (await ask(daemon, link, unlock_command(product_key(seats=n + 1), f"a{n}"))).ok
         key = next(iter(trusted(daemon).values()))
-        rows, head = await daemon.admin._store.audit_chain()
+        rows, head = await daemon.admin._store.audit_log.chain()
     verdict = verify_chain(rows, head, key)
     assert verdict.intact, verdict.message
     assert verdict.message == "5 rows, intact; the last signed at row 5."
@@ -223,11 +223,11 @@ async def test_rows_from_before_the_chain_are_chained_when_the_database_is_upgra
             )
     signer = Signer(Ed25519PrivateKey.generate())
     async with await Store.open(path, signer) as store:
-        rows, head = await store.audit_chain()
+        rows, head = await store.audit_log.chain()
         assert [row.hash != "" for row in rows] == [True, True, True]
         assert head is None  # nothing signed yet: a log from before
         await store.audit(AuditEntry("local", "admin-key.add", "done"), 2000)
-        rows, head = await store.audit_chain()
+        rows, head = await store.audit_log.chain()
     verdict = verify_chain(rows, head, signer.public_key)
     assert verdict.intact, verdict.message
     assert verdict.rows == 4

@@ -300,14 +300,14 @@ class AdminDesk:
     async def _audit_log(self, command: AdminAudit) -> AdminResult:
         """A page of the audit log, or the verdict of a walk of its chain (read-only)."""
         if command.verify:
-            rows, head = await self._store.audit_chain()
+            rows, head = await self._store.audit_log.chain()
             # Hashing 100,000 rows takes a moment: not in the event loop.
             found = await asyncio.to_thread(verify_chain, rows, head, self._signer.public_key)
             verdict = AuditVerdict(
                 intact=found.intact, rows=found.rows, message=found.message, bad_seq=found.bad_seq
             )
             return AdminResult(request_id=command.request_id, ok=True, verdict=verdict)
-        rows = await self._store.audit_rows(
+        rows = await self._store.audit_log.rows(
             after_seq=command.after_seq,
             since_ts=command.since,
             action=command.action,

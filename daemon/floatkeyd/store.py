@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
-import structlog
 
-from floatkey.signing import b64url_encode
-from floatkeyd.auditchain import GENESIS, AuditRowData, Head, head_message, row_hash
+from floatkeyd.auditlog import AuditLog, chain_existing_rows
 from floatkeyd.errors import StoreError
 from floatkeyd.ledger import Lease
 
@@ -33,8 +31,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from floatkey.envelope import Signer
-
-log = structlog.get_logger("floatkeyd")
 
 __all__ = ["AuditEntry", "Store", "StoredLicense", "StoredState"]
 
@@ -185,10 +181,11 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection, signer: Signer | None) -> None:
         self._db = db
-        self._signer = signer
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
+        #: The audit table as a hash chain (appended to inside this store's transactions).
+        self.audit_log = AuditLog(db, signer, self._lock)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -263,28 +260,8 @@ class Store:
                 for statement in _split_sql(_MIGRATIONS[number]):
                     await db.execute(statement)
                 if number + 1 == _CHAIN_SCHEMA:
-                    await self._chain_existing_rows()
+                    await chain_existing_rows(db)
                 await db.execute(f"PRAGMA user_version = {number + 1}")
-
-    async def _chain_existing_rows(self) -> None:
-        """Give the rows written before the chain existed their hashes (migration 3).
-
-        From then on every row is chained from the first: the walk refuses a row without
-        a hash anywhere, so nobody can pass rows off as "from before the chain".
-        """
-        async with self._db.execute(
-            "SELECT seq, ts, actor, action, outcome, reason, detail FROM audit ORDER BY seq"
-        ) as cursor:
-            rows = await cursor.fetchall()
-        previous, updates = GENESIS, []
-        for seq, ts, *fields in rows:
-            previous = row_hash(previous, seq, ts, fields)
-            updates.append((previous, seq))
-        await self._db.executemany("UPDATE audit SET hash = ? WHERE seq = ?", updates)
-        await self._db.execute(
-            "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit "
-            "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -354,69 +331,7 @@ class Store:
     # --- writing ------------------------------------------------------------------
 
     async def _audit(self, entry: AuditEntry, ts: int) -> None:
-        """Append a row to the chain, and sign the new head, in the open transaction.
-
-        The chain's end is read in the transaction (which holds SQLite's write lock), not
-        remembered: ``floatkeyd admin-key add`` appends rows from another process.
-        """
-        if self._signer is None:
-            msg = "this store was opened without the server key: it must not write audit rows"
-            raise RuntimeError(msg)
-        async with self._db.execute(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-        ) as cursor:
-            last = await cursor.fetchone()
-        last_seq, last_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
-        seq = last_seq + 1
-        detail = json.dumps(entry.detail or {}, sort_keys=True)
-        fields = (entry.actor, entry.action, entry.outcome, entry.reason, detail)
-        chain_hash = row_hash(last_hash, seq, ts, fields)
-        await self._db.execute(
-            "INSERT INTO audit (seq, ts, actor, action, outcome, reason, detail, hash) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            (seq, ts, *fields, chain_hash),
-        )
-        signature = b64url_encode(self._signer.sign(head_message(seq, chain_hash, ts)))
-        await self._db.execute(
-            "INSERT OR REPLACE INTO audit_head VALUES (1, ?, ?, ?, ?, ?)",
-            (seq, chain_hash, self._signer.kid, signature, ts),
-        )
-        # Also in the journal: a copy of the head outside the database, to compare with
-        # if the database is ever put back to an older state (a signed head included).
-        log.info("audit head", seq=seq, hash=chain_hash[:16])
-
-    async def audit_rows(
-        self, *, after_seq: int = 0, since_ts: int = 0, action: str | None = None, limit: int = 500
-    ) -> list[AuditRowData]:
-        """Audit rows after ``after_seq``, from ``since_ts``, of one ``action``; oldest first."""
-        query = (
-            "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit "
-            "WHERE seq > ? AND ts >= ? AND (? IS NULL OR action = ?) ORDER BY seq LIMIT ?"
-        )
-        async with self._db.execute(query, (after_seq, since_ts, action, action, limit)) as cur:
-            return [AuditRowData(*row) async for row in cur]
-
-    async def audit_chain(self) -> tuple[list[AuditRowData], Head | None]:
-        """Every audit row, oldest first, and the signed head: for ``verify_chain``.
-
-        Read in one transaction, under the store's lock: never between a row and its
-        head, nor across another process's append.
-        """
-        async with self._lock:
-            await self._db.execute("BEGIN")
-            try:
-                async with self._db.execute(
-                    "SELECT seq, ts, actor, action, outcome, reason, detail, hash "
-                    "FROM audit ORDER BY seq"
-                ) as cursor:
-                    rows = [AuditRowData(*row) for row in await cursor.fetchall()]
-                async with self._db.execute(
-                    "SELECT seq, hash, kid, signature, signed_at FROM audit_head"
-                ) as cursor:
-                    head = await cursor.fetchone()
-            finally:
-                await self._db.execute("COMMIT")
-        return rows, Head(*head) if head else None
+        await self.audit_log.append(entry, ts)
 
     async def audit(self, entry: AuditEntry, ts: int) -> None:
         """Append one entry to the audit log, on its own."""
