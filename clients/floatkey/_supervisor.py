@@ -42,6 +42,7 @@ from floatkey.agent import Agent, LicenseView, ShutdownReason
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError, NoAnswer, ServerKeyChanged
 from floatkey.logs import configure_logging
+from floatkey.version import version_line
 
 EXIT_NO_SEAT = 69
 EXIT_RESTART = 75
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="floatkey-agent", description="Run a program as a licensed floatkey client."
     )
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="hold a seat while running a program")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent config file")

@@ -19,6 +19,7 @@ from floatkey.errors import FloatkeyError
 from floatkey.logs import configure_logging
 from floatkey.protocol import now_ms
 from floatkey.signing import key_id, parse_public_key, public_key_text
+from floatkey.version import version_line
 from floatkeyd.config import load_config
 from floatkeyd.service import open_daemon
 from floatkeyd.statedir import DB_FILE, load_or_create_identity
@@ -30,6 +31,7 @@ log = structlog.get_logger("floatkeyd")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="floatkeyd", description="The floatkey license server.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")

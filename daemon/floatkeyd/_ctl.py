@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
 from floatkey.logs import configure_logging
 from floatkey.productkey import parse_product_key
 from floatkey.signing import create_private_key_file, load_private_key, public_key_text
+from floatkey.version import version_line
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
 from floatkeyd.config import load_config
 
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="floatkeyctl", description="Administer a floatkey license server."
     )
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     unlock = commands.add_parser("unlock", parents=[common], help="activate a product key")
     unlock.add_argument("--name", required=True, help="licensee name, as on the license")
@@ -443,7 +446,23 @@ def _create_admin_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def _embedded_hint(args: argparse.Namespace) -> str:
+    """On a config with the embedded broker, the daemon *is* the broker: say so."""
+    try:
+        loaded = load_config(args.config)
+    except FloatkeyError:
+        return ""
+    if loaded.config.broker is not None:
+        return ""
+    embedded = loaded.config.embedded_broker
+    return (
+        f" With this configuration floatkeyd serves the broker itself, on "
+        f"{embedded.host}:{embedded.port}: is floatkeyd running (scripts/run, or systemctl "
+        "status floatkeyd)?"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per outcome
     """Run ``floatkeyctl``; return the exit status."""
     args = _parser().parse_args(argv)
     # Warnings (an unverifiable answer ignored) go to stderr: stdout is for the answer.
@@ -462,8 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "admin-key":
             return _create_admin_key(args)
         return asyncio.run(runners[args.command](args))
+    except BrokenPipeError:
+        # The reader of our output went away (`| head -1`): what was asked was done, so
+        # exit as it went, quietly, like other Unix tools (nothing more can be written).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except DaemonUnreachable as exc:
-        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
+        print(f"floatkeyctl: {exc.message}{_embedded_hint(args)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ProductKeyError as exc:  # pragma: no cover - the daemon checks keys, not ctl
         print(f"floatkeyctl: {exc.message}", file=sys.stderr)

@@ -22,6 +22,7 @@ from floatkey.signing import (
     public_key_text,
     verify_signature,
 )
+from floatkey.version import version_line
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="floatkey-vendor",
         description="Create the vendor signing key, issue product keys, inspect keys.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     keygen = commands.add_parser("keygen", help="create a vendor key pair")

@@ -1,0 +1,48 @@
+"""floatkeyctl and the other commands as scripts meet them: --version, a closed pipe."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import command, run
+from licensing import issue
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.mark.parametrize("name", ["floatkeyd", "floatkeyctl", "floatkey-agent", "floatkey-vendor"])
+def test_every_command_says_its_version_and_the_product_version_it_takes(name):
+    result = run(name, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{name} ")
+    assert "product keys for version 8" in result.stdout
+
+
+def test_a_reader_that_goes_away_is_no_failure(server_factory):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    config = str(server.config_path)
+    key = issue(seats=2)
+    script = (
+        f"{command('floatkeyctl')} status --config {config} | true; s1=${{PIPESTATUS[0]}}; "
+        f"{command('floatkeyctl')} unlock --config {config} --name 'Ada Lovelace' "
+        f"--organization 'Analytical Engines Ltd' --key {key} --wait 0 | head -c 1 >/dev/null;"
+        " s2=${PIPESTATUS[0]}; echo $s1 $s2"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.split()[-2:] == ["0", "0"], result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
+
+
+def test_an_unreachable_embedded_broker_is_a_daemon_that_is_not_running(server_factory):
+    server = server_factory("embedded")
+    server.start_daemon().stop()  # its logins exist; nothing serves its port now
+    result = run("floatkeyctl", "status", "--config", str(server.config_path), "--timeout", "2")
+    assert result.returncode == 5
+    assert "floatkeyd serves the broker itself" in result.stderr
+    assert "is floatkeyd running" in result.stderr
