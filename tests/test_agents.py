@@ -408,7 +408,7 @@ async def test_the_supervisor_kills_a_child_ignoring_sigterm_even_if_the_hook_is
     async with agent:
         supervisor = asyncio.create_task(supervise(agent, program, tmp_path))
         await eventually((tmp_path / "deaf.env").exists, within=20)
-        agent.request_shutdown("seat.revoked", "The test stops the application.")
+        agent.request_shutdown("license.activated", "The test stops the application.")
         # Bounded all the same: the grace, SIGKILL, and a bounded wait for the kill.
         assert await asyncio.wait_for(supervisor, 30) == 75
     assert (tmp_path / "deaf.term").read_text() == "ignored"

@@ -46,3 +46,37 @@ def test_an_unreachable_embedded_broker_is_a_daemon_that_is_not_running(server_f
     assert result.returncode == 5
     assert "floatkeyd serves the broker itself" in result.stderr
     assert "is floatkeyd running" in result.stderr
+
+
+async def test_a_released_application_exits_77_which_the_unit_does_not_restart(
+    server_factory, tmp_path
+):
+    import asyncio  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from licensing import ctl  # noqa: PLC0415
+    from servers import REPO, clients, eventually, write_agent_config  # noqa: PLC0415
+
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert (await asyncio.to_thread(ctl, server, "status")).returncode == 0
+    config = write_agent_config(server, tmp_path / "app.toml")
+    argv = [command("floatkey-agent"), "run", "--config", str(config), "--app", "app", "--"]
+    argv += [sys.executable, str(REPO / "tests" / "child_app.py"), str(tmp_path / "app")]
+    with (tmp_path / "agent.err").open("wb") as err:
+        agent = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        listed = await eventually(lambda: clients(server), within=20)
+        released = await asyncio.to_thread(ctl, server, "release", listed[0]["client"])
+        assert released.returncode == 0, released.stderr
+        assert await asyncio.to_thread(agent.wait, 30) == 77
+        assert "An administrator released this seat" in (tmp_path / "agent.err").read_text()
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    unit = (REPO / "systemd" / "floatkey-agent@.service").read_text()
+    assert "RestartPreventExitStatus=69 77 78" in unit

@@ -18,8 +18,10 @@ that holds its seat. Off a terminal COMMAND runs in its own process group, which
 agent ends when it exits, so the application's own children do not outlive it either.
 
 Exit status: COMMAND's own when it exits by itself (128+N when killed by signal N);
-75 restart requested; 69 no seat (all in use, or the license expired); 76 license server
-unreachable; 78 bad configuration; 2 bad arguments.
+75 restart requested (a new license, expiry, a lost seat, the server silent too long);
+77 an administrator released the seat (not restarted by the shipped unit); 69 no seat
+(all in use, or the license expired); 76 license server unreachable (after
+``request_timeout``; the unit restarts it); 78 bad configuration; 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from floatkey.version import version_line
 
 EXIT_NO_SEAT = 69
 EXIT_RESTART = 75
+#: An administrator released the seat: systemd must not start the application again
+#: (it would take the seat back at once); start it by hand when wanted.
+EXIT_RELEASED = 77
 EXIT_UNREACHABLE = 76
 EXIT_CONFIG = 78
 DEFAULT_CONFIG = Path("/etc/floatkey/agent.toml")
@@ -63,7 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="hold a seat while running a program")
+    run = commands.add_parser(
+        "run",
+        help="hold a seat while running a program",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status: COMMAND's own when it exits by itself (128+N if killed by signal "
+        "N);\n  75  stopped for a new license, expiry, a lost seat, or the server silent past "
+        "the offline grace\n      (systemd restarts it)\n  77  an administrator released "
+        "the seat (not restarted)\n  69  no seat free, or the license expired\n  76  the "
+        "license server did not answer within request_timeout (systemd restarts it)\n"
+        "  78  bad configuration\n   2  bad arguments",
+    )
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent config file")
     run.add_argument("--app", help="application name shown to administrators")
     run.add_argument("--client-id", help="MQTT client id (default: app-host-pid-random)")
@@ -276,6 +291,8 @@ async def supervise(agent: Agent, program: list[str], workdir: Path) -> int:
             await stop_child()  # bounded: the grace, then SIGKILL and a bounded wait
             reason = agent.shutdown_requested.reason
             print(f"floatkey-agent: {reason.message if reason else 'stopping'}", file=sys.stderr)
+            if reason is not None and reason.code == "seat.revoked":
+                return EXIT_RELEASED
             return EXIT_RESTART
         return _status(exited.result())
     finally:
