@@ -9,7 +9,13 @@ import subprocess
 import pytest
 
 from conftest import REPO, command
-from floatkey._supervisor import EXIT_CONFIG, EXIT_NO_SEAT, EXIT_RESTART, EXIT_UNREACHABLE
+from floatkey._supervisor import (
+    EXIT_CONFIG,
+    EXIT_NO_SEAT,
+    EXIT_RELEASED,
+    EXIT_RESTART,
+    EXIT_UNREACHABLE,
+)
 
 ANALYZE = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -54,5 +60,5 @@ def test_the_agent_template_verifies(tmp_path):
     text = path.read_text()
     # The unit's restart policy and floatkey-agent's documented exit codes must agree.
     assert f"RestartForceExitStatus={EXIT_RESTART} {EXIT_UNREACHABLE}" in text
-    assert f"RestartPreventExitStatus={EXIT_NO_SEAT} {EXIT_CONFIG}" in text
+    assert f"RestartPreventExitStatus={EXIT_NO_SEAT} {EXIT_RELEASED} {EXIT_CONFIG}" in text
     assert "Type=notify" in (REPO / "systemd" / "floatkeyd.service").read_text()
