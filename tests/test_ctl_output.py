@@ -80,3 +80,37 @@ async def test_a_released_application_exits_77_which_the_unit_does_not_restart(
             agent.kill()
     unit = (REPO / "systemd" / "floatkey-agent@.service").read_text()
     assert "RestartPreventExitStatus=69 77 78" in unit
+
+
+async def test_an_admin_key_taken_back_is_refused_at_once_and_both_are_audited(
+    server_factory, tmp_path
+):
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from licensing import ctl  # noqa: PLC0415
+
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    config = str(server.config_path)
+    extra = tmp_path / "extra.key"
+    assert run("floatkeyctl", "admin-key", "create", "--out", str(extra)).returncode == 0
+    public = (tmp_path / "extra.key.pub").read_text().strip()
+    assert run("floatkeyd", "admin-key", "add", public, "--config", config).returncode == 0
+    as_extra = ("status", "--admin-key", str(extra), "--timeout", "5")
+    assert (await asyncio.to_thread(ctl, server, *as_extra)).returncode == 0
+    kid = run("floatkeyd", "admin-key", "list", "--config", config).stdout.split()[-2]
+    removed = run("floatkeyd", "admin-key", "remove", kid, "--config", config)
+    assert removed.returncode == 0, removed.stderr
+    refused = await asyncio.to_thread(ctl, server, *as_extra)
+    assert refused.returncode == 4
+    assert "not_authorized" in refused.stderr
+    again = run("floatkeyd", "admin-key", "remove", kid, "--config", config)
+    assert again.returncode == 1
+    assert "no admin key with that id" in again.stderr
+    rows = json.loads((await asyncio.to_thread(ctl, server, "audit", "--json")).stdout)["audit"]
+    assert [(r["actor"], r["action"]) for r in rows if r["action"].startswith("admin-key")] == [
+        ("local", "admin-key.add"),
+        ("local", "admin-key.remove"),
+    ]
+    assert (await asyncio.to_thread(ctl, server, "audit", "verify")).returncode == 0

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     add = admin_commands.add_parser("add", help="authorize an admin public key")
     add.add_argument("public_key", help="ed25519:... as printed by `floatkeyctl admin-key create`")
     add.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    remove = admin_commands.add_parser(
+        "remove", help="take an admin key back (a running daemon refuses it from then on)"
+    )
+    remove.add_argument("kid", help="the key id (16 hex digits) as `admin-key list` shows it")
+    remove.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
     listing = admin_commands.add_parser("list", help="list the authorized admin keys")
     listing.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
     return parser
@@ -80,7 +85,7 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _admin_key(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     signer = None
-    if args.admin_command == "add":
+    if args.admin_command in {"add", "remove"}:
         # The server key signs the audit chain's head with the row this adds (made here if
         # the daemon never ran: the daemon then finds and uses it).
         loaded.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -93,6 +98,18 @@ async def _admin_key(args: argparse.Namespace) -> int:
                 except ValueError as exc:  # the daemon skips it too
                     print(f"(damaged, skipped: {exc})  {text[:40]}")
             return 0
+        if args.admin_command == "remove":
+            if await store.remove_admin_key(args.kid, now_ms()):
+                print(f"Removed admin key {args.kid}; the daemon refuses it from its next command.")
+                return 0
+            configured = {key_id(parse_public_key(t)) for t in loaded.config.admin_keys}
+            where = (
+                "it is in the config's admin_keys: remove it there and reload the daemon"
+                if args.kid in configured
+                else "no admin key with that id was added (see `floatkeyd admin-key list`)"
+            )
+            print(f"floatkeyd: not removed: {where}.", file=sys.stderr)
+            return 1
         try:
             key = parse_public_key(args.public_key)
         except ValueError as exc:
@@ -102,7 +119,7 @@ async def _admin_key(args: argparse.Namespace) -> int:
         added = await store.add_admin_key(key_id(key), text, now_ms())
     print(
         f"{'Authorized' if added else 'Already authorized:'} admin key {key_id(key)}."
-        " A running daemon picks it up at its next admin command (or on SIGHUP)."
+        " A running daemon accepts it from its next admin command."
     )
     return 0
 

@@ -72,7 +72,7 @@ class Keyring:
         self._configured = configured
         self._store = store
         self.keys: dict[str, Ed25519PublicKey] = {}
-        self._stored = 0  # configured plus stored keys at the last load, damaged ones too
+        self._version = -1  # the database's data_version at the last load
 
     async def reload(self) -> None:
         """Read the configured and the stored keys again. A damaged stored key is skipped.
@@ -89,17 +89,19 @@ class Keyring:
                 continue
             keys[key_id(key)] = key
         self.keys = keys
-        self._stored = len(texts)
         log.info("admin keys loaded", count=len(keys), kids=sorted(keys))
 
-    async def reload_if_added(self) -> bool:
-        """Reload if keys were added since the last load; return whether it reloaded.
+    async def reload_if_changed(self) -> bool:
+        """Reload if another process changed the database since the last look.
 
-        One cheap count per unknown key id, not a reload: a flood of commands signed by
-        strangers must not make the daemon parse its keyring for each.
+        That is a key added or removed with ``floatkeyd admin-key``. Returns whether it
+        reloaded. One cheap pragma per admin command, not a reload: a flood of commands must not
+        make the daemon parse its keyring for each.
         """
-        if await self._store.admin_key_count() + len(self._configured) == self._stored:
+        version = await self._store.changed_elsewhere()
+        if version == self._version:
             return False
+        self._version = version
         await self.reload()
         return True
 
@@ -153,18 +155,13 @@ class AdminDesk:
     async def handle(self, payload: bytes) -> None:
         """One message on the admin request topic."""
         topic = self._topics.admin_request
+        # A key added or taken back with `floatkeyd admin-key` counts from the next command.
+        await self.keyring.reload_if_changed()
         try:
             raw = open_envelope(payload, topic, self.keyring.keys)
         except EnvelopeError as exc:
-            # An unknown key may have just been added with `floatkeyd admin-key add`.
-            if exc.reason != "unknown_key" or not await self.keyring.reload_if_added():
-                await self._refuse_unverified(payload, exc)
-                return
-            try:
-                raw = open_envelope(payload, topic, self.keyring.keys)
-            except EnvelopeError as again:
-                await self._refuse_unverified(payload, again)
-                return
+            await self._refuse_unverified(payload, exc)
+            return
         kid = peek_kid(payload) or "?"
         try:
             command = protocol.decode_admin_command(raw)

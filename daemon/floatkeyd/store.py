@@ -322,9 +322,12 @@ class Store:
         async with self._db.execute("SELECT public_key FROM admin_keys ORDER BY added_at") as cur:
             return [str(r[0]) async for r in cur]
 
-    async def admin_key_count(self) -> int:
-        """How many admin keys are stored (cheap: to notice one just added)."""
-        async with self._db.execute("SELECT count(*) FROM admin_keys") as cursor:
+    async def changed_elsewhere(self) -> int:
+        """SQLite's ``data_version``: it changes when another process commits a change.
+
+        Such as ``floatkeyd admin-key add`` or ``remove``; never for this connection's own.
+        """
+        async with self._db.execute("PRAGMA data_version") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
@@ -426,6 +429,16 @@ class Store:
                 entry = AuditEntry("local", "admin-key.add", "done", detail={"kid": kid})
                 await self._audit(entry, now)
         return added
+
+    async def remove_admin_key(self, kid: str, now: int) -> bool:
+        """Take an authorized admin key back; ``False`` if it was not stored."""
+        async with self._transaction():
+            cursor = await self._db.execute("DELETE FROM admin_keys WHERE kid = ?", (kid,))
+            removed = cursor.rowcount == 1
+            if removed:
+                entry = AuditEntry("local", "admin-key.remove", "done", detail={"kid": kid})
+                await self._audit(entry, now)
+        return removed
 
     # --- leases: staged, then flushed in one transaction ---------------------------
 
