@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from floatkey import protocol
 from floatkey.envelope import Signer, open_envelope
 from floatkeyd.retained import FIGHT_LIMIT
+from floatkeyd.store import AuditEntry
 from inprocess import (
     MemoryLink,
     Wall,
@@ -279,3 +280,18 @@ async def test_a_clock_that_once_ran_ahead_does_not_lock_out_administrators(tmp_
     async with running(config, link, wall, serve=False) as daemon:
         result = await ask(daemon, link, protocol.AdminStatus(request_id="c1", ts=wall()))
         assert result.ok, result.message
+
+
+async def test_a_transaction_cancelled_while_it_begins_is_rolled_back(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        store = daemon.admin._store
+        request = protocol.SeatRequest(client="c", nonce="n")
+        await daemon.handle(daemon.topics.seat("c", "request"), protocol.encode(request))
+        flushing = asyncio.create_task(store.flush_leases())
+        await asyncio.sleep(0)  # it has sent BEGIN to the SQLite thread
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
+        # The next transaction starts cleanly (it used to find BEGIN's still open).
+        await store.audit(AuditEntry("system", "test", "done"), wall())
+        assert not store._db.in_transaction

@@ -7,7 +7,9 @@ process appending too (``floatkeyd admin-key add``) keeps the chain whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from typing import TYPE_CHECKING
 
 import structlog
@@ -86,8 +88,8 @@ class AuditLog:
         head, nor across another process's append.
         """
         async with self._lock:
-            await self._db.execute("BEGIN")
             try:
+                await self._db.execute("BEGIN")  # inside the try: see Store._transaction
                 async with self._db.execute(
                     "SELECT seq, ts, actor, action, outcome, reason, detail, hash "
                     "FROM audit ORDER BY seq"
@@ -98,7 +100,8 @@ class AuditLog:
                 ) as cursor:
                     head = await cursor.fetchone()
             finally:
-                await self._db.execute("COMMIT")
+                with contextlib.suppress(sqlite3.Error):  # nothing was written: just end it
+                    await self._db.execute("COMMIT")
         return rows, Head(*head) if head else None
 
 

@@ -190,12 +190,15 @@ class Store:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # Inside the try: a task cancelled while BEGIN runs in the SQLite thread
+                # must still roll it back (a shutdown found a transaction left open).
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException:
                 # Also after a failed COMMIT (disk full, locked): never leave it open.
+                # The ROLLBACK runs after whatever the thread still had to do.
                 with contextlib.suppress(sqlite3.Error):
                     await self._db.execute("ROLLBACK")
                 raise
