@@ -310,6 +310,8 @@ class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_keys: int = 0
     #: The X25519 key product keys are sealed to for an unlock (``x25519:...``).
     unlock_key: str = ""
+    #: The product's features, id → display name, from the catalogue (may be empty).
+    feature_names: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -126,12 +126,15 @@ def _exit_code(reason: str) -> int:
     return EXIT_NOT_AUTHORIZED if reason in _AUTH_REASONS else EXIT_ERROR
 
 
-def _describe_license(info: LicenseInfo) -> list[tuple[str, str]]:
+def _describe_license(
+    info: LicenseInfo, feature_names: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    names = feature_names or {}
     return [
         ("Licensee", info.licensee),
         ("Organization", info.organization),
         ("Seats", str(info.seats)),
-        ("Features", ", ".join(info.features) or "(none)"),
+        ("Features", ", ".join(names.get(f, f) for f in info.features) or "(none)"),
         ("Product version", str(info.product_version)),
         ("Serial", info.serial),
         ("Issued", info.issued),
@@ -299,7 +302,7 @@ async def _status(args: argparse.Namespace) -> int:
     seats = str(status.license.seats) if status.license else "-"
     rows = [("Server", status.server), ("Status", status.status)]
     if status.license:
-        rows += _describe_license(status.license)
+        rows += _describe_license(status.license, status.feature_names)
     rows += [
         ("Seats in use", f"{status.seats_in_use}/{seats}"),
         ("Unlicensed sessions", str(status.unlicensed_sessions)),

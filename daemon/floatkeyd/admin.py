@@ -122,6 +122,7 @@ class AdminDesk:
         link: Link,
         drops: Drops,
         broker: str,
+        feature_names: dict[str, str],
         unlock_box: UnlockBox,
     ) -> None:
         self._topics = topics
@@ -134,6 +135,7 @@ class AdminDesk:
         self._link = link
         self._drops = drops
         self._broker = broker
+        self._feature_names = feature_names
         self._unlock_box = unlock_box
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
@@ -289,7 +291,7 @@ class AdminDesk:
             request_id=command.request_id,
             ok=True,
             message=f"The license has been successfully activated: {info.seats} seats, "
-            f"features {', '.join(info.features) or '(none)'}. {told} connected "
+            f"features {self._features_text(info.features)}. {told} connected "
             f"client{'s were' if told != 1 else ' was'} told to shut down.",
             unlock=report,
         )
@@ -391,6 +393,10 @@ class AdminDesk:
 
     # --- reports ------------------------------------------------------------------
 
+    def _features_text(self, features: list[str]) -> str:
+        names = self._feature_names
+        return ", ".join(names.get(feature, feature) for feature in features) or "(none)"
+
     def status_report(self) -> StatusReport:
         """What ``floatkeyctl status`` shows."""
         authority, ledger = self._authority, self._seats.ledger
@@ -410,6 +416,7 @@ class AdminDesk:
             broker=self._broker,
             admin_keys=len(self.keyring.keys),
             unlock_key=self._unlock_box.public_text,
+            feature_names=self._feature_names,
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,6 +20,7 @@ from floatkey.configfile import load_toml
 from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
+from floatkeyd.catalogue import Catalogue, load_catalogue
 from floatkeyd.statedir import embedded_password_file
 
 if TYPE_CHECKING:
@@ -84,6 +86,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_keys: list[str] = msgspec.field(default_factory=list)
     # Used by floatkeyctl on the server, never by the daemon.
     admin_key_file: str | None = None
+    #: The product catalogue (``product.toml``): feature display names for administrators.
+    catalogue: str | None = None
     broker: BrokerOptions | None = None
     #: How floatkeyctl (and the console) log in to the broker: the administrators' user
     #: (``floatkey-admin``), never the daemon's, which may read and write everything.
@@ -124,7 +128,7 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise msgspec.ValidationError(f"{field}: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LoadedConfig:
     """A validated config and where it came from."""
 
@@ -145,6 +149,13 @@ class LoadedConfig:
     def admin_key_file(self) -> Path | None:
         """The admin private key floatkeyctl uses, if the config names one."""
         return self.base / self.config.admin_key_file if self.config.admin_key_file else None
+
+    @cached_property
+    def catalogue(self) -> Catalogue | None:
+        """The product catalogue the config names, or ``None``. Raises ``ConfigError``."""
+        if self.config.catalogue is None:
+            return None
+        return load_catalogue(self.base / self.config.catalogue)
 
     @property
     def topics(self) -> Topics:
@@ -208,4 +219,5 @@ def load_config(
     loaded = LoadedConfig(path=path, config=config)
     if loaded.config.broker is not None and loaded.config.broker.tls is not None:
         loaded.config.broker.tls.context(loaded.base)  # unusable TLS files: refuse now
+    _ = loaded.catalogue  # an unreadable catalogue: refuse now, not at the first status
     return loaded

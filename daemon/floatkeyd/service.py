@@ -309,6 +309,7 @@ async def open_daemon(
             link=link,
             drops=drops,
             broker=loaded.broker.describe(),
+            feature_names=loaded.catalogue.features if loaded.catalogue else {},
             unlock_box=statedir.unlock_box,
         )
         identity_body = protocol.encode(
