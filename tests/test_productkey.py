@@ -22,6 +22,8 @@ from floatkey.errors import (
     WrongProductVersion,
 )
 from floatkey.productkey import ProductKey, issue_product_key, parse_product_key, verify_product_key
+from floatkey.signing import load_private_key
+from licensing import CONFIG, FORMAT_1_KEY, FORMAT_2_KEY
 
 VENDOR = Ed25519PrivateKey.generate()
 OTHER_VENDOR = Ed25519PrivateKey.generate()
@@ -197,19 +199,131 @@ def test_any_other_name_or_organization_is_refused(name, org):
 
 
 @pytest.mark.parametrize(
-    ("name", "org"),
+    ("name", "org", "fields"),
     [
-        ("Ada Lovelac", ORG),
-        ("Ada  Lovelace", "Analytical Engines"),
-        (ORG, NAME),
-        ("Ada-Lovelace", ORG),
+        ("Ada Lovelac", ORG, ("name",)),
+        ("Ada  Lovelace", "Analytical Engines", ("organization",)),
+        (ORG, NAME, ("name", "organization")),
+        ("Ada-Lovelace", ORG, ("name",)),
     ],
 )
-def test_near_misses_of_the_licensee_are_refused(name, org):
+def test_near_misses_of_the_licensee_are_refused_naming_the_field(name, org, fields):
     with pytest.raises(LicenseeMismatch) as caught:
         verify(issue(), name=name, organization=org)
     assert caught.value.reason == "licensee_mismatch"
-    assert "name and organization exactly" in caught.value.message
+    assert caught.value.fields == fields
+    assert "case and spacing do not matter" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "org", "sentence"),
+    [
+        (
+            "Charles Babbage",
+            ORG,
+            (
+                "This product key was issued to another name: the organization matches, the name "
+                "does not. Enter the name exactly as it appears on your license certificate; case "
+                "and spacing do not matter."
+            ),
+        ),
+        (
+            NAME,
+            "Difference Engines Ltd",
+            (
+                "This product key was issued to another organization: the name matches, the "
+                "organization does not. Enter the organization exactly as it appears on your "
+                "license certificate; case and spacing do not matter."
+            ),
+        ),
+        (
+            "Charles Babbage",
+            "Difference Engines Ltd",
+            (
+                "This product key was issued to another licensee: neither the name nor the "
+                "organization matches. Enter both exactly as they appear on your license "
+                "certificate; case and spacing do not matter."
+            ),
+        ),
+    ],
+)
+def test_the_mismatch_sentence_says_which_field_does_not_match(name, org, sentence):
+    with pytest.raises(LicenseeMismatch) as caught:
+        verify(issue(), name=name, organization=org)
+    assert caught.value.message == sentence
+
+
+@given(name=licensee_text, org=licensee_text)
+def test_the_fields_named_are_exactly_those_that_differ(name, org):
+    differ = tuple(
+        field
+        for field, entered, issued in (("name", name, NAME), ("organization", org, ORG))
+        if productkey.normalize_licensee(entered) != productkey.normalize_licensee(issued)
+    )
+    assume(differ)
+    with pytest.raises(LicenseeMismatch) as caught:
+        verify(issue(), name=name, organization=org)
+    assert caught.value.fields == differ
+
+
+# --- record formats: 2 is issued, 1 is still read ---------------------------------------
+
+DEV_VENDOR = load_private_key(CONFIG / "dev-vendor.key")
+GOLDEN = {
+    "product_version": 8,
+    "serial": "0123456789ab",
+    "seats": 10,
+    "features": ("dataflow", "subflow", "workflow"),
+    "issued": dt.date(2026, 11, 1),
+    "expires": None,
+}
+
+
+def test_keys_are_issued_in_format_2_with_a_name_and_an_organization_digest():
+    key = parse_product_key(issue()).key
+    assert key.format_version == productkey.FORMAT_VERSION == 2
+    golden = ProductKey(**GOLDEN, licensee_digest=productkey.licensee_digest(NAME, ORG))
+    # Ed25519 is deterministic: the same record is the same key, byte for byte.
+    assert productkey.sign_product_key(golden, DEV_VENDOR) == FORMAT_2_KEY
+    assert productkey.licensee_digest(NAME, ORG)[:4] == productkey.licensee_digest(NAME, "x")[:4]
+    assert productkey.licensee_digest(NAME, ORG)[4:] == productkey.licensee_digest("y", ORG)[4:]
+
+
+def test_a_format_1_key_issued_by_the_previous_release_is_still_accepted():
+    vendor = DEV_VENDOR.public_key()
+    key = verify_product_key(
+        FORMAT_1_KEY, vendor, name=" ada  LOVELACE", organization="analytical engines ltd"
+    )
+    assert key == ProductKey(
+        **GOLDEN, licensee_digest=productkey.licensee_digest(NAME, ORG, 1), format_version=1
+    )
+    assert parse_product_key(FORMAT_1_KEY).text == FORMAT_1_KEY
+    # The codec still writes format 1 (for tests like this one), and reads it back.
+    assert productkey.sign_product_key(key, DEV_VENDOR) == FORMAT_1_KEY
+
+
+@pytest.mark.parametrize(("name", "org"), [("Charles Babbage", ORG), (NAME, "x"), ("x", "y")])
+def test_a_format_1_key_cannot_tell_which_field_does_not_match(name, org):
+    with pytest.raises(LicenseeMismatch) as caught:
+        verify_product_key(FORMAT_1_KEY, DEV_VENDOR.public_key(), name=name, organization=org)
+    assert caught.value.reason == "licensee_mismatch"
+    assert caught.value.fields is None
+    assert caught.value.message == (
+        "This product key was issued to another name or organization: the name or the "
+        "organization does not match. Enter the name and organization exactly as they appear "
+        "on your license certificate; case and spacing do not matter."
+    )
+
+
+def test_a_format_2_binding_does_not_verify_as_format_1_or_the_other_way():
+    v1 = parse_product_key(FORMAT_1_KEY)
+    # The same record bytes with the format byte changed: the signature no longer holds.
+    raw = bytes([2]) + v1.signed_bytes[1:] + v1.signature
+    with pytest.raises(KeyNotIssuedByVendor):
+        verify_product_key(
+            _keytext.encode(raw), DEV_VENDOR.public_key(), name=NAME, organization=ORG
+        )
+    assert productkey.licensee_digest(NAME, ORG, 1) != productkey.licensee_digest(NAME, ORG, 2)
 
 
 # --- one test per refusal: reason code and sentence ------------------------------------
@@ -290,7 +404,7 @@ def test_refuses_a_mismatched_licensee():
     assert_refused(
         LicenseeMismatch,
         "licensee_mismatch",
-        "another name or organization",
+        "issued to another name: the organization matches",
         issue(),
         name="Charles Babbage",
     )
@@ -319,8 +433,8 @@ def test_refuses_seats_out_of_range(seats):
 
 def test_refuses_an_unknown_format_version():
     signed = parse_product_key(issue())
-    raw = bytes([2]) + signed.signed_bytes[1:] + signed.signature
-    assert_refused(UnknownKeyFormat, "unknown_format", "format 2", _keytext.encode(raw))
+    raw = bytes([3]) + signed.signed_bytes[1:] + signed.signature
+    assert_refused(UnknownKeyFormat, "unknown_format", "format 3", _keytext.encode(raw))
 
 
 def test_the_checks_run_in_order_signature_before_version_before_licensee():

@@ -109,9 +109,18 @@ class WrongProductVersion(ProductKeyError):
 
 
 class LicenseeMismatch(ProductKeyError):
-    """The name or organization entered is not the one the key was issued to."""
+    """The name or organization entered is not the one the key was issued to.
+
+    ``fields`` names what does not match: ``("name",)``, ``("organization",)`` or
+    ``("name", "organization")``; ``None`` when the key cannot tell (format 1 keys carry
+    one digest over both).
+    """
 
     reason: ClassVar[str] = "licensee_mismatch"
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class KeyExpired(ProductKeyError):

@@ -12,6 +12,10 @@ Reading a key is two steps, so that each refusal has its own reason:
   ``KeyExpired``, ``SeatsOutOfRange``).
 
 Both are pure functions: refusing a key changes nothing anywhere.
+
+Keys are issued in record format 2, whose licensee binding holds one digest for the
+name and one for the organization, so that a refusal can say which of them does not
+match. Format 1 keys (one digest over both) are still read and accepted.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "LAST_DAY",
     "MAX_SEATS",
     "PRODUCT_VERSION",
+    "READABLE_FORMATS",
     "ProductKey",
     "SignedProductKey",
     "check_feature_name",
@@ -62,7 +68,10 @@ __all__ = [
     "version_refusal",
 ]
 
-FORMAT_VERSION = 1
+#: The record format keys are issued in.
+FORMAT_VERSION = 2
+#: The record formats this release reads: 1 (one licensee digest), 2 (name + organization).
+READABLE_FORMATS = frozenset({1, 2})
 #: The product major version this release of floatkey licenses.
 PRODUCT_VERSION = 8
 #: Product versions whose keys customers may still hold and must be told to replace.
@@ -73,10 +82,21 @@ MAX_FEATURES = 32
 MAX_FEATURE_LENGTH = 32
 
 EPOCH = dt.date(2020, 1, 1)
+#: The last day a key's 16-bit day numbers can name.
+LAST_DAY = EPOCH + dt.timedelta(days=0xFFFF)
 SERIAL_BYTES = 6
+#: The licensee binding: format 1, one 8-byte digest; format 2, two 4-byte digests.
 DIGEST_BYTES = 8
+_FIELD_DIGEST_BYTES = DIGEST_BYTES // 2
+# Each digest has its own domain-separation prefix: a name can never be taken for an
+# organization, nor a format 2 digest for a format 1 one.
+_DIGEST_PREFIX_V1 = b"floatkey/licensee/v1\0"
+_NAME_PREFIX_V2 = b"floatkey/licensee-name/v2\0"
+_ORGANIZATION_PREFIX_V2 = b"floatkey/licensee-organization/v2\0"
+_CASE_AND_SPACING = "case and spacing do not matter"
 SIGNATURE_BYTES = 64
-# format, product version, serial, licensee digest, seats (u24), issued, expires, feature count
+# format, product version, serial, licensee binding, seats (u24), issued, expires,
+# feature count: the same layout in formats 1 and 2, only the binding's bytes differ.
 _HEADER = struct.Struct(f">BB{SERIAL_BYTES}s{DIGEST_BYTES}s3sHHB")
 _MIN_KEY_BYTES = _HEADER.size + SIGNATURE_BYTES
 # Signatures over product keys are domain-separated from every other floatkey signature.
@@ -99,10 +119,56 @@ class ProductKey:
     features: tuple[str, ...]
     issued: dt.date
     expires: dt.date | None
+    #: The record format: 2 when issued by this release, 1 for older keys.
+    format_version: int = FORMAT_VERSION
 
     def binds(self, name: str, organization: str) -> bool:
         """Return whether the key was issued to this name and organization."""
-        return secrets.compare_digest(self.licensee_digest, licensee_digest(name, organization))
+        entered = licensee_digest(name, organization, self.format_version)
+        return secrets.compare_digest(self.licensee_digest, entered)
+
+    def check_licensee(self, name: str, organization: str) -> None:
+        """Raise ``LicenseeMismatch`` unless the key was issued to this name and organization.
+
+        Its message says which of the two does not match (a format 1 key cannot tell).
+        """
+        if self.binds(name, organization):
+            return
+        if self.format_version == 1:
+            raise LicenseeMismatch(
+                "This product key was issued to another name or organization: the name or "
+                "the organization does not match. Enter the name and organization exactly "
+                f"as they appear on your license certificate; {_CASE_AND_SPACING}.",
+            )
+        entered = licensee_digest(name, organization, self.format_version)
+        half = _FIELD_DIGEST_BYTES
+        fields = tuple(
+            field
+            for field, own, given in (
+                ("name", self.licensee_digest[:half], entered[:half]),
+                ("organization", self.licensee_digest[half:], entered[half:]),
+            )
+            if not secrets.compare_digest(own, given)
+        )
+        if fields == ("name",):
+            message = (
+                "This product key was issued to another name: the organization matches, the "
+                "name does not. Enter the name exactly as it appears on your license "
+                f"certificate; {_CASE_AND_SPACING}."
+            )
+        elif fields == ("organization",):
+            message = (
+                "This product key was issued to another organization: the name matches, the "
+                "organization does not. Enter the organization exactly as it appears on your "
+                f"license certificate; {_CASE_AND_SPACING}."
+            )
+        else:
+            message = (
+                "This product key was issued to another licensee: neither the name nor the "
+                "organization matches. Enter both exactly as they appear on your license "
+                f"certificate; {_CASE_AND_SPACING}."
+            )
+        raise LicenseeMismatch(message, fields=fields)
 
     def is_expired(self, today: dt.date) -> bool:
         """Return whether the key has expired on ``today``; it is valid through ``expires``."""
@@ -133,13 +199,22 @@ def normalize_licensee(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def licensee_digest(name: str, organization: str) -> bytes:
-    """Return the 8-byte digest binding a key to a licensee name and organization."""
-    material = b"floatkey/licensee/v1\0%s\0%s" % (
-        normalize_licensee(name).encode(),
-        normalize_licensee(organization).encode(),
+def licensee_digest(name: str, organization: str, format_version: int = FORMAT_VERSION) -> bytes:
+    """Return the 8 bytes binding a key of ``format_version`` to a name and organization.
+
+    Format 2: 4 bytes of the name's digest, then 4 of the organization's. Format 1: 8
+    bytes of one digest over both.
+    """
+    name_bytes = normalize_licensee(name).encode()
+    organization_bytes = normalize_licensee(organization).encode()
+    if format_version == 1:
+        material = _DIGEST_PREFIX_V1 + name_bytes + b"\0" + organization_bytes
+        return hashlib.sha256(material).digest()[:DIGEST_BYTES]
+    half = _FIELD_DIGEST_BYTES
+    return (
+        hashlib.sha256(_NAME_PREFIX_V2 + name_bytes).digest()[:half]
+        + hashlib.sha256(_ORGANIZATION_PREFIX_V2 + organization_bytes).digest()[:half]
     )
-    return hashlib.sha256(material).digest()[:DIGEST_BYTES]
 
 
 def check_feature_name(name: str) -> str:
@@ -207,7 +282,7 @@ def sign_product_key(key: ProductKey, vendor_key: Ed25519PrivateKey) -> str:
     make keys a careful vendor never would. Vendors use :func:`issue_product_key`.
     """
     signed = _HEADER.pack(
-        FORMAT_VERSION,
+        key.format_version,
         key.product_version,
         bytes.fromhex(key.serial),
         key.licensee_digest,
@@ -244,11 +319,10 @@ def issue_product_key(  # noqa: PLR0913 - every argument is a field of the key
     if len(feature_set) > MAX_FEATURES:
         raise ValueError(f"a key carries at most {MAX_FEATURES} features")
     issued = issued or dt.datetime.now(dt.UTC).date()
-    last_day = EPOCH + dt.timedelta(days=0xFFFF)
-    if not EPOCH <= issued <= last_day:
-        raise ValueError(f"the issue date must be between {EPOCH} and {last_day}")
-    if expires is not None and not issued < expires <= last_day:
-        raise ValueError(f"the expiry date must be after the issue date and by {last_day}")
+    if not EPOCH <= issued <= LAST_DAY:
+        raise ValueError(f"the issue date must be between {EPOCH} and {LAST_DAY}")
+    if expires is not None and not issued < expires <= LAST_DAY:
+        raise ValueError(f"the expiry date must be after the issue date and by {LAST_DAY}")
     key = ProductKey(
         product_version=product_version,
         serial=secrets.token_hex(SERIAL_BYTES),
@@ -264,7 +338,7 @@ def issue_product_key(  # noqa: PLR0913 - every argument is a field of the key
 def _split(text: str) -> tuple[bytes, bytes]:
     """Read the text form; return the signed record and its signature, unparsed."""
     data = _keytext.decode(text, min_bytes=_MIN_KEY_BYTES)
-    if data[0] != FORMAT_VERSION:
+    if data[0] not in READABLE_FORMATS:
         raise UnknownKeyFormat(
             f"This product key uses format {data[0]}, which this release of floatkey cannot "
             "read. Update the license server, or ask for a key in a format it supports.",
@@ -275,7 +349,7 @@ def _split(text: str) -> tuple[bytes, bytes]:
 
 
 def _parse_record(signed: bytes) -> ProductKey:
-    _, version, serial, digest, seats, issued, expires, count = _HEADER.unpack_from(signed)
+    fmt, version, serial, digest, seats, issued, expires, count = _HEADER.unpack_from(signed)
     return ProductKey(
         product_version=version,
         serial=serial.hex(),
@@ -284,6 +358,7 @@ def _parse_record(signed: bytes) -> ProductKey:
         features=_unpack_features(signed[_HEADER.size :], count),
         issued=EPOCH + dt.timedelta(days=issued),
         expires=None if expires == 0 else EPOCH + dt.timedelta(days=expires),
+        format_version=fmt,
     )
 
 
@@ -341,11 +416,7 @@ def verify_product_key(  # noqa: PLR0913 - the key and everything it is checked 
             key_version=key.product_version,
             product_version=product_version,
         )
-    if not key.binds(name, organization):
-        raise LicenseeMismatch(
-            "This product key was issued to another name or organization. Enter the name "
-            "and organization exactly as they appear on your license certificate.",
-        )
+    key.check_licensee(name, organization)
     today = today or dt.datetime.now(dt.UTC).date()
     if key.is_expired(today):
         raise KeyExpired(
