@@ -188,6 +188,7 @@ async def test_refused_keys_change_nothing(server, make_key, name, reason, words
 async def test_a_key_from_another_vendor_is_refused(server, tmp_path):
     other = tmp_path / "other-vendor.key"
     assert run("floatkey-vendor", "keygen", "--out", str(other)).returncode == 0
+    (tmp_path / "product.toml").write_text((CONFIG / "product.toml").read_text())
     forged = run(
         "floatkey-vendor",
         "issue",
@@ -355,9 +356,8 @@ async def test_a_product_key_in_the_database_edited_is_caught(server):
     assert unlock(server, issue(seats=10)).returncode == 0
     assert daemon.stop() == 0
     with contextlib.closing(server.db()) as db:
-        db.execute(
-            "UPDATE licenses SET key_text = ? WHERE active = 1", (issue(seats=10, features="x"),)
-        )
+        other = issue(seats=10, features="scheduler")
+        db.execute("UPDATE licenses SET key_text = ? WHERE active = 1", (other,))
         db.execute("UPDATE licenses SET licensee = 'Someone Else' WHERE active = 1")
         db.commit()
     server.start_daemon()
