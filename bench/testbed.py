@@ -269,11 +269,17 @@ class DaemonProcess:
     """A real ``floatkeyd run`` process, with a real NOTIFY_SOCKET to see READY=1."""
 
     def __init__(
-        self, config: Path, *, watchdog_usec: int | None = None, prefix: tuple[str, ...] = ()
+        self,
+        config: Path,
+        *,
+        watchdog_usec: int | None = None,
+        prefix: tuple[str, ...] = (),
+        floatkeyd: str | None = None,
     ) -> None:
         self.config = config
         self.watchdog_usec = watchdog_usec
         self.prefix = prefix  # e.g. ("faketime", "-f", "@2026-11-28 23:59:57")
+        self.floatkeyd = floatkeyd  # another installation's (default: this environment's)
         self.process: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
         self.log_path = config.with_suffix(f".{int(time.time() * 1000)}.log")
@@ -290,7 +296,13 @@ class DaemonProcess:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.prefix, command("floatkeyd"), "run", "--config", str(self.config)],
+                [
+                    *self.prefix,
+                    self.floatkeyd or command("floatkeyd"),
+                    "run",
+                    "--config",
+                    str(self.config),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 env=env,
