@@ -1,8 +1,11 @@
-"""The example application, started through the agent, shows the seed's experience."""
+"""The example applications, started through the agent, show the seed's experience."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import time
 
@@ -10,15 +13,22 @@ import pytest
 
 from conftest import REPO, command
 from licensing import issue, unlock
-from servers import write_agent_config
+from servers import clients, write_agent_config
 
 pytestmark = pytest.mark.broker
-EXAMPLE = REPO / "clients" / "examples" / "flowdesigner.py"
+EXAMPLES = REPO / "clients" / "examples"
+EXAMPLE = EXAMPLES / "flowdesigner.py"
+EMBEDDED = EXAMPLES / "embedded.py"
 
 
-def start(server, tmp_path, name: str) -> subprocess.Popen[bytes]:
+def start(server, tmp_path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    """flowdesigner.py under ``floatkey-agent run``, as the README starts it.
+
+    In ``tmp_path / "cwd"``, with the user's data directory in ``tmp_path / "data"``.
+    """
     config = write_agent_config(server, tmp_path / f"{name}.toml")
-    with (tmp_path / f"{name}.out").open("wb") as out:
+    (tmp_path / "cwd").mkdir(exist_ok=True)
+    with (tmp_path / f"{name}.out").open("ab") as out:
         return subprocess.Popen(
             [
                 command("floatkey-agent"),
@@ -30,22 +40,32 @@ def start(server, tmp_path, name: str) -> subprocess.Popen[bytes]:
                 "--",
                 command("python"),
                 str(EXAMPLE),
+                *args,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env={"FLOWDESIGNER_DOCUMENT": str(tmp_path / f"{name}.json"), "PATH": "/usr/bin:/bin"},
+            cwd=tmp_path / "cwd",
+            env={"XDG_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"},
         )
 
 
-def wait_for(path, text: str, within: float = 20) -> str:
+def wait_for(path, text: str, within: float = 20, after: int = 0) -> str:
+    """The content of ``path`` once ``text`` is in it (past its first ``after`` characters)."""
     deadline = time.monotonic() + within
+    content = ""
     while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content[after:]:
+            return content[after:]
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not in {path}:\n{content}")
+
+
+def document_line(screen: str) -> tuple[str, int]:
+    """The document an instance opened, and the edits it found in it."""
+    found = re.search(r"Document: (\S+) \((\d+) edits so far\)", screen)
+    assert found, screen
+    return found[1], int(found[2])
 
 
 def test_two_example_clients_shut_down_on_unlock_and_restart_with_features(
@@ -54,24 +74,139 @@ def test_two_example_clients_shut_down_on_unlock_and_restart_with_features(
     server = server_factory("embedded")
     server.start_daemon()
     first = [start(server, tmp_path, name) for name in ("one", "two")]
+    opened = {}
     for name in ("one", "two"):
         menu = wait_for(tmp_path / f"{name}.out", "Quit")
         assert "New Dataflow   [disabled]" in menu
         assert "license: unlicensed" in menu
+        opened[name] = document_line(menu)
+    # Each instance has a document of its own in the user's data directory.
+    data = tmp_path / "data" / "flowdesigner"
+    assert {path for path, _ in opened.values()} == {
+        str(data / "document-1.json"),
+        str(data / "document-2.json"),
+    }
+    assert all(edits == 0 for _, edits in opened.values())
 
     result = unlock(server, issue())
     assert "2 connected clients were told to shut down" in result.stdout
+    saved = {}
     for name, process in zip(("one", "two"), first, strict=True):
         assert process.wait(20) == 75
         output = wait_for(tmp_path / f"{name}.out", "closing.")
         assert "Closing because: A new license was activated" in output
-        assert json.loads((tmp_path / f"{name}.json").read_text())["edits"] >= 1
+        document = json.loads((data / opened[name][0]).read_text())
+        assert document["edits"] >= 1
+        saved[opened[name][0]] = document["edits"]
+    assert list((tmp_path / "cwd").iterdir()) == []  # nothing written where it was started
 
-    again = start(server, tmp_path, "three")
-    menu = wait_for(tmp_path / "three.out", "Quit")
-    assert "license: licensed, licensed to Ada Lovelace" in menu
-    for label in ("Dataflow", "Workflow", "Subflow"):
-        assert f"New {label:<10} [enabled ]" in menu
-    assert "New Reporting  [disabled]" in menu
-    again.terminate()
-    assert again.wait(20) == 0
+    # Restarted (the service manager does it), each finds a document and its work again.
+    offsets = {name: len((tmp_path / f"{name}.out").read_text()) for name in ("one", "two")}
+    again = [start(server, tmp_path, name) for name in ("one", "two")]
+    reopened = {}
+    for name in ("one", "two"):
+        menu = wait_for(tmp_path / f"{name}.out", "Quit", after=offsets[name])
+        assert "license: licensed, licensed to Ada Lovelace" in menu
+        for label in ("Dataflow", "Workflow", "Subflow"):
+            assert f"New {label:<10} [enabled ]" in menu
+        assert "New Reporting  [disabled]" in menu
+        path, edits = document_line(menu)
+        reopened[path] = edits
+    assert reopened == saved
+    for process in again:
+        process.terminate()
+        assert process.wait(20) == 0
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_a_document_named_on_the_command_line_is_used_by_one_instance_at_a_time(tmp_path):
+    document = tmp_path / "designs" / "plant.json"
+    env = {"PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(tmp_path / "data")}
+    argv = [command("python"), str(EXAMPLE), "--document", str(document)]
+    first = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        assert first.stdout is not None
+        lines = [first.stdout.readline() for _ in range(3)]
+        assert lines[2] == f"Document: {document} (0 edits so far)\n", lines
+        second = subprocess.run(
+            argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=20, check=False
+        )
+        assert second.returncode == 78
+        assert f"The document {document} is open in another Flow Designer" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        rest, _ = first.communicate(timeout=20)
+    assert first.returncode == 0
+    assert f"edits to {document}; closing." in rest
+    assert json.loads(document.read_text())["edits"] >= 1
+    assert not (tmp_path / "data").exists()
+
+
+# --- embedded.py ------------------------------------------------------------------------
+
+
+def test_the_embedded_example_runs_as_documented_and_releases_its_seat_on_sigterm(
+    server_factory, tmp_path
+):
+    # A will keeps the seat for will_grace_seconds (the agent may be back); as long as
+    # the lease here, so that only a release frees it while the test looks.
+    server = server_factory("embedded", extra="will_grace_seconds = 30")
+    daemon = server.start_daemon()
+    config = write_agent_config(server, tmp_path / "embedded.toml")
+    documented = re.search(r"^ {4}(\.venv/bin/python \S+)", EMBEDDED.read_text(), re.MULTILINE)
+    assert documented, "embedded.py's docstring gives no command"
+    assert documented[1] == ".venv/bin/python clients/examples/embedded.py"
+    assert documented[1] in (REPO / "README.md").read_text()
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():  # a test run from an environment of its own, not scripts/test
+        python = command("python")
+    out = tmp_path / "embedded.out"
+    with out.open("wb") as log:
+        # A fresh shell in the checkout: no PYTHONPATH, nothing but the .venv.
+        process = subprocess.Popen(
+            [str(python), "clients/examples/embedded.py", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+    try:
+        screen = wait_for(out, "Holding a seat as ")
+        client = re.search(r"Holding a seat as (\S+)\.", screen)
+        assert client, screen
+        assert [c["client"] for c in clients(server)] == [client[1]]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    screen = out.read_text()
+    assert "Saving work before stopping (asked to stop)." in screen
+    assert "Traceback" not in screen
+    # Released, not left to the will: gone from the daemon's list long before the grace.
+    deadline = time.monotonic() + 20
+    while clients(server):
+        assert time.monotonic() < deadline, "the seat was not released"
+        time.sleep(0.1)
+    events = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    mine = [e["event"] for e in events if e.get("client") == client[1]]
+    assert "seat released" in mine, mine
+    assert "client gone (will)" not in mine, mine
+
+
+def test_the_embedded_example_says_why_it_cannot_start(tmp_path):
+    missing = tmp_path / "nowhere.toml"
+    result = subprocess.run(
+        [command("python"), str(EMBEDDED), str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert result.returncode == 78
+    assert result.stderr.startswith("embedded: ")
+    assert "Traceback" not in result.stderr

@@ -410,6 +410,8 @@ async def test_the_example_under_the_agent_shows_the_verified_features(server_fa
         str(EXAMPLE),
         "--agent-config",
         str(config),
+        "--document",
+        str(tmp_path / "doc.json"),
     )
     try:
         out = tmp_path / "flowdesigner.out"

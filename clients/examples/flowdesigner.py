@@ -10,6 +10,15 @@ It shows its File menu with each catalogue feature enabled or disabled by the li
 "edits" a document, and when the agent asks it to stop (SIGTERM: a new license was
 activated) it saves the document first.
 
+The document is the user's, kept across restarts: ``--document PATH`` (or
+``FLOWDESIGNER_DOCUMENT``), otherwise ``document-N.json`` in the user's data directory
+(``$XDG_DATA_HOME/flowdesigner``, by default ``~/.local/share/flowdesigner``). Every
+running instance holds a lock on its own N, so two instances never write the same file;
+a restarted instance takes the document it had (the one saved under the same
+``FLOATKEY_CLIENT_ID``, for an agent given a stable ``--client-id``), or else the first
+document no running instance holds — after an unlock that restarts every instance,
+each one finds a document and its work in it again.
+
 The features come from ``FLOATKEY_FEATURES``, which anyone can set. Given the agent
 config it is deployed with (``--agent-config``, default ``/etc/floatkey/agent.toml``
 when that exists), it trusts them only as far as the license file proves them: it
@@ -21,16 +30,22 @@ license file" in docs/PROTOCOL.md for what the check can and cannot stop). A rea
 application would not take the key's location from its command line, where whoever
 starts it can name their own server's; the option is for the development setup and the
 tests. Apart from that check it uses only the standard library.
+
+Exit status: 0 when it stopped as asked (SIGTERM, SIGINT), 78 when its document is
+open in another instance (``floatkey-agent@.service`` does not restart it then).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # The product's feature catalogue: the license names which of these are enabled.
@@ -41,19 +56,29 @@ CATALOGUE = {
     "reporting": "Reporting",
     "scheduler": "Scheduler",
 }
-DOCUMENT = Path(os.environ.get("FLOWDESIGNER_DOCUMENT", "flowdesigner-document.json"))
 # Where floatkey-agent@.service reads its config: root's to write, not the user's.
 AGENT_CONFIG = Path("/etc/floatkey/agent.toml")
+#: The exit status when the document cannot be had (sysexits' EX_CONFIG).
+EXIT_DOCUMENT = 78
+#: How often the example "edits" its document.
+EDIT_INTERVAL_S = 0.2
+_MAX_SLOTS = 1000
 
 
-def file_menu(features: set[str]) -> str:
-    """The File menu, one line per catalogue feature."""
-    lines = ["File", "  New", "  Open..."]
-    for key, label in CATALOGUE.items():
-        state = "enabled " if key in features else "disabled"
-        lines.append(f"  New {label:<10} [{state}]")
-    lines += ["  Save", "  Quit"]
-    return "\n".join(lines)
+# --- the license ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class License:
+    """The license Flow Designer runs under, as far as it can tell."""
+
+    status: str
+    licensee: str
+    organization: str
+    seats: str
+    features: frozenset[str]
+    #: How the features were checked: a sentence.
+    check: str
 
 
 def verified_features(agent_config: Path) -> tuple[set[str] | None, str]:
@@ -81,32 +106,179 @@ def verified_features(agent_config: Path) -> tuple[set[str] | None, str]:
     return set(verified.features), f"verified, seat of {verified.client_id}"
 
 
-def main() -> int:
-    """Run until SIGTERM; save the document on the way out."""
-    parser = argparse.ArgumentParser(description="An example floatkey-licensed application.")
+def read_license(agent_config: Path | None) -> License:
+    """The license from the environment the agent gives, checked against ``agent_config``."""
+    features = frozenset(f for f in os.environ.get("FLOATKEY_FEATURES", "").split(",") if f)
+    status = os.environ.get("FLOATKEY_STATUS", "unlicensed")
+    licensee = os.environ.get("FLOATKEY_LICENSEE") or "nobody yet"
+    organization = os.environ.get("FLOATKEY_ORGANIZATION", "")
+    seats = os.environ.get("FLOATKEY_SEATS", "")
+    if agent_config is None:
+        check = "not verified (no agent config with the license server's key)"
+    else:
+        proven, check = verified_features(agent_config)
+        # Only what the daemon signed; without proof, run as if unlicensed.
+        features = frozenset(proven or ())
+        if proven is None:
+            status, licensee, organization, seats = "not verified", "nobody", "", ""
+    return License(status, licensee, organization, seats, features, check)
+
+
+def stop_reason() -> tuple[str, str] | None:
+    """Why the agent stopped the application: ``(code, message)``, or ``None``.
+
+    The agent writes it into the license file before it sends SIGTERM; a plain SIGTERM
+    (the user, the service manager) leaves none.
+    """
+    license_file = os.environ.get("FLOATKEY_LICENSE_FILE")
+    if not license_file:
+        return None
+    try:
+        reason = json.loads(Path(license_file).read_text()).get("shutdown_requested")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(reason, dict):
+        return None
+    return str(reason.get("reason", "")), str(reason.get("message", ""))
+
+
+# --- the document -----------------------------------------------------------------------
+
+
+class DocumentBusy(Exception):
+    """The document is open in another running instance."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"The document {path} is open in another Flow Designer; close that one, or give "
+            "this one another file with --document PATH."
+        )
+        self.path = path
+
+
+def data_directory() -> Path:
+    """The user's Flow Designer data directory (XDG base directories)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    # The specification: a relative path in XDG_DATA_HOME is invalid and ignored.
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
+    return root / "flowdesigner"
+
+
+def _lock(path: Path) -> int | None:
+    """Hold ``path``'s lock file for as long as this process runs; ``None`` if taken."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd  # closed (and so unlocked) by the process's exit
+
+
+def _saved_client(path: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        client = json.loads(path.read_text()).get("client")
+        return client if isinstance(client, str) else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One instance's document: a file no other running instance writes."""
+
+    path: Path
+    #: The edits saved in it so far (0 for a new document).
+    edits: int
+
+    @classmethod
+    def open(cls, explicit: Path | None, client_id: str) -> Document:
+        """``explicit``, or this instance's document in :func:`data_directory`.
+
+        Raises ``DocumentBusy`` when ``explicit`` is open in another instance, ``OSError``
+        when the directory cannot be made.
+        """
+        if explicit is not None:
+            explicit.parent.mkdir(parents=True, exist_ok=True)
+            if _lock(explicit) is None:
+                raise DocumentBusy(explicit)
+            return cls(explicit, cls._edits(explicit))
+        directory = data_directory()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        slots = [directory / f"document-{n}.json" for n in range(1, _MAX_SLOTS + 1)]
+        # The one this client id saved first (a restart with a stable client id).
+        mine = [p for p in slots if p.exists() and client_id and _saved_client(p) == client_id]
+        for path in [*mine, *slots]:
+            if _lock(path) is not None:
+                return cls(path, cls._edits(path))
+        raise DocumentBusy(directory / "document-N.json")
+
+    @staticmethod
+    def _edits(path: Path) -> int:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            edits = json.loads(path.read_text()).get("edits", 0)
+            return edits if isinstance(edits, int) and edits >= 0 else 0
+        return 0
+
+    def save(self, edits: int, features: frozenset[str], client_id: str) -> None:
+        """Write the document whole (a crash leaves the previous version, never half)."""
+        content = {"edits": edits, "features": sorted(features), "client": client_id}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(content) + "\n")
+        tmp.replace(self.path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both versions of Flow Designer take."""
     parser.add_argument(
         "--agent-config",
         type=Path,
         default=AGENT_CONFIG if AGENT_CONFIG.exists() else None,
         help="the floatkey agent config whose server key the license file must be signed by",
     )
-    args = parser.parse_args()
-    features = {f for f in os.environ.get("FLOATKEY_FEATURES", "").split(",") if f}
-    status = os.environ.get("FLOATKEY_STATUS", "unlicensed")
-    licensee = os.environ.get("FLOATKEY_LICENSEE") or "nobody yet"
-    if args.agent_config is None:
-        check = "not verified (no agent config with the license server's key)"
-    else:
-        proven, check = verified_features(args.agent_config)
-        # Only what the daemon signed; without proof, run as if unlicensed.
-        features = proven or set()
-        if proven is None:
-            status, licensee = "not verified", "nobody"
-    print(f"Flow Designer — license: {status}, licensed to {licensee}")
-    print(f"License check: {check}")
-    print(file_menu(features), flush=True)
+    document = os.environ.get("FLOWDESIGNER_DOCUMENT")
+    parser.add_argument(
+        "--document",
+        type=Path,
+        default=Path(document) if document else None,
+        help="the document to work on (default: one of the user's own in "
+        "$XDG_DATA_HOME/flowdesigner, kept across restarts)",
+    )
 
-    edits = 0
+
+# --- the terminal version ---------------------------------------------------------------
+
+
+def file_menu(features: frozenset[str]) -> str:
+    """The File menu, one line per catalogue feature."""
+    lines = ["File", "  New", "  Open..."]
+    for key, label in CATALOGUE.items():
+        state = "enabled " if key in features else "disabled"
+        lines.append(f"  New {label:<10} [{state}]")
+    lines += ["  Save", "  Quit"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Run until SIGTERM; save the document on the way out."""
+    parser = argparse.ArgumentParser(description="An example floatkey-licensed application.")
+    add_arguments(parser)
+    args = parser.parse_args()
+    client_id = os.environ.get("FLOATKEY_CLIENT_ID", "")
+    try:
+        document = Document.open(args.document, client_id)
+    except DocumentBusy as exc:
+        print(f"flowdesigner: {exc}", file=sys.stderr)
+        return EXIT_DOCUMENT
+    except OSError as exc:
+        print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
+        return EXIT_DOCUMENT
+    license_ = read_license(args.agent_config)
+    print(f"Flow Designer — license: {license_.status}, licensed to {license_.licensee}")
+    print(f"License check: {license_.check}")
+    print(f"Document: {document.path} ({document.edits} edits so far)")
+    print(file_menu(license_.features), flush=True)
+
+    edits = document.edits
     stopping = False
 
     def save_and_stop(_signum: int, _frame: object) -> None:
@@ -117,14 +289,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, save_and_stop)
     while not stopping:
         edits += 1
-        time.sleep(0.2)
-    DOCUMENT.write_text(json.dumps({"edits": edits, "features": sorted(features)}))
-    print(f"Saved {edits} edits to {DOCUMENT}; closing.", flush=True)
-    license_file = os.environ.get("FLOATKEY_LICENSE_FILE")
-    if license_file and Path(license_file).exists():
-        reason = json.loads(Path(license_file).read_text()).get("shutdown_requested")
-        if reason:
-            print(f"Closing because: {reason['message']}", flush=True)
+        time.sleep(EDIT_INTERVAL_S)
+    document.save(edits, license_.features, client_id)
+    print(f"Saved {edits} edits to {document.path}; closing.", flush=True)
+    reason = stop_reason()
+    if reason is not None:
+        print(f"Closing because: {reason[1]}", flush=True)
     return 0
 
 
