@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import REPO, command
 from licensing import issue, unlock
 from servers import clients, write_agent_config
+from xscreen import VirtualDisplay, keep, require_tk, wait_for_change
 
 pytestmark = pytest.mark.broker
 EXAMPLES = REPO / "clients" / "examples"
@@ -210,3 +212,156 @@ def test_the_embedded_example_says_why_it_cannot_start(tmp_path):
     assert result.returncode == 78
     assert result.stderr.startswith("embedded: ")
     assert "Traceback" not in result.stderr
+
+
+# --- flowdesigner_tk.py: the window -----------------------------------------------------
+
+WINDOW = EXAMPLES / "flowdesigner_tk.py"
+FILE_MENU = (18, 14)  # where the File menu's title is: the window is at 0,0, no manager
+MENU_BOX = (0, 28, 140, 270)  # where the File menu drops down
+LABELS = {"dataflow", "workflow", "subflow", "reporting", "scheduler"}
+
+
+def window_report(path, after: int) -> dict[str, object]:
+    """The application's ``Flow Designer window: {...}`` line, once it has drawn."""
+    screen = wait_for(path, "Flow Designer window: ", after=after)
+    while "\n" not in screen.split("Flow Designer window: ", 1)[1]:
+        screen = wait_for(path, "Flow Designer window: ", after=after)
+    line = screen.split("Flow Designer window: ", 1)[1].split("\n", 1)[0]
+    return json.loads(line)
+
+
+def screenshot(display, tmp_path, name: str) -> None:
+    path = display.screenshot(tmp_path / name)
+    keep(path)  # to $FLOATKEY_SCREENSHOTS too, when set
+
+
+def open_file_menu(display) -> None:
+    closed = display.region(MENU_BOX)
+    display.xdotool("mousemove", *map(str, FILE_MENU), "click", "1")
+    wait_for_change(display, MENU_BOX, closed)
+
+
+def close_file_menu(display) -> None:
+    shown = display.region(MENU_BOX)
+    display.xdotool("mousemove", "500", "250", "click", "1")  # beside the menu
+    wait_for_change(display, MENU_BOX, shown)
+
+
+def start_window(display, config, tmp_path) -> subprocess.Popen[bytes]:
+    """flowdesigner_tk.py under ``floatkey-agent run`` on ``display``."""
+    with (tmp_path / "window.out").open("ab") as log:
+        return subprocess.Popen(
+            [
+                command("floatkey-agent"),
+                "run",
+                "--config",
+                str(config),
+                "--app",
+                "flowdesigner",
+                "--",
+                command("python"),
+                str(WINDOW),
+                "--agent-config",
+                str(config),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path / "cwd",
+            env={
+                "DISPLAY": display.display,
+                "XDG_DATA_HOME": str(tmp_path / "data"),
+                "PATH": "/usr/bin:/bin",
+            },
+        )
+
+
+@pytest.fixture
+def display(tmp_path):
+    """A virtual X display of its own (and Tk, to draw on it)."""
+    require_tk()
+    screen = VirtualDisplay(tmp_path)
+    screen.start()
+    yield screen
+    screen.stop()
+
+
+def test_the_window_greys_out_what_the_license_lacks_and_restarts_with_the_new_features(
+    server_factory, tmp_path, display
+):
+    server = server_factory("embedded")
+    server.start_daemon()
+    config = write_agent_config(server, tmp_path / "window.toml")
+    out = tmp_path / "window.out"
+    (tmp_path / "cwd").mkdir()
+
+    window = start_window(display, config, tmp_path)
+    try:
+        report = window_report(out, 0)
+        assert report["file_menu"] == dict.fromkeys(LABELS, "disabled")
+        assert str(report["status"]).startswith("Unlicensed")
+        screenshot(display, tmp_path, "window-1-unlicensed.png")
+        open_file_menu(display)
+        screenshot(display, tmp_path, "window-2-unlicensed-file-menu.png")
+        close_file_menu(display)
+
+        key = issue()
+        # floatkeyctl unlock returns once the window has closed: the notice is looked at
+        # while it waits.
+        with ThreadPoolExecutor(1) as pool:
+            unlocking = pool.submit(unlock, server, key)
+            notice = (
+                "Flow Designer notice: A new license was activated; the application will restart."
+            )
+            wait_for(out, notice)
+            screenshot(display, tmp_path, "window-3-new-license-notice.png")
+            result = unlocking.result()
+        assert "1 connected client was told to shut down" in result.stdout, result.stdout
+        assert window.wait(20) == 75  # floatkey-agent@.service starts it again
+    finally:
+        if window.poll() is None:
+            window.kill()
+    document = json.loads((tmp_path / "data" / "flowdesigner" / "document-1.json").read_text())
+    assert document["edits"] >= 1
+
+    offset = len(out.read_text())
+    window = start_window(display, config, tmp_path)  # what the service manager does on 75
+    try:
+        report = window_report(out, offset)
+        assert report["file_menu"] == {
+            "dataflow": "normal",
+            "workflow": "normal",
+            "subflow": "normal",
+            "reporting": "disabled",
+            "scheduler": "disabled",
+        }
+        assert report["status"] == "Licensed to Ada Lovelace, Analytical Engines Ltd — 10 seats"
+        screenshot(display, tmp_path, "window-4-licensed.png")
+        open_file_menu(display)
+        screenshot(display, tmp_path, "window-5-licensed-file-menu.png")
+        window.terminate()  # passed on: it saves and closes at once, no notice
+        assert window.wait(20) == 0
+    finally:
+        if window.poll() is None:
+            window.kill()
+    restarted = out.read_text()[offset:]
+    assert f"edits to {tmp_path / 'data' / 'flowdesigner' / 'document-1.json'}" in restarted
+    assert "Flow Designer notice" not in restarted
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_the_window_without_a_display_says_what_to_run_instead(tmp_path):
+    require_tk()
+    result = subprocess.run(
+        [command("python"), str(WINDOW)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(tmp_path / "data")},
+    )
+    assert result.returncode == 78  # not restarted by floatkey-agent@.service
+    assert "cannot open a window" in result.stderr
+    assert "clients/examples/flowdesigner.py in a terminal" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-r"""Flow Designer: an example client application licensed by floatkey.
+r"""Flow Designer: an example client application licensed by floatkey (terminal version).
 
 Start it through the agent, which holds the seat and hands over the license:
 
@@ -8,7 +8,8 @@ Start it through the agent, which holds the seat and hands over the license:
 
 It shows its File menu with each catalogue feature enabled or disabled by the license,
 "edits" a document, and when the agent asks it to stop (SIGTERM: a new license was
-activated) it saves the document first.
+activated) it saves the document first. ``flowdesigner_tk.py`` beside it is the same
+application in a window; this one is for machines without a display.
 
 The document is the user's, kept across restarts: ``--document PATH`` (or
 ``FLOWDESIGNER_DOCUMENT``), otherwise ``document-N.json`` in the user's data directory
@@ -63,6 +64,7 @@ EXIT_DOCUMENT = 78
 #: How often the example "edits" its document.
 EDIT_INTERVAL_S = 0.2
 _MAX_SLOTS = 1000
+UNLICENSED_SESSION = "verified, an unlicensed session"
 
 
 # --- the license ------------------------------------------------------------------------
@@ -84,12 +86,18 @@ class License:
 def verified_features(agent_config: Path) -> tuple[set[str] | None, str]:
     """The features the license file proves (``None``: it proves nothing), and why.
 
-    Every failure (no file, a forged or stale one, no usable agent config) is a sentence,
+    A genuine unlicensed session proves that there are none (an empty set). Every
+    failure (no file, a forged or stale one, no usable agent config) is a sentence,
     never a traceback.
     """
     try:
         # Imported here: without an agent config the example needs only the standard library.
-        from floatkey import FloatkeyError, load_agent_config, verify_license_file  # noqa: PLC0415
+        from floatkey import (  # noqa: PLC0415
+            FloatkeyError,
+            LicenseFileInvalid,
+            load_agent_config,
+            verify_license_file,
+        )
         from floatkey.licensefile import trusted_server_key  # noqa: PLC0415
     except ImportError:
         return None, "cannot verify the license: the floatkey package is not installed"
@@ -102,7 +110,9 @@ def verified_features(agent_config: Path) -> tuple[set[str] | None, str]:
             return None, "no license file: Flow Designer was not started by floatkey-agent"
         verified = verify_license_file(license_file, server_key)
     except FloatkeyError as exc:
-        return None, exc.message
+        # Checked after the signature: the license server itself says it has no license.
+        unlicensed = isinstance(exc, LicenseFileInvalid) and exc.problem == "unlicensed"
+        return (set(), UNLICENSED_SESSION) if unlicensed else (None, exc.message)
     return set(verified.features), f"verified, seat of {verified.client_id}"
 
 
@@ -121,6 +131,8 @@ def read_license(agent_config: Path | None) -> License:
         features = frozenset(proven or ())
         if proven is None:
             status, licensee, organization, seats = "not verified", "nobody", "", ""
+        elif check == UNLICENSED_SESSION:
+            status, licensee, organization, seats = "unlicensed", "nobody yet", "", ""
     return License(status, licensee, organization, seats, features, check)
 
 
