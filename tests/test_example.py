@@ -321,6 +321,7 @@ def test_the_window_greys_out_what_the_license_lacks_and_restarts_with_the_new_f
     finally:
         if window.poll() is None:
             window.kill()
+            window.wait(20)
     document = json.loads((tmp_path / "data" / "flowdesigner" / "document-1.json").read_text())
     assert document["edits"] >= 1
 
@@ -344,6 +345,7 @@ def test_the_window_greys_out_what_the_license_lacks_and_restarts_with_the_new_f
     finally:
         if window.poll() is None:
             window.kill()
+            window.wait(20)
     restarted = out.read_text()[offset:]
     assert f"edits to {tmp_path / 'data' / 'flowdesigner' / 'document-1.json'}" in restarted
     assert "Flow Designer notice" not in restarted
@@ -365,3 +367,41 @@ def test_the_window_without_a_display_says_what_to_run_instead(tmp_path):
     assert "clients/examples/flowdesigner.py in a terminal" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_an_instance_with_a_stable_client_id_finds_its_own_document_again(tmp_path):
+    def start_alone(client_id: str) -> subprocess.Popen[str]:
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "FLOATKEY_CLIENT_ID": client_id,  # floatkey-agent run --client-id ID
+        }
+        return subprocess.Popen(
+            [command("python"), str(EXAMPLE)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+
+    def opened(process: subprocess.Popen[str]) -> str:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        return document_line(lines[2])[0]
+
+    def stop(process: subprocess.Popen[str]) -> None:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=20)
+        assert process.returncode == 0
+
+    first, second = start_alone("designer-a"), start_alone("designer-b")
+    mine = {"designer-a": opened(first), "designer-b": opened(second)}
+    stop(first)
+    stop(second)
+    # Started again alone, "designer-b" takes its own, not the first free one.
+    again = start_alone("designer-b")
+    try:
+        assert opened(again) == mine["designer-b"]
+    finally:
+        stop(again)

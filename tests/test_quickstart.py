@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 
@@ -12,7 +13,7 @@ import pytest
 from floatkey import protocol
 from floatkey.envelope import open_envelope
 from floatkey.signing import key_id, parse_public_key
-from servers import REPO, free_port, wait_for_port
+from servers import REPO, command, free_port, wait_for_port
 
 pytestmark = pytest.mark.broker
 
@@ -51,3 +52,21 @@ async def test_scripts_run_starts_the_daemon_on_the_embedded_broker(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
         log.close()
+
+
+def test_the_example_applications_the_readme_names_exist_and_start():
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"clients/examples/[\w.]+\.py", readme))
+    assert {f"clients/examples/{n}.py" for n in ("flowdesigner", "flowdesigner_tk")} <= named
+    for path in sorted(named):
+        assert (REPO / path).is_file(), path
+        if "flowdesigner" in path:  # embedded.py runs in tests/test_example.py
+            result = subprocess.run(
+                [command("python"), str(REPO / path), "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            assert "--document" in result.stdout

@@ -32,8 +32,9 @@ application would not take the key's location from its command line, where whoev
 starts it can name their own server's; the option is for the development setup and the
 tests. Apart from that check it uses only the standard library.
 
-Exit status: 0 when it stopped as asked (SIGTERM, SIGINT), 78 when its document is
-open in another instance (``floatkey-agent@.service`` does not restart it then).
+Exit status: 0 when it stopped as asked (SIGTERM, SIGINT) and saved, 1 when it could not
+save, 78 when its document is open in another instance (``floatkey-agent@.service``
+does not restart it then).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 # The product's feature catalogue: the license names which of these are enabled.
 CATALOGUE = {
@@ -59,8 +64,12 @@ CATALOGUE = {
 }
 # Where floatkey-agent@.service reads its config: root's to write, not the user's.
 AGENT_CONFIG = Path("/etc/floatkey/agent.toml")
-#: The exit status when the document cannot be had (sysexits' EX_CONFIG).
-EXIT_DOCUMENT = 78
+#: The exit status when it cannot run as started: its document is open in another
+#: instance, or (the window) there is no display or no Tk. sysexits' EX_CONFIG, which
+#: floatkey-agent@.service does not restart.
+EXIT_CONFIG = 78
+#: The exit status when the work could not be saved.
+EXIT_UNSAVED = 1
 #: How often the example "edits" its document.
 EDIT_INTERVAL_S = 0.2
 _MAX_SLOTS = 1000
@@ -232,11 +241,30 @@ class Document:
         return 0
 
     def save(self, edits: int, features: frozenset[str], client_id: str) -> None:
-        """Write the document whole (a crash leaves the previous version, never half)."""
+        """Write the document whole (a crash leaves the previous version, never half).
+
+        Raises ``OSError`` when it cannot be written.
+        """
         content = {"edits": edits, "features": sorted(features), "client": client_id}
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(content) + "\n")
         tmp.replace(self.path)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT, noted (:attr:`received`) for the main loop to act on.
+
+    Installed first thing: the agent may stop the application right after starting it,
+    and a signal before the handlers are in place would end it without saving.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        signal.signal(signal.SIGTERM, self._note)
+        signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, _signum: int, _frame: FrameType | None) -> None:
+        self.received = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -275,15 +303,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="An example floatkey-licensed application.")
     add_arguments(parser)
     args = parser.parse_args()
+    stop = StopSignals()
     client_id = os.environ.get("FLOATKEY_CLIENT_ID", "")
     try:
         document = Document.open(args.document, client_id)
     except DocumentBusy as exc:
         print(f"flowdesigner: {exc}", file=sys.stderr)
-        return EXIT_DOCUMENT
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
-        return EXIT_DOCUMENT
+        return EXIT_CONFIG
     license_ = read_license(args.agent_config)
     print(f"Flow Designer — license: {license_.status}, licensed to {license_.licensee}")
     print(f"License check: {license_.check}")
@@ -291,20 +320,16 @@ def main() -> int:
     print(file_menu(license_.features), flush=True)
 
     edits = document.edits
-    stopping = False
-
-    def save_and_stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, save_and_stop)
-    signal.signal(signal.SIGINT, save_and_stop)
-    while not stopping:
+    while not stop.received:
         edits += 1
         time.sleep(EDIT_INTERVAL_S)
-    document.save(edits, license_.features, client_id)
-    print(f"Saved {edits} edits to {document.path}; closing.", flush=True)
     reason = stop_reason()
+    try:
+        document.save(edits, license_.features, client_id)
+    except OSError as exc:
+        print(f"flowdesigner: cannot save {document.path}: {exc}", file=sys.stderr)
+        return EXIT_UNSAVED
+    print(f"Saved {edits} edits to {document.path}; closing.", flush=True)
     if reason is not None:
         print(f"Closing because: {reason[1]}", flush=True)
     return 0

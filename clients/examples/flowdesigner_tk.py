@@ -20,8 +20,8 @@ prints a ``Flow Designer window: {...}`` line with the File menu's entry states 
 reports them, for scripts (and the tests) to read; ``Flow Designer notice: ...`` when
 it shows a notice.
 
-Exit status: 0 when it closed or stopped as asked, 78 without a display, without Tk,
-or when its document is open in another instance.
+Exit status: 0 when it closed or stopped as asked and saved, 1 when it could not save,
+78 without a display, without Tk, or when its document is open in another instance.
 """
 
 from __future__ import annotations
@@ -30,24 +30,21 @@ import argparse
 import functools
 import json
 import os
-import signal
 import sys
-from typing import TYPE_CHECKING
 
 from flowdesigner import (
     CATALOGUE,
     EDIT_INTERVAL_S,
-    EXIT_DOCUMENT,
+    EXIT_CONFIG,
+    EXIT_UNSAVED,
     Document,
     DocumentBusy,
     License,
+    StopSignals,
     add_arguments,
     read_license,
     stop_reason,
 )
-
-if TYPE_CHECKING:
-    from types import FrameType
 
 try:
     import tkinter as tk
@@ -59,7 +56,7 @@ except ImportError:  # a Python built without Tk (Debian: the python3-tk package
         "clients/examples/flowdesigner.py is the version for a terminal.",
         file=sys.stderr,
     )
-    sys.exit(EXIT_DOCUMENT)
+    sys.exit(EXIT_CONFIG)
 
 RESTART_NOTICE = "A new license was activated; the application will restart."
 #: How long a notice stays on screen before the window closes: long enough to read,
@@ -82,14 +79,22 @@ def status_line(license_: License) -> str:
 class FlowDesignerWindow:
     """The main window: the File menu, the features panel, the document, the status line."""
 
-    def __init__(self, root: tk.Tk, license_: License, document: Document, client_id: str) -> None:
+    def __init__(
+        self,
+        root: tk.Tk,
+        license_: License,
+        document: Document,
+        client_id: str,
+        stop: StopSignals,
+    ) -> None:
         self.root = root
+        self.stop = stop  # acted on by the next tick: Tk is not to be called from a handler
         self.license = license_
         self.document = document
         self.client_id = client_id
         self.edits = document.edits
-        self.stopping = False  # set by SIGTERM/SIGINT, acted on by the next tick
         self._closing = False
+        self.save_failed = False  # the exit status says so
         root.title("Flow Designer")
         root.geometry("600x360")
         root.protocol("WM_DELETE_WINDOW", self.quit)
@@ -145,10 +150,17 @@ class FlowDesignerWindow:
         self.edits += 1
         self._show_document(f"new {kind} started")
 
-    def save(self) -> None:
-        """Save the document now."""
-        self.document.save(self.edits, self.license.features, self.client_id)
+    def save(self) -> bool:
+        """Save the document now; say in the window (and on stderr) when that fails."""
+        try:
+            self.document.save(self.edits, self.license.features, self.client_id)
+        except OSError as exc:
+            self.save_failed = True
+            print(f"flowdesigner: cannot save {self.document.path}: {exc}", file=sys.stderr)
+            self._show_document(f"NOT SAVED: {exc.strerror or exc}")
+            return False
         self._show_document("saved")
+        return True
 
     def quit(self) -> None:
         """Save and close."""
@@ -170,8 +182,12 @@ class FlowDesignerWindow:
 
     def drawn(self) -> None:
         """Say, once the window is on screen, what its File menu shows."""
-        self.root.wait_visibility(self.root)
-        self.root.update()
+        try:
+            # A nested event loop: the ticks (and a stop) go on while it waits.
+            self.root.wait_visibility(self.root)
+            self.root.update()
+        except tk.TclError:  # closed before it was ever shown
+            return
         report = {"file_menu": self.menu_states(), "status": status_line(self.license)}
         print(f"Flow Designer window: {json.dumps(report)}", flush=True)
 
@@ -179,7 +195,7 @@ class FlowDesignerWindow:
         """Edit a little; stop when a signal asked for it."""
         if self._closing:
             return
-        if self.stopping:
+        if self.stop.received:
             self.close(stop_reason())
             return
         self.edits += 1
@@ -203,9 +219,8 @@ class FlowDesignerWindow:
             self.notice.configure(text=text)
             self.notice.pack(side="top", fill="x", before=self.root.pack_slaves()[0])
         # Saved before the notice lingers: the agent kills what outlives its grace.
-        self.document.save(self.edits, self.license.features, self.client_id)
-        self._show_document("saved")
-        print(f"Saved {self.edits} edits to {self.document.path}; closing.", flush=True)
+        if self.save():
+            print(f"Saved {self.edits} edits to {self.document.path}; closing.", flush=True)
         if reason is None:
             self.root.destroy()
             return
@@ -227,6 +242,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="An example floatkey-licensed application.")
     add_arguments(parser)
     args = parser.parse_args()
+    stop = StopSignals()
     client_id = os.environ.get("FLOATKEY_CLIENT_ID", "")
     try:
         root = tk.Tk(className="FlowDesigner")
@@ -236,28 +252,21 @@ def main() -> int:
             "display, or use clients/examples/flowdesigner.py in a terminal.",
             file=sys.stderr,
         )
-        return EXIT_DOCUMENT
+        return EXIT_CONFIG
     try:
         document = Document.open(args.document, client_id)
     except DocumentBusy as exc:
         print(f"flowdesigner: {exc}", file=sys.stderr)
-        return EXIT_DOCUMENT
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
-        return EXIT_DOCUMENT
-    window = FlowDesignerWindow(root, read_license(args.agent_config), document, client_id)
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        # Tk is not to be called from here; the next tick (at most EDIT_INTERVAL_S on)
-        # closes the window.
-        window.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    window.drawn()
+        return EXIT_CONFIG
+    license_ = read_license(args.agent_config)
+    window = FlowDesignerWindow(root, license_, document, client_id, stop)
     window.tick()
+    window.drawn()
     root.mainloop()
-    return 0
+    return EXIT_UNSAVED if window.save_failed else 0
 
 
 if __name__ == "__main__":
