@@ -70,12 +70,24 @@ def document_line(screen: str) -> tuple[str, int]:
     return found[1], int(found[2])
 
 
+@pytest.fixture
+def started():
+    """Processes a test starts; any still running when it ends (it failed) are killed."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(20)
+
+
 def test_two_example_clients_shut_down_on_unlock_and_restart_with_features(
-    server_factory, tmp_path
+    server_factory, tmp_path, started
 ):
     server = server_factory("embedded")
     server.start_daemon()
     first = [start(server, tmp_path, name) for name in ("one", "two")]
+    started += first
     opened = {}
     for name in ("one", "two"):
         menu = wait_for(tmp_path / f"{name}.out", "Quit")
@@ -105,6 +117,7 @@ def test_two_example_clients_shut_down_on_unlock_and_restart_with_features(
     # Restarted (the service manager does it), each finds a document and its work again.
     offsets = {name: len((tmp_path / f"{name}.out").read_text()) for name in ("one", "two")}
     again = [start(server, tmp_path, name) for name in ("one", "two")]
+    started += again
     reopened = {}
     for name in ("one", "two"):
         menu = wait_for(tmp_path / f"{name}.out", "Quit", after=offsets[name])
@@ -369,14 +382,14 @@ def test_the_window_without_a_display_says_what_to_run_instead(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_an_instance_with_a_stable_client_id_finds_its_own_document_again(tmp_path):
+def test_an_instance_with_a_stable_client_id_finds_its_own_document_again(tmp_path, request):
     def start_alone(client_id: str) -> subprocess.Popen[str]:
         env = {
             "PATH": "/usr/bin:/bin",
             "XDG_DATA_HOME": str(tmp_path / "data"),
             "FLOATKEY_CLIENT_ID": client_id,  # floatkey-agent run --client-id ID
         }
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [command("python"), str(EXAMPLE)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -384,6 +397,8 @@ def test_an_instance_with_a_stable_client_id_finds_its_own_document_again(tmp_pa
             env=env,
             cwd=tmp_path,
         )
+        request.addfinalizer(lambda: process.poll() is None and process.kill())
+        return process
 
     def opened(process: subprocess.Popen[str]) -> str:
         assert process.stdout is not None
@@ -401,7 +416,5 @@ def test_an_instance_with_a_stable_client_id_finds_its_own_document_again(tmp_pa
     stop(second)
     # Started again alone, "designer-b" takes its own, not the first free one.
     again = start_alone("designer-b")
-    try:
-        assert opened(again) == mine["designer-b"]
-    finally:
-        stop(again)
+    assert opened(again) == mine["designer-b"]
+    stop(again)
