@@ -45,8 +45,17 @@ __all__ = [
     "ServerKey",
     "Status",
     "Unlocked",
+    "audit_of",
+    "change_of",
+    "clients_of",
     "dump",
+    "failure",
+    "features",
     "from_ms",
+    "license_of",
+    "seat_of",
+    "status_of",
+    "verdict_of",
 ]
 
 
