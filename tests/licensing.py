@@ -57,7 +57,14 @@ def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def unlock(
-    server: Server, key: str, *extra: str, name: str = NAME, org: str = ORG
+    server: Server, key: str, *extra: str, name: str = NAME, org: str = ORG, yes: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """floatkeyctl unlock."""
-    return ctl(server, "unlock", "--name", name, "--organization", org, "--key", key, *extra)
+    """floatkeyctl unlock; with ``--yes`` unless ``yes`` is false.
+
+    Most tests unlock one key after another whatever they grant; the question asked
+    before a key that reduces the license is tested on its own (test_ctl_unlock.py).
+    """
+    confirm = ("--yes",) if yes else ()
+    return ctl(
+        server, "unlock", "--name", name, "--organization", org, "--key", key, *confirm, *extra
+    )

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import os
+import select
 import shutil
 import time
 import uuid
@@ -39,7 +40,8 @@ from floatkey import protocol
 from floatkey.agent import Agent
 from floatkey.config import load_agent_config
 from floatkey.envelope import open_envelope
-from floatkey.signing import key_id
+from floatkey.signing import key_id, load_private_key
+from floatkeyd.admin_client import AdminSession
 
 if TYPE_CHECKING:
     import ssl
@@ -192,7 +194,21 @@ def status(server: Server) -> dict[str, object]:
 
     result = ctl(server, "status", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["status"]  # type: ignore[no-any-return]
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+async def daemon_report(server: Server) -> protocol.StatusReport:
+    """The daemon's status as the protocol carries it, internal counters (``tasks``) too."""
+    async with AdminSession(
+        server.broker("floatkey-admin"),
+        server.topics,
+        load_private_key(CONFIG / "dev-admin.key"),
+        base=CONFIG,
+        server_key=server.server_key(),
+    ) as session:
+        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+    assert result.status is not None, result.message
+    return result.status
 
 
 def answering(server: Server) -> bool:
@@ -214,3 +230,47 @@ def read_terminal(primary: int) -> str:
     finally:
         os.close(primary)
     return b"".join(chunks).decode(errors="replace")
+
+
+class Terminal:
+    """The primary side of a pseudo-terminal: read what a process shows, type answers."""
+
+    def __init__(self, primary: int) -> None:
+        self.primary = primary
+        self.screen = ""
+
+    def _read(self, timeout: float) -> bool:
+        """Read what is there within ``timeout``; return False once the other side closed."""
+        ready, _, _ = select.select([self.primary], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.primary, 4096)
+        except OSError:  # EIO: the process on the other side has exited
+            return False
+        self.screen += chunk.decode(errors="replace")
+        return bool(chunk)
+
+    def _wait_for(self, text: str, within: float) -> str:
+        deadline = time.monotonic() + within
+        while text not in self.screen:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.5)):
+                break
+        if text not in self.screen:
+            msg = f"{text!r} not shown within {within} s; the screen:\n{self.screen}"
+            raise AssertionError(msg)
+        return self.screen
+
+    async def wait_for(self, text: str, within: float = 30) -> str:
+        """Wait until ``text`` is on the screen; return the screen so far."""
+        return await asyncio.to_thread(self._wait_for, text, within)
+
+    def type(self, text: str) -> None:
+        """Type ``text`` as a person would."""
+        os.write(self.primary, text.encode())
+
+    async def rest(self) -> str:
+        """Everything until the process closes the terminal; the whole screen."""
+        self.screen += await asyncio.to_thread(read_terminal, self.primary)
+        return self.screen

@@ -61,7 +61,7 @@ async def eventually_listed(server, check, within: float = 10) -> list[dict[str,
 
 
 def licensed(listing) -> list[dict[str, object]]:
-    return [c for c in listing if c["licensed"]]
+    return [c for c in listing if c["seat"] == "licensed"]
 
 
 # --- seats --------------------------------------------------------------------------
@@ -150,7 +150,7 @@ async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_p
             agent.require("dataflow")
         listing = await listed(server)
         assert [c["client"] for c in listing] == [agent.client_id]
-        assert listing[0]["licensed"] is False
+        assert listing[0]["seat"] == "unlicensed"
 
         hooks: list[str] = []
 
@@ -165,7 +165,7 @@ async def test_agents_of_an_unlicensed_server_run_without_features(server, tmp_p
         assert reason.generation == 1
         await eventually(lambda: hooks == ["license.activated"])
     # The hook ran before the seat was released; unlock waited for it.
-    assert "All 1 client has shut down" in result.stdout
+    assert "The client has shut down; it can restart under the new license." in result.stdout
 
 
 # --- lifecycle ----------------------------------------------------------------------
@@ -304,6 +304,7 @@ async def test_unlock_shuts_down_supervised_clients_which_restart_with_the_featu
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 connected clients were told to shut down" in result.stdout
     assert "All 3 clients have shut down" in result.stdout
+    assert "Waiting for the clients to shut down: 3 of 3\n" in result.stdout
     assert "\r" not in result.stdout  # the live count is for terminals, not pipes or logs
     for n, proc in zip(names, procs, strict=True):
         assert proc.wait(15) == 75, output(tmp_path, n)
@@ -357,11 +358,15 @@ async def test_unlock_on_a_terminal_counts_the_clients_down_live(server_factory,
         os.close(secondary)
         screen = await asyncio.to_thread(read_terminal, primary)
         assert await process.wait() == 0, screen
-    assert "Clients told to shut down: 2" in screen
-    assert "\rWaiting for clients to shut down: 0/2 done" in screen
-    assert "\rWaiting for clients to shut down: 1/2 done" in screen
-    assert "\rWaiting for clients to shut down: 2/2 done" in screen
-    assert screen.index("1/2 done") < screen.index("2/2 done") < screen.index("All 2 clients")
+    # One sentence, one line rewritten in place as they go, one closing line.
+    assert screen.count("told to shut down") == 1, screen
+    assert "\rWaiting for the clients to shut down: 1 of 2" in screen
+    assert "\rWaiting for the clients to shut down: 2 of 2" in screen
+    assert screen.index("1 of 2") < screen.index("2 of 2") < screen.index("All 2 clients")
+    # The terminal turns "\n" into "\r\n": the progress is one line, then the closing one.
+    lines = screen.replace("\r\n", "\n").rstrip("\n").split("\n")
+    assert lines[-2].startswith("\rWaiting for the clients to shut down: "), screen
+    assert lines[-1] == "All 2 clients have shut down; they can restart under the new license."
 
 
 async def test_the_supervisor_exits_with_the_childs_status_and_refuses_without_a_seat(

@@ -247,8 +247,8 @@ async def test_floatkeyctl_lists_the_log_and_says_which_row_was_altered(server_f
     assert (await asyncio.to_thread(unlock, server, issue(seats=3))).returncode == 0
     listing = await asyncio.to_thread(ctl, server, "audit", "--json", "--action", "admin.unlock")
     assert listing.returncode == 0, listing.stderr
-    rows = json.loads(listing.stdout)["audit"]
-    assert [json.loads(r["detail"])["seats"] for r in rows] == [2, 3]
+    rows = json.loads(listing.stdout)["entries"]
+    assert [r["detail"]["seats"] for r in rows] == [2, 3]
     intact = await asyncio.to_thread(ctl, server, "audit", "verify")
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert "intact" in intact.stdout

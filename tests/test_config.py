@@ -160,3 +160,26 @@ def test_a_damaged_database_stops_the_daemon_with_a_sentence_not_a_hang(tmp_path
     assert "cannot be used (file is not a database)" in result.stderr
     assert "restore it from a backup" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("agent.dev.toml", "this is an agent configuration (floatkey-agent's)"),
+        ("admin.toml", "this is an administrator's configuration (admin.toml, floatkeyctl's)"),
+        ("mosquitto.conf", "this is a Mosquitto configuration"),
+    ],
+)
+def test_floatkeyd_says_which_kind_of_file_it_was_given(name, what):
+    result = run("floatkeyd", "run", "--config", str(CONFIG / name))
+    assert result.returncode == 1
+    assert f"{what}; floatkeyd needs the daemon's (floatkeyd.toml)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv", [("run",), ("admin-key", "add"), ("admin-key", "remove"), ("admin-key", "list")]
+)
+def test_floatkeyds_config_option_says_its_default(argv):
+    result = run("floatkeyd", *argv, "--help")
+    assert result.returncode == 0
+    assert "(default /etc/floatkey/floatkeyd.toml)" in " ".join(result.stdout.split())

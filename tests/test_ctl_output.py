@@ -108,9 +108,58 @@ async def test_an_admin_key_taken_back_is_refused_at_once_and_both_are_audited(
     again = run("floatkeyd", "admin-key", "remove", kid, "--config", config)
     assert again.returncode == 1
     assert "no admin key with that id" in again.stderr
-    rows = json.loads((await asyncio.to_thread(ctl, server, "audit", "--json")).stdout)["audit"]
+    rows = json.loads((await asyncio.to_thread(ctl, server, "audit", "--json")).stdout)["entries"]
     assert [(r["actor"], r["action"]) for r in rows if r["action"].startswith("admin-key")] == [
         ("local", "admin-key.add"),
         ("local", "admin-key.remove"),
     ]
     assert (await asyncio.to_thread(ctl, server, "audit", "verify")).returncode == 0
+
+
+def test_release_help_says_what_happens_and_where_the_client_id_comes_from():
+    result = run("floatkeyctl", "release", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "the application is told to stop" in text
+    assert "the seat is free for another client at once" in text
+    assert (
+        "exits with status 77, which the shipped floatkey-agent@.service does not restart" in text
+    )
+    assert "CLIENT_ID the client, as the CLIENT column of `floatkeyctl clients` shows it" in text
+
+
+async def test_status_shows_feature_display_names_from_the_daemons_catalogue(server_factory):
+    import asyncio  # noqa: PLC0415
+
+    from conftest import CONFIG  # noqa: PLC0415
+    from licensing import ctl, unlock  # noqa: PLC0415
+
+    server = server_factory("mosquitto", extra=f'catalogue = "{CONFIG / "product.toml"}"')
+    server.start_daemon()
+    key = issue(seats=3, features="dataflow,workflow,reporting")
+    unlocked = await asyncio.to_thread(unlock, server, key)
+    assert "features Dataflow, Reporting, Workflow." in unlocked.stdout
+    status = await asyncio.to_thread(ctl, server, "status")
+    assert status.returncode == 0, status.stderr
+    assert "Features             Dataflow, Reporting, Workflow\n" in status.stdout
+
+
+async def test_unlock_says_it_once_then_counts_one_client_down(server_factory, tmp_path):
+    import asyncio  # noqa: PLC0415
+
+    from licensing import unlock  # noqa: PLC0415
+    from servers import make_agent  # noqa: PLC0415
+
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    async with make_agent(server, tmp_path, "one"):
+        result = await asyncio.to_thread(unlock, server, issue(seats=2))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("The license has been successfully activated: 2 seats")
+    assert lines[0].endswith("1 connected client was told to shut down.")
+    assert lines[-2:] == [
+        "Waiting for the client to shut down: 1 of 1",
+        "The client has shut down; it can restart under the new license.",
+    ]
+    assert result.stdout.count("shut down") == 3

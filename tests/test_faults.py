@@ -28,6 +28,7 @@ from licensing import NAME, ORG, issue, unlock
 from servers import (
     answering,
     clients,
+    daemon_report,
     eventually,
     make_agent,
     raw_client,
@@ -572,9 +573,9 @@ async def test_soak_agents_renewing_keep_the_daemon_flat(server_factory):
             await worker.expect("ready", 300)
         pid = daemon.process.pid
         await asyncio.sleep(min(10, duration / 6))
-        start = (rss(pid), fds(pid), status(server)["tasks"])
+        start = (rss(pid), fds(pid), (await daemon_report(server)).tasks)
         await asyncio.sleep(duration - min(10, duration / 6))
-        end = (rss(pid), fds(pid), status(server)["tasks"])
+        end = (rss(pid), fds(pid), (await daemon_report(server)).tasks)
         current = status(server)
         for worker in workers:
             worker.go()

@@ -27,6 +27,7 @@ from floatkeyd.store import Store
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
 log = structlog.get_logger("floatkeyd")
+_CONFIG_HELP = f"the daemon's config file (default {DEFAULT_CONFIG})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the daemon in the foreground (what systemd starts)")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     run.add_argument(
         "--state-dir", type=Path, help="use this state directory instead of the config's"
     )
@@ -48,14 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add = admin_commands.add_parser("add", help="authorize an admin public key")
     add.add_argument("public_key", help="ed25519:... as printed by `floatkeyctl admin-key create`")
-    add.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    add.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     remove = admin_commands.add_parser(
         "remove", help="take an admin key back (a running daemon refuses it from then on)"
     )
     remove.add_argument("kid", help="the key id (16 hex digits) as `admin-key list` shows it")
-    remove.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    remove.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     listing = admin_commands.add_parser("list", help="list the authorized admin keys")
-    listing.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file")
+    listing.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     return parser
 
 

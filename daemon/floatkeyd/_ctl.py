@@ -1,8 +1,10 @@
-"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, audit, admin keys.
+"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, audit, keys.
 
-``--config`` takes the daemon's own config file: the broker, the server name, the server's
-public key (from its state directory, when readable) and, in the development config,
-the admin key file all come from it.
+``--config`` takes the daemon's own config file (on the license server: the broker
+login of ``[admin_broker]``, the server name, the server's public key from its state
+directory and ``admin_key_file``) or an ``admin.toml`` (on an administrator's own
+machine; ``floatkeyd.adminconfig``). ``--json`` prints the shapes of
+``floatkeyd.ctl_json`` (docs/SCRIPTING.md).
 
 Exit status:
 
@@ -14,6 +16,8 @@ Exit status:
 4  not authorized (admin key not trusted, clock too far off, replayed command)
 5  daemon unreachable (no broker, the broker failed or cut the connection, no answer in time)
 6  timed out waiting for the clients of the old license to shut down
+7  not activated: the key reduces the license and that was not confirmed (answered no,
+   or no terminal to ask on and no ``--yes``); nothing was sent
 == =====================================================================
 """
 
@@ -23,33 +27,58 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import msgspec
 
 from floatkey import protocol
 from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
 from floatkey.logs import configure_logging
 from floatkey.productkey import parse_product_key
-from floatkey.signing import create_private_key_file, load_private_key, public_key_text
+from floatkey.signing import (
+    create_private_key_file,
+    key_id,
+    load_private_key,
+    public_key_text,
+)
 from floatkey.version import version_line
-from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
-from floatkeyd.config import load_config
+from floatkeyd import ctl_json
+from floatkeyd._ctl_text import (
+    audit_text,
+    change_lines,
+    clients_text,
+    describe_license,
+    shut_down_progress,
+    shut_down_verdict,
+    status_text,
+    table,
+)
+from floatkeyd.admin_client import AdminSession, DaemonUnreachable
+from floatkeyd.adminconfig import AdminTarget, load_admin_target
+from floatkeyd.licensechange import LicenseChange, license_changes, refused_anyway
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from floatkey.protocol import AdminResult, LicenseInfo
+    from floatkey.protocol import AdminResult
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
+DEFAULT_ADMIN_CONFIG = Path("~/.config/floatkey/admin.toml")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_BAD_KEY, EXIT_NOT_AUTHORIZED, EXIT_UNREACHABLE, EXIT_TIMEOUT = 3, 4, 5, 6
+EXIT_NOT_CONFIRMED = 7
+
+_RELEASE_HELP = """\
+Free the seat of one connected client, now. The daemon tells its agent that an
+administrator released the seat: the application is told to stop (as for a new
+license, its shutdown hooks run first), the seat is free for another client at once,
+and floatkey-agent exits with status 77, which the shipped floatkey-agent@.service does
+not restart (an application restarted at once would take the seat straight back).
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,17 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
-        help=f"the daemon's config file (default {DEFAULT_CONFIG})",
+        help=f"the daemon's config file (floatkeyd.toml) or an admin.toml (default "
+        f"{DEFAULT_CONFIG}; where that does not exist, {DEFAULT_ADMIN_CONFIG})",
     )
     common.add_argument(
-        "--admin-key", type=Path, help="admin private key (default: admin_key_file from the config)"
+        "--admin-key",
+        type=Path,
+        help="admin private key (default: admin_key in admin.toml, admin_key_file in "
+        "floatkeyd.toml)",
     )
     common.add_argument(
         "--timeout",
         type=float,
         default=10.0,
         help="seconds to wait for the daemon's answer (default 10)",
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print JSON for scripts (docs/SCRIPTING.md)"
     )
     parser = argparse.ArgumentParser(
         prog="floatkeyctl", description="Administer a floatkey license server."
@@ -89,13 +124,16 @@ def _parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds to wait for old clients to shut down (default 60; 0: don't)",
     )
-    unlock.add_argument("--json", action="store_true", help="print JSON")
-    for name, text in [
-        ("status", "show the license and seat usage"),
-        ("clients", "list connected clients"),
-    ]:
-        sub = commands.add_parser(name, parents=[common], help=text)
-        sub.add_argument("--json", action="store_true", help="print JSON")
+    unlock.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="activate a key that reduces the license (fewer seats, a feature removed, an "
+        "earlier expiry, an older key) without asking; without it floatkeyctl asks on a "
+        "terminal and refuses elsewhere (exit status 7)",
+    )
+    commands.add_parser("status", parents=[common], help="show the license and seat usage")
+    commands.add_parser("clients", parents=[common], help="list connected clients")
     audit = commands.add_parser(
         "audit", parents=[common], help="list the audit log, or verify its hash chain"
     )
@@ -104,14 +142,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--since", type=dt.date.fromisoformat, help="from this day on (UTC)")
     audit.add_argument("--action", help="only this action (admin.unlock, license.expired, ...)")
-    audit.add_argument("--json", action="store_true", help="print JSON")
-    release = commands.add_parser("release", parents=[common], help="free a client's seat")
-    release.add_argument("client_id")
-    release.add_argument("--json", action="store_true", help="print JSON")
+    release = commands.add_parser(
+        "release",
+        parents=[common],
+        help="free a client's seat (its application is stopped)",
+        description=_RELEASE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    release.add_argument(
+        "client_id",
+        metavar="CLIENT_ID",
+        help="the client, as the CLIENT column of `floatkeyctl clients` shows it",
+    )
+    commands.add_parser(
+        "server-key",
+        parents=[common],
+        help="print the server's public key and the agent.toml line that pins it",
+    )
     admin = commands.add_parser("admin-key", help="admin keys")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     create = admin_commands.add_parser("create", help="create an admin key pair (0600)")
     create.add_argument("--out", type=Path, required=True, help="private key file to create")
+    create.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
 
@@ -126,47 +178,37 @@ def _exit_code(reason: str) -> int:
     return EXIT_NOT_AUTHORIZED if reason in _AUTH_REASONS else EXIT_ERROR
 
 
-def _describe_license(
-    info: LicenseInfo, feature_names: dict[str, str] | None = None
-) -> list[tuple[str, str]]:
-    names = feature_names or {}
-    return [
-        ("Licensee", info.licensee),
-        ("Organization", info.organization),
-        ("Seats", str(info.seats)),
-        ("Features", ", ".join(names.get(f, f) for f in info.features) or "(none)"),
-        ("Product version", str(info.product_version)),
-        ("Serial", info.serial),
-        ("Issued", info.issued),
-        ("Expires", info.expires or "never"),
-    ]
+def _config_path(args: argparse.Namespace) -> Path:
+    """``--config``, or the default: the daemon's file on the server, else the admin's."""
+    if args.config is not None:
+        return Path(args.config)
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    admin = DEFAULT_ADMIN_CONFIG.expanduser()
+    if admin.exists():
+        return admin
+    raise ConfigError(
+        f"No configuration: neither {DEFAULT_CONFIG} (the daemon's, on the license server) "
+        f"nor {admin} (an administrator's admin.toml, see config/admin.toml) exists. "
+        "Pass --config FILE."
+    )
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+def _target(args: argparse.Namespace) -> AdminTarget:
+    return load_admin_target(_config_path(args))
 
 
-def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _print_json(result: AdminResult) -> None:
-    print(json.dumps(msgspec.to_builtins(result), indent=2))
-
-
-async def _session(args: argparse.Namespace) -> AdminSession:
-    loaded = load_config(args.config)
-    key_path = args.admin_key or loaded.admin_key_file
+def _session(args: argparse.Namespace, target: AdminTarget) -> AdminSession:
+    key_path = args.admin_key or target.admin_key_file
     if key_path is None:
         raise ConfigError(
             "No admin key: pass --admin-key FILE (create one with `floatkeyctl admin-key "
             "create`), or set admin_key_file in the config.",
         )
-    broker = loaded.admin_broker
-    if loaded.config.broker is None and broker.password_file is not None:
+    broker = target.broker
+    if target.embedded is not None and broker.password_file is not None:
         secret = Path(broker.password_file)
-        if not secret.exists():  # noqa: ASYNC240 - once, before connecting
+        if not secret.exists():
             # The embedded broker's logins are made when floatkeyd first starts.
             raise DaemonUnreachable(
                 "Cannot reach the MQTT broker: the embedded broker of this config has never "
@@ -174,44 +216,188 @@ async def _session(args: argparse.Namespace) -> AdminSession:
             )
     return AdminSession(
         broker,
-        loaded.topics,
+        target.topics,
         load_private_key(key_path),
-        base=loaded.base,
-        server_key=find_server_key(loaded.state_dir),
+        base=target.base,
+        server_key=target.server_key,
         timeout=args.timeout,
     )
 
 
-async def _wait_for_release(session: AdminSession, told: int, wait: float) -> bool:
-    """Poll until the old generation's clients released their seats; live count on a tty."""
+def _refused(args: argparse.Namespace, result: AdminResult) -> int:
+    """Say why the daemon refused; return the exit status."""
+    if args.json:
+        print(ctl_json.dump(ctl_json.failure(result.reason, result.message)))
+    print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
+    return _exit_code(result.reason)
+
+
+def _names(target: AdminTarget, report: protocol.StatusReport | None) -> dict[str, str]:
+    """Feature display names: the server's, else the local catalogue's."""
+    return target.feature_names | (report.feature_names if report else {})
+
+
+# --- unlock -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Question:
+    """An unlock held back: the key reduces the license, and that must be confirmed."""
+
+    changes: list[LicenseChange]
+    names: dict[str, str]
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    """``unlock``: read the key, compare it with the active license, ask if it reduces it.
+
+    The question is asked between two broker sessions, outside the event loop: Ctrl-C
+    at the prompt then simply ends floatkeyctl, and no connection idles while a person
+    reads.
+    """
+    key = _product_key(args.key)
+    if not key.strip():
+        print(
+            "floatkeyctl: no product key given (--key KEY, or on standard input)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    target = _target(args)
+    outcome = asyncio.run(_unlock_session(args, target, key, confirmed=args.yes))
+    if isinstance(outcome, int):
+        return outcome
+    if not _confirmed(args, outcome):
+        return EXIT_NOT_CONFIRMED
+    again = asyncio.run(_unlock_session(args, target, key, confirmed=True))
+    assert isinstance(again, int)
+    return again
+
+
+def _confirmed(args: argparse.Namespace, question: _Question) -> bool:
+    """Show what the key takes away; ask on a terminal, refuse elsewhere."""
+    lines = [
+        "This key takes something away from the active license:",
+        *change_lines(question.changes, question.names),
+    ]
+    if not sys.stdin.isatty():
+        message = (
+            "Not activated: this key takes something away from the active license, and "
+            "there is no terminal to ask on; nothing was sent. Check that it is the key you "
+            "meant, then run the unlock again with --yes."
+        )
+        if args.json:
+            changes = [ctl_json.change_of(c) for c in question.changes]
+            refusal = ctl_json.Error(reason="not_confirmed", message=message)
+            print(ctl_json.dump(ctl_json.NotConfirmed(error=refusal, changes=changes)))
+        print("\n".join(lines), file=sys.stderr)
+        print(f"floatkeyctl: {message}", file=sys.stderr)
+        return False
+    # The question goes to stderr, as the key prompt does: stdout may be a file or --json.
+    print("\n".join(lines), file=sys.stderr)
+    print("Activate it? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() in {"y", "yes"}:
+        return True
+    print("Not activated; nothing was changed.", file=sys.stderr)
+    return False
+
+
+async def _unlock_session(
+    args: argparse.Namespace, target: AdminTarget, key: str, *, confirmed: bool
+) -> int | _Question:
+    async with _session(args, target) as session:
+        before = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        if not before.ok or before.status is None:
+            return _refused(args, before)
+        names = _names(target, before.status)
+        changes = _changes(args, before.status, key)
+        if not confirmed and any(change.reduces for change in changes):
+            return _Question(changes, names)
+        result = await session.send(
+            protocol.AdminUnlock(
+                request_id=session.request_id(),
+                name=args.name,
+                organization=args.organization,
+                key=key,
+            )
+        )
+        if not result.ok or result.unlock is None:
+            return _refused(args, result)
+        report = result.unlock
+        if not args.json:
+            print(result.message)
+            print(table(describe_license(report.license, names)))
+        told = report.clients_told if report.changed else 0
+        left: int | None = 0
+        if told and args.wait > 0:
+            left = await _wait_for_release(session, told, args.wait, quiet=args.json)
+        elif told:
+            left = None
+    if args.json:
+        print(
+            ctl_json.dump(
+                ctl_json.Unlocked(
+                    changed=report.changed,
+                    message=result.message,
+                    license=ctl_json.license_of(report.license, names),
+                    changes=[ctl_json.change_of(c) for c in changes],
+                    clients_told=told,
+                    clients_still_running=left,
+                )
+            )
+        )
+    return EXIT_TIMEOUT if left else EXIT_OK
+
+
+def _changes(
+    args: argparse.Namespace, status: protocol.StatusReport, key: str
+) -> list[LicenseChange]:
+    """What the key changes in the active license, read from the key locally.
+
+    Nothing when there is no active license, or when the key cannot be read or will be
+    refused anyway: the daemon then says why, as it always has.
+    """
+    active = status.license if status.status == "licensed" else None
+    if active is None:
+        return []
+    try:
+        new = parse_product_key(key).key
+    except ProductKeyError:
+        return []
+    today = dt.datetime.now(dt.UTC).date()
+    if refused_anyway(new, active, name=args.name, organization=args.organization, today=today):
+        return []
+    return license_changes(active, new)
+
+
+async def _wait_for_release(session: AdminSession, told: int, wait: float, *, quiet: bool) -> int:
+    """Poll until the old generation's clients released their seats; return how many did not.
+
+    One progress line: rewritten in place on a terminal, printed once at the end
+    elsewhere; then one closing line. ``quiet`` (``--json``) prints nothing.
+    """
     deadline = time.monotonic() + wait
-    live = sys.stdout.isatty()
-    left = told
+    live = sys.stdout.isatty() and not quiet
+    left, shown = told, 0
     while time.monotonic() < deadline:
         result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
         left = result.status.awaiting_release if result.status else left
         if live:
-            print(
-                f"\rWaiting for clients to shut down: {told - left}/{told} done ",
-                end="",
-                flush=True,
-            )
+            line = shut_down_progress(told - left, told)
+            print(f"\r{line.ljust(shown)}", end="", flush=True)
+            shown = len(line)
         if left == 0:
             break
         await asyncio.sleep(0.25)
-    if live:
-        print()
-    if left == 0:
-        print(
-            f"All {told} client{'s have' if told != 1 else ' has'} shut down; they can "
-            "restart under the new license."
-        )
-        return True
-    print(
-        f"{left} of {told} clients have not shut down after {wait:g} s. Their seats expire "
-        "on their own; `floatkeyctl clients` lists them."
-    )
-    return False
+    if not quiet:
+        if live:
+            print()
+        else:
+            print(shut_down_progress(told - left, told))
+        print(shut_down_verdict(told, left, wait))
+    return left
 
 
 def _product_key(given: str) -> str:
@@ -242,155 +428,59 @@ def _product_key(given: str) -> str:
     return " ".join(lines)
 
 
-async def _unlock(args: argparse.Namespace) -> int:
-    key = _product_key(args.key)
-    if not key.strip():
-        print(
-            "floatkeyctl: no product key given (--key KEY, or on standard input)", file=sys.stderr
-        )
-        return EXIT_USAGE
-    async with await _session(args) as session:
-        result = await session.send(
-            protocol.AdminUnlock(
-                request_id=session.request_id(),
-                name=args.name,
-                organization=args.organization,
-                key=key,
-            )
-        )
-        if args.json:
-            _print_json(result)
-        if not result.ok:
-            if not args.json:
-                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
-            return _exit_code(result.reason)
-        report = result.unlock
-        if args.json or report is None:
-            return EXIT_OK
-        print(result.message)
-        print(_table(_describe_license(report.license)))
-        if not report.changed:
-            return EXIT_OK
-        print(f"Clients told to shut down: {report.clients_told}")
-        if report.clients_told == 0 or args.wait <= 0:
-            return EXIT_OK
-        done = await _wait_for_release(session, report.clients_told, args.wait)
-        return EXIT_OK if done else EXIT_TIMEOUT
+# --- the read-only commands ------------------------------------------------------------
 
 
 async def _query(
     args: argparse.Namespace,
+    target: AdminTarget,
     make: Callable[[str], protocol.AdminCommand],
 ) -> AdminResult:
-    """Send one command; print the JSON if asked, and the refusal if refused."""
-    async with await _session(args) as session:
-        result = await session.send(make(session.request_id()))
-    if args.json:
-        _print_json(result)
-    if not result.ok:
-        print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
-    return result
+    """Send one command and return the answer."""
+    async with _session(args, target) as session:
+        return await session.send(make(session.request_id()))
 
 
 async def _status(args: argparse.Namespace) -> int:
-    result = await _query(args, lambda rid: protocol.AdminStatus(request_id=rid))
+    target = _target(args)
+    result = await _query(args, target, lambda rid: protocol.AdminStatus(request_id=rid))
     if not result.ok or result.status is None:
-        return _exit_code(result.reason)
-    if args.json:
-        return EXIT_OK
+        return _refused(args, result)
     status = result.status
-    seats = str(status.license.seats) if status.license else "-"
-    rows = [("Server", status.server), ("Status", status.status)]
-    if status.license:
-        rows += _describe_license(status.license, status.feature_names)
-    rows += [
-        ("Seats in use", f"{status.seats_in_use}/{seats}"),
-        ("Unlicensed sessions", str(status.unlicensed_sessions)),
-        ("Awaiting shutdown", str(status.awaiting_release)),
-        ("Generation", str(status.generation)),
-        ("Revision", str(status.revision)),
-        ("Server fingerprint", status.fingerprint),
-        ("Broker", status.broker),
-        (
-            "Dropped messages",
-            ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items())) or "none",
-        ),
-    ]
-    print(_table(rows))
+    names = _names(target, status)
+    if args.json:
+        print(ctl_json.dump(ctl_json.status_of(status, names)))
+        return EXIT_OK
+    print(status_text(status, names))
     return EXIT_OK
 
 
 async def _clients(args: argparse.Namespace) -> int:
-    result = await _query(args, lambda rid: protocol.AdminClients(request_id=rid))
+    result = await _query(args, _target(args), lambda rid: protocol.AdminClients(request_id=rid))
     if not result.ok or result.clients is None:
-        return _exit_code(result.reason)
+        return _refused(args, result)
     if args.json:
+        print(ctl_json.dump(ctl_json.clients_of(result.clients, result.denials or [])))
         return EXIT_OK
-    if not result.clients:
-        print("No clients are connected.")
-    else:
-        _columns(
-            (
-                "CLIENT",
-                "LOGIN",
-                "APP",
-                "USER",
-                "HOST",
-                "SEAT",
-                "SINCE (UTC)",
-                "LEASE EXPIRES (UTC)",
-            ),
-            [
-                (
-                    c.client,
-                    c.login,
-                    c.app,
-                    c.user,
-                    c.host,
-                    "revoked" if c.revoked else ("licensed" if c.licensed else "unlicensed"),
-                    _when(c.since),
-                    _when(c.expires_at),
-                )
-                for c in result.clients
-            ],
-        )
-    if result.denials:
-        print("\nRecently denied a seat:")
-        _columns(
-            ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON"),
-            [
-                (_when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason)
-                for d in result.denials
-            ],
-        )
+    print(clients_text(result.clients, result.denials or []))
     return EXIT_OK
-
-
-def _columns(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
-    """Print rows in columns as wide as their widest cell."""
-    rows = [header, *body]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
 
 
 async def _audit(args: argparse.Namespace) -> int:
     """``audit``: the whole log, a page at a time; ``audit verify``: the chain's verdict."""
-    async with await _session(args) as session:
+    async with _session(args, _target(args)) as session:
         if args.what == "verify":
             result = await session.send(
                 protocol.AdminAudit(request_id=session.request_id(), verify=True)
             )
-            if args.json:
-                _print_json(result)
             if not result.ok or result.verdict is None:
-                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
-                return _exit_code(result.reason)
-            if not args.json:
-                print(result.verdict.message)
-            return EXIT_OK if result.verdict.intact else EXIT_ERROR
+                return _refused(args, result)
+            verdict = result.verdict
+            if args.json:
+                print(ctl_json.dump(ctl_json.verdict_of(verdict)))
+            else:
+                print(verdict.message)
+            return EXIT_OK if verdict.intact else EXIT_ERROR
         since = (
             int(dt.datetime.combine(args.since, dt.time(), dt.UTC).timestamp() * 1000)
             if args.since
@@ -408,61 +498,119 @@ async def _audit(args: argparse.Namespace) -> int:
                 )
             )
             if not result.ok or result.audit is None:
-                print(f"Refused ({result.reason}): {result.message}", file=sys.stderr)
-                return _exit_code(result.reason)
+                return _refused(args, result)
             rows += result.audit
             if len(result.audit) < _AUDIT_PAGE:
                 break
     if args.json:
-        print(json.dumps({"audit": [msgspec.to_builtins(row) for row in rows]}, indent=2))
-    elif not rows:
-        print("The audit log has no such rows.")
+        print(ctl_json.dump(ctl_json.audit_of(rows)))
     else:
-        _columns(
-            ("SEQ", "WHEN (UTC)", "ACTOR", "ACTION", "OUTCOME", "REASON", "DETAIL"),
-            [
-                (str(r.seq), _when(r.ts), r.actor, r.action, r.outcome, r.reason, r.detail)
-                for r in rows
-            ],
-        )
+        print(audit_text(rows))
     return EXIT_OK
 
 
 async def _release(args: argparse.Namespace) -> int:
     result = await _query(
         args,
+        _target(args),
         lambda rid: protocol.AdminRelease(request_id=rid, client=args.client_id),
     )
-    if result.ok and not args.json:
+    if not result.ok:
+        return _refused(args, result)
+    if args.json:
+        print(ctl_json.dump(ctl_json.Released(client=args.client_id, message=result.message)))
+    else:
         print(result.message)
-    return EXIT_OK if result.ok else _exit_code(result.reason)
+    return EXIT_OK
+
+
+async def _server_key(args: argparse.Namespace) -> int:
+    """The server's public key, as the answer to a signed status proves it to be."""
+    target = _target(args)
+    async with _session(args, target) as session:
+        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        key = session.server_key
+    if not result.ok or result.status is None:
+        return _refused(args, result)
+    # The answer was verified with this key; the daemon's own fingerprint must agree.
+    assert key is not None, "an answer is verified with the server key"
+    fingerprint = key_id(key)
+    if fingerprint != result.status.fingerprint:
+        raise DaemonUnreachable(
+            f"The server says its fingerprint is {result.status.fingerprint}, but its answer "
+            f"was signed by {fingerprint}: not printing a key that cannot be trusted."
+        )
+    text = public_key_text(key)
+    line = f'server_key = "{text}"'
+    if args.json:
+        print(
+            ctl_json.dump(
+                ctl_json.ServerKey(
+                    server=target.topics.server,
+                    public_key=text,
+                    fingerprint=fingerprint,
+                    agent_config=line,
+                )
+            )
+        )
+        return EXIT_OK
+    print(
+        table(
+            [("Server", target.topics.server), ("Public key", text), ("Fingerprint", fingerprint)]
+        )
+    )
+    print(f'Pin it in each agent\'s agent.toml (server = "{target.topics.server}") with:')
+    print(line)
+    return EXIT_OK
 
 
 def _create_admin_key(args: argparse.Namespace) -> int:
     key = create_private_key_file(args.out)
+    public = key.public_key()
     print(
         f"Wrote the admin private key to {args.out} (mode 0600). Authorize it on the "
         "server with: floatkeyd admin-key add PUBLIC_KEY",
         file=sys.stderr,
     )
-    print(public_key_text(key.public_key()))
+    if args.json:
+        print(
+            ctl_json.dump(
+                ctl_json.AdminKeyCreated(
+                    public_key=public_key_text(public),
+                    key_id=key_id(public),
+                    private_key_file=str(args.out),
+                )
+            )
+        )
+    else:
+        print(public_key_text(public))
     return EXIT_OK
+
+
+# --- main --------------------------------------------------------------------------------
 
 
 def _embedded_hint(args: argparse.Namespace) -> str:
     """On a config with the embedded broker, the daemon *is* the broker: say so."""
     try:
-        loaded = load_config(args.config)
+        target = _target(args)
     except FloatkeyError:
         return ""
-    if loaded.config.broker is not None:
+    if target.embedded is None:
         return ""
-    embedded = loaded.config.embedded_broker
     return (
         f" With this configuration floatkeyd serves the broker itself, on "
-        f"{embedded.host}:{embedded.port}: is floatkeyd running (scripts/run, or systemctl "
-        "status floatkeyd)?"
+        f"{target.embedded.host}:{target.embedded.port}: is floatkeyd running (scripts/run, "
+        "or systemctl status floatkeyd)?"
     )
+
+
+def _failed(args: argparse.Namespace, reason: str, message: str, status: int) -> int:
+    """An error on our side (not the daemon's refusal): a sentence, and JSON if asked."""
+    if getattr(args, "json", False):
+        print(ctl_json.dump(ctl_json.failure(reason, message)))
+    print(f"floatkeyctl: {message}", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per outcome
@@ -474,15 +622,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
     # broker failure itself, in one sentence that says what to check.
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)
     runners = {
-        "unlock": _unlock,
         "status": _status,
         "clients": _clients,
         "release": _release,
         "audit": _audit,
+        "server-key": _server_key,
     }
     try:
         if args.command == "admin-key":
             return _create_admin_key(args)
+        if args.command == "unlock":
+            return _unlock(args)
         return asyncio.run(runners[args.command](args))
     except BrokenPipeError:
         # The reader of our output went away (`| head -1`): what was asked was done, so
@@ -490,14 +640,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except DaemonUnreachable as exc:
-        print(f"floatkeyctl: {exc.message}{_embedded_hint(args)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _failed(args, exc.reason, exc.message + _embedded_hint(args), EXIT_UNREACHABLE)
     except ProductKeyError as exc:  # pragma: no cover - the daemon checks keys, not ctl
-        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
-        return EXIT_BAD_KEY
+        return _failed(args, exc.reason, exc.message, EXIT_BAD_KEY)
     except FloatkeyError as exc:
-        print(f"floatkeyctl: {exc.message}", file=sys.stderr)
-        return EXIT_ERROR
+        return _failed(args, exc.reason, exc.message, EXIT_ERROR)
     except KeyboardInterrupt:
         return 130
 

@@ -102,6 +102,8 @@ class AdminSession:
         self._unlock_key: str | None = None
         # The digest of each pending command's envelope, to recognise its refusals.
         self._sent: dict[str, str] = {}
+        # Answers to our commands that the trusted server key did not verify.
+        self._unverified = 0
 
     async def __aenter__(self) -> Self:
         try:
@@ -207,6 +209,7 @@ class AdminSession:
             result = protocol.decode(body, protocol.AdminResult)
         except (EnvelopeError, msgspec.DecodeError):
             log.warning("unverifiable admin reply ignored", topic=topic)
+            self._unverified += 1
             return
         if result.refused and result.refused != self._sent.get(request_id):
             # A refusal of someone else's envelope that borrowed our request id.
@@ -237,8 +240,15 @@ class AdminSession:
             self._sent[command.request_id] = protocol.envelope_digest(sealed)
             async with asyncio.timeout(self.timeout):
                 await self._unless_lost(self._client.publish(topic, sealed, qos=1))
-                return await self._unless_lost(waiter)
+                result = await self._unless_lost(waiter)
         except TimeoutError:
+            if self._unverified:
+                raise DaemonUnreachable(
+                    "An answer came, but it was not signed by the server key this floatkeyctl "
+                    "trusts (server_key in admin.toml, or the daemon's state directory): "
+                    "either the key is not this server's (`floatkeyctl server-key` on the "
+                    "server prints it) or something else answers on this broker.",
+                ) from None
             # Mosquitto drops, without a word, what its ACL refuses (MQTT 3.1.1 has no
             # way to say it): that looks exactly like a daemon that does not answer.
             raise DaemonUnreachable(
@@ -251,6 +261,9 @@ class AdminSession:
         finally:
             self._replies.pop(command.request_id, None)
             self._sent.pop(command.request_id, None)
+        if result.status is not None and result.status.unlock_key:
+            self._unlock_key = result.status.unlock_key  # a status just fetched serves an unlock
+        return result
 
     async def unlock_key(self) -> str | AdminResult:
         """The server's unlock key (from a signed ``admin.status``), asked once.

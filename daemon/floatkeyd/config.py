@@ -21,6 +21,7 @@ from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
 from floatkeyd.catalogue import Catalogue, load_catalogue
+from floatkeyd.configkind import kind_of, wrong_kind
 from floatkeyd.statedir import embedded_password_file
 
 if TYPE_CHECKING:
@@ -207,6 +208,10 @@ def load_config(
     second development daemon beside ``scripts/run``, as the quick-start test runs).
     """
     path = Path(path).absolute()
+    kind = kind_of(path)
+    if kind is not None and kind not in {"daemon", "unknown"}:
+        # An agent's or floatkeyctl's file: say so, not "unknown field 'app'".
+        raise wrong_kind(path, kind, "floatkeyd needs the daemon's (floatkeyd.toml)")
     config = load_toml(path, DaemonConfig)
     if state_dir is not None:
         config = msgspec.structs.replace(config, state_dir=str(Path(state_dir).absolute()))

@@ -1,0 +1,184 @@
+"""floatkeyctl's output for people: tables, columns and the sentences of an unlock.
+
+The JSON for scripts is ``floatkeyd.ctl_json``; this module only formats text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from floatkeyd.ctl_json import seat_of
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from floatkey.protocol import AuditRow, ClientRow, DenialRow, LicenseInfo, StatusReport
+    from floatkeyd.licensechange import LicenseChange
+
+__all__ = [
+    "audit_text",
+    "change_lines",
+    "clients_text",
+    "columns",
+    "describe_license",
+    "shut_down_progress",
+    "shut_down_verdict",
+    "status_text",
+    "table",
+    "when",
+]
+
+
+def describe_license(info: LicenseInfo, names: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A license as table rows, features by their display names."""
+    return [
+        ("Licensee", info.licensee),
+        ("Organization", info.organization),
+        ("Seats", str(info.seats)),
+        ("Features", _features(info.features, names)),
+        ("Product version", str(info.product_version)),
+        ("Serial", info.serial),
+        ("Issued", info.issued),
+        ("Expires", info.expires or "never"),
+    ]
+
+
+def status_text(status: StatusReport, names: Mapping[str, str]) -> str:
+    """``floatkeyctl status``."""
+    seats = str(status.license.seats) if status.license else "-"
+    rows = [("Server", status.server), ("Status", status.status)]
+    if status.license:
+        rows += describe_license(status.license, names)
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()))
+    rows += [
+        ("Seats in use", f"{status.seats_in_use}/{seats}"),
+        ("Unlicensed sessions", str(status.unlicensed_sessions)),
+        ("Awaiting shutdown", str(status.awaiting_release)),
+        ("Generation", str(status.generation)),
+        ("Revision", str(status.revision)),
+        ("Server fingerprint", status.fingerprint),
+        ("Broker", status.broker),
+        ("Dropped messages", dropped or "none"),
+    ]
+    return table(rows)
+
+
+def clients_text(clients: list[ClientRow], denials: list[DenialRow]) -> str:
+    """``floatkeyctl clients``: the clients, then the latest denials."""
+    parts = []
+    if not clients:
+        parts.append("No clients are connected.")
+    else:
+        header = ("CLIENT", "LOGIN", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)")
+        parts.append(columns((*header, "LEASE EXPIRES (UTC)"), [_client_row(c) for c in clients]))
+    if denials:
+        header = ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON")
+        rows = [(when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason) for d in denials]
+        parts.append("\nRecently denied a seat:\n" + columns(header, rows))
+    return "\n".join(parts)
+
+
+def _client_row(row: ClientRow) -> tuple[str, ...]:
+    return (
+        row.client,
+        row.login,
+        row.app,
+        row.user,
+        row.host,
+        seat_of(row),
+        when(row.since),
+        when(row.expires_at),
+    )
+
+
+def audit_text(rows: list[AuditRow]) -> str:
+    """``floatkeyctl audit``."""
+    if not rows:
+        return "The audit log has no such rows."
+    header = ("SEQ", "WHEN (UTC)", "ACTOR", "ACTION", "OUTCOME", "REASON", "DETAIL")
+    return columns(
+        header,
+        [(str(r.seq), when(r.ts), r.actor, r.action, r.outcome, r.reason, r.detail) for r in rows],
+    )
+
+
+def _features(ids: list[str], names: Mapping[str, str]) -> str:
+    return ", ".join(names.get(f, f) for f in ids) or "(none)"
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    """Label-value rows, the values aligned."""
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def columns(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """Rows in columns as wide as their widest cell."""
+    rows = [header, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def when(ms: int) -> str:
+    """A protocol time (Unix ms) as UTC, to the second."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_LABELS = {"seats": "Seats", "features": "Features", "expires": "Expires", "issued": "Issued"}
+
+
+def change_lines(changes: list[LicenseChange], names: Mapping[str, str]) -> list[str]:
+    """What a new key changes, before -> after, one line each; reductions say so."""
+    rows = []
+    for change in changes:
+        before, after = change.before, change.after
+        note = ""
+        if change.what == "features":
+            assert isinstance(before, list)
+            assert isinstance(after, list)
+            removed = [names.get(f, f) for f in before if f not in after]
+            added = [names.get(f, f) for f in after if f not in before]
+            notes = [f"{', '.join(removed)} removed"] if removed else []
+            notes += [f"{', '.join(added)} added"] if added else []
+            note = "; ".join(notes)
+            before_text, after_text = _features(before, names), _features(after, names)
+        elif change.what == "expires":
+            before_text, after_text = str(before or "never"), str(after or "never")
+            note = "earlier" if change.reduces else "later"
+        elif change.what == "issued":
+            before_text, after_text = str(before), str(after)
+            note = "issued before the active key" if change.reduces else ""
+        else:
+            before_text, after_text = str(before), str(after)
+            note = "fewer" if change.reduces else "more"
+        rows.append((_LABELS[change.what], f"{before_text} -> {after_text}", note))
+    width = max((len(label) for label, _, _ in rows), default=0)
+    return [
+        f"  {label:<{width}}  {text}" + (f"  ({note})" if note else "")
+        for label, text, note in rows
+    ]
+
+
+def shut_down_progress(done: int, told: int) -> str:
+    """The live line while the clients of the old license shut down."""
+    whom = "the client" if told == 1 else "the clients"
+    return f"Waiting for {whom} to shut down: {done} of {told}"
+
+
+def shut_down_verdict(told: int, left: int, waited: float) -> str:
+    """The closing line: all of them have shut down, or how many have not."""
+    if left == 0:
+        if told == 1:
+            return "The client has shut down; it can restart under the new license."
+        return f"All {told} clients have shut down; they can restart under the new license."
+    one = left == 1
+    who = "The client" if told == 1 else f"{left} of {told} clients"
+    return (
+        f"{who} {'has' if one else 'have'} not shut down after {waited:g} s; "
+        f"{'its seat expires on its' if one else 'their seats expire on their'} own "
+        f"(`floatkeyctl clients` lists {'it' if one else 'them'})."
+    )
