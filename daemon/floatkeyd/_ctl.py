@@ -41,6 +41,7 @@ from floatkey.signing import create_private_key_file, load_private_key, public_k
 from floatkey.version import version_line
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable, find_server_key
 from floatkeyd.config import load_config
+from floatkeyd.console.cli import add_console_user_parser, run_console_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     create = admin_commands.add_parser("create", help="create an admin key pair (0600)")
     create.add_argument("--out", type=Path, required=True, help="private key file to create")
+    add_console_user_parser(commands, DEFAULT_CONFIG)
     return parser
 
 
@@ -483,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
     try:
         if args.command == "admin-key":
             return _create_admin_key(args)
+        if args.command == "console-user":
+            return run_console_user(args)
         return asyncio.run(runners[args.command](args))
     except BrokenPipeError:
         # The reader of our output went away (`| head -1`): what was asked was done, so
