@@ -918,7 +918,8 @@ def _detail(text: str) -> str:
         return text[:300]
     if not isinstance(data, dict):
         return text[:300]
-    return ", ".join(f"{k}: {v}" for k, v in data.items())[:300]
+    shown = ((k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in data.items())
+    return "; ".join(f"{k}: {v}" for k, v in shown)[:300]
 
 
 # --- live parts (Server-Sent Events) -------------------------------------------------
