@@ -264,6 +264,8 @@ class LiveFeed:
             await c.subscribe(topics.events, qos=1)
             async for message in c.messages:
                 topic = message.topic.value
+                if topic not in {topics.state, topics.events}:
+                    continue  # amqtt also hands a new session other retained topics
                 try:
                     body = open_envelope(bytes(message.payload), topic, trusted)
                     if topic == topics.state:
