@@ -40,7 +40,7 @@ def console(server_factory, tmp_path):
     process = ConsoleProcess(server, port)
     process.start()
     yield process
-    process.kill()
+    assert process.stop() == 0, process.log()  # SIGTERM: a clean stop, streams or not
 
 
 def session_cookie(client: httpx2.Client, base: str) -> dict[str, str]:

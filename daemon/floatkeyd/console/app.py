@@ -943,7 +943,7 @@ def _stream(
     async def events() -> AsyncIterator[str]:
         yield "retry: 3000\n\n"
         async with console.feed.watching():
-            shown = -1
+            shown = console.feed.first_to_show()
             while True:
                 if console.sessions.peek(sid) is None:
                     yield sse_event("expired", "")

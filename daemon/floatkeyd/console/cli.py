@@ -8,7 +8,10 @@ the terminal, or one line of standard input with ``--password-stdin``), ``list``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ from floatkeyd.errors import ConsoleUserError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterator
 
 __all__ = ["add_console_user_parser", "run_console_user", "serve"]
 
@@ -46,7 +50,15 @@ async def serve(config: Path) -> int:
     secret = session_secret(settings.session_secret_file)
     app = create_app(settings, secret=secret)
     console = settings.console
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        # uvicorn would re-raise SIGTERM after its graceful shutdown (the process then
+        # dies by the signal); the console stops on it and exits 0, as floatkeyd does.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    server = Server(
         uvicorn.Config(
             app,
             host=console.host,
@@ -71,6 +83,16 @@ async def serve(config: Path) -> int:
         users_file=str(settings.users_file),
         accounts=len(UserStore(settings.users_file).users()),
     )
+    loop = asyncio.get_running_loop()
+
+    def on_stop(signum: int) -> None:
+        if server.should_exit:  # a second signal: close the live streams now
+            server.force_exit = True
+        log.info("signal received; stopping", signal=signal.Signals(signum).name)
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop, signum)
     await server.serve()
     return 0 if server.started else 1
 

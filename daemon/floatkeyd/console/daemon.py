@@ -155,6 +155,7 @@ class LiveFeed:
         self._watchers = 0
         self._group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_round = -float("inf")  # loop time of the latest answer
 
     async def __aenter__(self) -> Self:
         self._group = asyncio.TaskGroup()
@@ -180,6 +181,15 @@ class LiveFeed:
             yield
         finally:
             self._watchers -= 1
+
+    def first_to_show(self) -> int:
+        """The version a new watcher should treat as shown.
+
+        A snapshot from before the page was opened may be older than the page (nobody
+        watched for a while): then only the next change is sent. A recent one is sent.
+        """
+        recent = asyncio.get_running_loop().time() - self._last_round < 2 * POLL_INTERVAL_S
+        return -1 if recent else self.snapshot.version
 
     async def next_change(self, shown: int, wait_s: float) -> Snapshot | None:
         """The snapshot once its version is not ``shown``; ``None`` after ``wait_s``."""
@@ -220,6 +230,7 @@ class LiveFeed:
                 fresh = Snapshot(self.snapshot.status, self.snapshot.clients, message)
             else:
                 fresh = Snapshot(status.status, clients.clients or [])
+                self._last_round = asyncio.get_running_loop().time()
         await self._publish(fresh)
 
     async def _publish(self, fresh: Snapshot) -> None:
