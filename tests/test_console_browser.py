@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import ssl
 import time
 
 import httpx2
 import pytest
+from bench.certificates import make_broker_certificates
 
 from consoles import PASSWORDS, ConsoleProcess, add_user, console_table
 from licensing import issue
@@ -200,3 +202,26 @@ def _wait(check, within: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within} s")
         time.sleep(0.1)
+
+
+def test_with_a_certificate_the_console_serves_https(server_factory, tmp_path):
+    certificates = make_broker_certificates(tmp_path)
+    port = free_port()
+    extra = console_table(
+        tmp_path, port, tls_cert=str(certificates.cert), tls_key=str(certificates.key)
+    )
+    server = server_factory("embedded", extra=extra)
+    server.start_daemon()
+    process = ConsoleProcess(server, port)
+    process.start()
+    try:
+        trust = ssl.create_default_context(cafile=str(certificates.ca))
+        with httpx2.Client(verify=trust, timeout=20) as client:
+            page = client.get(f"https://127.0.0.1:{port}/login")
+            assert page.status_code == 200
+            assert page.headers["strict-transport-security"] == "max-age=31536000"
+            assert "secure" in page.headers["set-cookie"].lower()
+        with httpx2.Client(timeout=5) as plain, pytest.raises(httpx2.HTTPError):
+            plain.get(f"http://127.0.0.1:{port}/login")
+    finally:
+        assert process.stop() == 0, process.log()
