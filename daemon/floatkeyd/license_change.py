@@ -24,8 +24,9 @@ __all__ = ["LicenseChange", "license_changes", "reductions"]
 class LicenseChange:
     """One difference between the active license and a new key.
 
-    ``what`` is ``seats``, ``features_removed``, ``features_added``, ``expires`` or
-    ``product_version``; ``reduces`` says whether it takes something away.
+    ``what`` is ``seats``, ``features_removed``, ``features_added`` or ``expires``;
+    ``reduces`` says whether it takes something away. (A key for another product version
+    is refused by the daemon, so it is not compared here.)
     """
 
     what: str
