@@ -271,3 +271,30 @@ async def test_a_command_made_for_a_person_names_both_in_the_audit(tmp_path):
         )
         assert (await ask(daemon, link, command)).ok
     assert audit_rows(tmp_path)[-1][:2] == (f"console:alice via {ADMIN.kid}", "admin.unlock")
+
+
+async def test_the_audit_pages_newest_first_backwards_and_filters_by_outcome(tmp_path):
+    link, wall = MemoryLink(), Wall()
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        good = product_key(seats=4)
+        for i in range(3):
+            assert (await ask(daemon, link, unlock_command(good, f"ok{i}"))).ok
+            bad = good[:-1] + ("Z" if not good.endswith("Z") else "Y")
+            assert not (await ask(daemon, link, unlock_command(bad, f"bad{i}"))).ok
+
+        async def page(**query) -> list[protocol.AuditRow]:
+            command = protocol.AdminAudit(request_id=f"q{len(link.published)}", **query)
+            result = await ask(daemon, link, command)
+            assert result.ok, result.message
+            return result.audit or []
+
+        newest = await page(newest_first=True, limit=4)
+        seqs = [row.seq for row in newest]
+        assert seqs == sorted(seqs, reverse=True)
+        assert seqs[0] == 6
+        older = await page(newest_first=True, before_seq=seqs[-1], limit=4)
+        assert [row.seq for row in older] == [2, 1]
+        refused = await page(outcome="refused", newest_first=True)
+        assert [row.reason for row in refused] == ["mistyped"] * 3
+        accepted = await page(outcome="accepted", action="admin.unlock")
+        assert [row.seq for row in accepted] == [1, 3, 5]

@@ -62,3 +62,20 @@ def test_the_agent_template_verifies(tmp_path):
     assert f"RestartForceExitStatus={EXIT_RESTART} {EXIT_UNREACHABLE}" in text
     assert f"RestartPreventExitStatus={EXIT_NO_SEAT} {EXIT_RELEASED} {EXIT_CONFIG}" in text
     assert "Type=notify" in (REPO / "systemd" / "floatkeyd.service").read_text()
+
+
+def test_the_console_service_verifies_and_its_exposure_is_at_most_2(tmp_path):
+    path = installed_copy(tmp_path, "floatkey-console.service")
+    result = analyze("verify", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "floatkey-console.service" not in result.stderr, result.stderr
+    result = analyze("security", "--offline=true", str(path))
+    match = re.search(
+        r"Overall exposure level for floatkey-console\.service: (\d+\.\d+)", result.stdout
+    )
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0, result.stdout
+    assert (
+        "floatkeyd console --config /etc/floatkey/floatkeyd.toml"
+        in (REPO / "systemd" / "floatkey-console.service").read_text()
+    )

@@ -268,12 +268,19 @@ class AdminRelease(_AdminBody, tag="admin.release"):
 
 
 class AdminAudit(_AdminBody, tag="admin.audit"):
-    """Read the audit log (rows after ``after_seq``, a page at a time), or verify its chain."""
+    """Read the audit log (rows after ``after_seq``, a page at a time), or verify its chain.
+
+    ``newest_first`` pages backwards instead: the rows before ``before_seq`` (0: from the
+    newest), newest first, as the console shows them. ``outcome`` keeps one outcome.
+    """
 
     after_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
+    before_seq: Annotated[int, msgspec.Meta(ge=0, le=2**53)] = 0
     since: Timestamp = 0
     action: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    outcome: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 200
+    newest_first: bool = False
     verify: bool = False
 
 

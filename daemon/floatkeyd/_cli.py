@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="run the embedded broker on this port instead of the config's",
     )
+    console = commands.add_parser(
+        "console", help="serve the browser console (License Management; docs/CONSOLE.md)"
+    )
+    console.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file, [console]"
+    )
     admin = commands.add_parser("admin-key", help="manage the admin keys this server trusts")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add = admin_commands.add_parser("add", help="authorize an admin public key")
@@ -131,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_serve(args))
+        if args.command == "console":
+            from floatkeyd.console.cli import serve  # noqa: PLC0415 - the web stack, only here
+
+            return asyncio.run(serve(args.config))
         return asyncio.run(_admin_key(args))
     except FloatkeyError as exc:
         print(f"floatkeyd: {exc.message}", file=sys.stderr)

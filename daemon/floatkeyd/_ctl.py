@@ -59,6 +59,7 @@ from floatkeyd._ctl_text import (
 )
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable
 from floatkeyd.adminconfig import AdminTarget, load_admin_target
+from floatkeyd.console.cli import add_console_user_parser, run_console_user
 from floatkeyd.licensechange import LicenseChange, license_changes, refused_anyway
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     create = admin_commands.add_parser("create", help="create an admin key pair (0600)")
     create.add_argument("--out", type=Path, required=True, help="private key file to create")
     create.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_console_user_parser(commands, DEFAULT_CONFIG)
     return parser
 
 
@@ -633,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
             return _create_admin_key(args)
         if args.command == "unlock":
             return _unlock(args)
+        if args.command == "console-user":
+            return run_console_user(args)
         return asyncio.run(runners[args.command](args))
     except BrokenPipeError:
         # The reader of our output went away (`| head -1`): what was asked was done, so

@@ -311,6 +311,9 @@ class AdminDesk:
             since_ts=command.since,
             action=command.action,
             limit=command.limit,
+            outcome=command.outcome,
+            before_seq=command.before_seq,
+            newest_first=command.newest_first,
         )
         # A page must fit in one MQTT message (Mosquitto's max_packet_size, the clients'
         # limits): cut it by size; the reader asks for the next page after the last row.

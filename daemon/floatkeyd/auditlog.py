@@ -30,6 +30,15 @@ __all__ = ["AuditLog", "chain_existing_rows"]
 log = structlog.get_logger("floatkeyd")
 
 
+_ROWS = (
+    "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit "
+    "WHERE seq > ? AND (? = 0 OR seq < ?) AND ts >= ? AND (? IS NULL OR action = ?) "
+    "AND (? IS NULL OR outcome = ?) "
+)
+_ROWS_OLDEST_FIRST = _ROWS + "ORDER BY seq LIMIT ?"
+_ROWS_NEWEST_FIRST = _ROWS + "ORDER BY seq DESC LIMIT ?"
+
+
 class AuditLog:
     """Appends chained, signed rows; reads pages of them, and the whole chain to walk."""
 
@@ -70,15 +79,35 @@ class AuditLog:
         # if the database is ever put back to an older state (a signed head included).
         log.info("audit head", seq=seq, hash=chain_hash[:16])
 
-    async def rows(
-        self, *, after_seq: int = 0, since_ts: int = 0, action: str | None = None, limit: int = 500
+    async def rows(  # noqa: PLR0913 - each is one filter of the query
+        self,
+        *,
+        after_seq: int = 0,
+        since_ts: int = 0,
+        action: str | None = None,
+        limit: int = 500,
+        outcome: str | None = None,
+        before_seq: int = 0,
+        newest_first: bool = False,
     ) -> list[AuditRowData]:
-        """Audit rows after ``after_seq``, from ``since_ts``, of one ``action``; oldest first."""
-        query = (
-            "SELECT seq, ts, actor, action, outcome, reason, detail, hash FROM audit "
-            "WHERE seq > ? AND ts >= ? AND (? IS NULL OR action = ?) ORDER BY seq LIMIT ?"
+        """Audit rows of one ``action`` and ``outcome``, from ``since_ts``.
+
+        The rows after ``after_seq`` and before ``before_seq`` (when not 0); oldest first,
+        or newest first.
+        """
+        query = _ROWS_NEWEST_FIRST if newest_first else _ROWS_OLDEST_FIRST
+        parameters = (
+            after_seq,
+            before_seq,
+            before_seq,
+            since_ts,
+            action,
+            action,
+            outcome,
+            outcome,
+            limit,
         )
-        async with self._db.execute(query, (after_seq, since_ts, action, action, limit)) as cur:
+        async with self._db.execute(query, parameters) as cur:
             return [AuditRowData(*row) async for row in cur]
 
     async def chain(self) -> tuple[list[AuditRowData], Head | None]:

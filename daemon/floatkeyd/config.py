@@ -7,6 +7,7 @@ development config works from any working directory.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,7 +28,14 @@ from floatkeyd.statedir import embedded_password_file
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["DaemonConfig", "EmbeddedBroker", "Limits", "LoadedConfig", "load_config"]
+__all__ = [
+    "ConsoleConfig",
+    "DaemonConfig",
+    "EmbeddedBroker",
+    "Limits",
+    "LoadedConfig",
+    "load_config",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -77,6 +85,73 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 raise msgspec.ValidationError(f"limits.{name} must be between 0 and 100000")
 
 
+class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[console]``: the browser console (``floatkeyd console``), an admin client of the daemon.
+
+    Paths are taken from the config file's directory, with ``$VARS`` expanded (systemd's
+    ``${CREDENTIALS_DIRECTORY}`` for the key files).
+    """
+
+    host: str = "127.0.0.1"
+    #: Default 8443 with TLS, 8080 without.
+    port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: The console's own admin key (authorize it with ``floatkeyd admin-key add``);
+    #: default: the config's ``admin_key_file``.
+    admin_key_file: str | None = None
+    #: The daemon's public key (``ed25519:...``); default: read from the daemon's state
+    #: directory, else the key the daemon publishes (trusted on first use, logged).
+    server_key: str | None = None
+    #: Host names the console answers to (against DNS rebinding); default: 127.0.0.1,
+    #: localhost and ``host``. Name the server's DNS name here when serving HTTPS.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    users_file: str = "/var/lib/floatkey-console/users.json"
+    session_secret_file: str = "/var/lib/floatkey-console/session-secret"  # noqa: S105 - a path
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
+    #: Failed log-ins allowed per account and per address within ``login_window_minutes``.
+    login_failures_per_account: int = 5
+    login_failures_per_address: int = 20
+    login_window_minutes: int = 15
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 < self.port < 65536:
+            raise msgspec.ValidationError("console.port must be between 1 and 65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise msgspec.ValidationError(
+                "console.tls_cert and console.tls_key go together: give both for HTTPS, or "
+                "neither for plain HTTP on a loopback address"
+            )
+        if self.tls_cert is None and not _is_loopback(self.host):
+            raise msgspec.ValidationError(
+                "console.host must be a loopback address without TLS: passwords and session "
+                "cookies would cross the network in clear. Give console.tls_cert and "
+                "console.tls_key to listen on other addresses"
+            )
+        for name, low, high in [
+            ("session_idle_minutes", 1, 24 * 60),
+            ("session_max_hours", 1, 7 * 24),
+            ("login_failures_per_account", 1, 1000),
+            ("login_failures_per_address", 1, 100_000),
+            ("login_window_minutes", 1, 24 * 60),
+        ]:
+            if not low <= getattr(self, name) <= high:
+                raise msgspec.ValidationError(f"console.{name} must be between {low} and {high}")
+        if self.server_key is not None:
+            try:
+                parse_public_key(self.server_key)
+            except ValueError as exc:
+                raise msgspec.ValidationError(f"console.server_key: {exc}") from None
+
+    @property
+    def listen_port(self) -> int:
+        """The port to listen on: the configured one, else 8443 with TLS and 8080 without."""
+        if self.port is not None:
+            return self.port
+        return 8443 if self.tls_cert else 8080
+
+
 class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything in ``floatkeyd.toml``."""
 
@@ -95,6 +170,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_broker: BrokerOptions | None = None
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
     limits: Limits = msgspec.field(default_factory=Limits)
+    #: The browser console's settings (read by ``floatkeyd console``, not by the daemon).
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     client_id: str | None = None
     lease_seconds: int = 120
     # How long a seat outlives its agent's MQTT will (a broker restart sends every will).
@@ -150,6 +227,10 @@ class LoadedConfig:
     def admin_key_file(self) -> Path | None:
         """The admin private key floatkeyctl uses, if the config names one."""
         return self.base / self.config.admin_key_file if self.config.admin_key_file else None
+
+    def path_setting(self, value: str) -> Path:
+        """A path from the file: ``$VARS`` expanded, relative to the file's directory."""
+        return self.base / os.path.expandvars(value)
 
     @cached_property
     def catalogue(self) -> Catalogue | None:

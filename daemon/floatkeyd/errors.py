@@ -4,7 +4,8 @@
 
     FloatkeyError            (floatkey.errors)
     ├── StoreError           the database or the state directory cannot be used
-    └── Refused              an admin command was refused: reason code and sentence
+    ├── Refused              an admin command was refused: reason code and sentence
+    └── ConsoleUserError     a console account cannot be added, removed or read
 
 Errors both sides raise (``ConfigError``, ``KeyFileError``, the product-key errors) stay in
 ``floatkey.errors``.
@@ -16,7 +17,7 @@ from typing import ClassVar
 
 from floatkey.errors import FloatkeyError
 
-__all__ = ["Refused", "StoreError"]
+__all__ = ["ConsoleUserError", "Refused", "StoreError"]
 
 
 class StoreError(FloatkeyError):
@@ -33,3 +34,9 @@ class Refused(FloatkeyError):
         self.code = code
         #: What the audit row should say besides the command (a shortened key, say).
         self.detail = detail or {}
+
+
+class ConsoleUserError(FloatkeyError):
+    """A console account cannot be added, removed or read; the sentence says why."""
+
+    reason: ClassVar[str] = "console_user"
