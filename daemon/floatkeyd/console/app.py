@@ -34,9 +34,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from floatkey import protocol
-from floatkey.errors import FloatkeyError, ProductKeyError
+from floatkey.errors import FloatkeyError, LicenseeMismatch, ProductKeyError
 from floatkey.logs import redact
-from floatkey.productkey import verify_product_key
+from floatkey.productkey import parse_product_key, verify_product_key
 from floatkeyd._ctl_text import change_lines
 from floatkeyd.admin_client import DaemonUnreachable
 from floatkeyd.console.daemon import DaemonLink, LiveFeed
@@ -658,7 +658,8 @@ async def _unlock(request: Request) -> Response:  # noqa: C901, PLR0911, PLR0912
                 errors=errors,
             )
         if answer.reason in _NAME_REASONS:
-            errors["organization"] = sentence
+            for field_name in _mismatched_fields(key, name, organization):
+                errors[field_name] = sentence
             return _unlock_again(
                 request,
                 console,
@@ -694,6 +695,22 @@ async def _unlock(request: Request) -> Response:  # noqa: C901, PLR0911, PLR0912
         created=console.clock(),
     )
     return RedirectResponse(f"/license/activated/{token}", status_code=303)
+
+
+def _mismatched_fields(key: str, name: str, organization: str) -> tuple[str, ...]:
+    """The form fields a licensee mismatch concerns: the one the key says, else both.
+
+    A format 2 key tells the name from the organization; a format 1 key cannot, and then
+    the sentence goes by the organization, the field entered last.
+    """
+    try:
+        parse_product_key(key).key.check_licensee(name, organization)
+    except LicenseeMismatch as mismatch:
+        if mismatch.fields:
+            return mismatch.fields
+    except ProductKeyError:
+        pass
+    return ("organization",)
 
 
 async def _changes(
