@@ -612,7 +612,7 @@ async def test_no_daemon_means_no_answer(server_factory, tmp_path):
     (server.state_dir / "server-identity.key.pub").write_text(
         public_key_text(Ed25519PrivateKey.generate().public_key())
     )
-    agent = make_agent(server, tmp_path, "lonely", request_timeout=1)
+    agent = make_agent(server, tmp_path, "lonely", connect_timeout=1)
     with pytest.raises(NoAnswer, match="license server"):
         async with agent:
             pass

@@ -283,7 +283,7 @@ async def test_a_flooding_client_does_not_keep_the_others_out(server_factory, tm
         await eventually(lambda: asyncio.to_thread(lambda: rate_limited(status(server)) > 0))
         limited_before = rate_limited(await asyncio.to_thread(status, server))
         for i in range(10):
-            # Entering waits for the daemon's answer (request_timeout) or raises NoAnswer.
+            # Entering waits for the daemon's answer (connect_timeout) or raises NoAnswer.
             async with make_agent(server, tmp_path, f"polite{i}") as agent:
                 assert agent.has_seat
         assert not flooder.done(), "the flood stopped before the agents were done"
@@ -555,7 +555,7 @@ async def test_soak_agents_renewing_keep_the_daemon_flat(server_factory):
     duration = 600 if SLOW else 60
     assert unlock(server, issue(seats=agents)).returncode == 0
     agent_config = write_agent_config(
-        server, server.config_path.parent / "soak.toml", request_timeout=120
+        server, server.config_path.parent / "soak.toml", connect_timeout=120
     )
     workers = [
         Worker(

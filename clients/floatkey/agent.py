@@ -99,7 +99,7 @@ class Agent:
     """A licensed client. ``async with Agent(loaded_config) as agent:``.
 
     Entering connects, requests a seat and returns once the daemon answered (granted or
-    denied), or raises ``NoAnswer`` after ``request_timeout`` seconds, ``ServerKeyChanged``
+    denied), or raises ``NoAnswer`` after ``connect_timeout`` seconds, ``ServerKeyChanged``
     when the server's key is not the pinned one, ``ConfigError`` when the server key is
     to be trusted on first use and ``state_file`` cannot keep it. Leaving runs the
     shutdown hooks if a stop was requested, releases the seat and disconnects.
@@ -277,7 +277,7 @@ class Agent:
             ),
         ]
         try:
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 answered = asyncio.ensure_future(self._answered.wait())
                 changed = asyncio.ensure_future(self._key_changed.wait())
                 try:
@@ -339,19 +339,19 @@ class Agent:
             detail = f": {error}. {connection_advice(error)}" if error else "."
             return (
                 f"Cannot connect to the broker ({broker}) within "
-                f"{self.config.request_timeout:g} s{detail}"
+                f"{self.config.connect_timeout:g} s (connect_timeout){detail}"
             )
         return (
             f"No answer from the license server {self.config.server!r} ({broker}) "
-            f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
-            "running and connected to the same broker."
+            f"within {self.config.connect_timeout:g} s (connect_timeout). Check that floatkeyd "
+            "is running and connected to the same broker."
         )
 
     async def request_seat(self) -> bool:
         """Ask for a seat (again: after :meth:`release`, or after a denial).
 
         Returns whether a seat was granted; :attr:`denial` says why not. Raises
-        ``NoAnswer`` when the daemon does not answer within ``request_timeout``.
+        ``NoAnswer`` when the daemon does not answer within ``connect_timeout``.
         """
         if self.has_seat:
             return True
@@ -359,12 +359,12 @@ class Agent:
         self._answered.clear()
         await self._request_seat()
         try:
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 await self._answered.wait()
         except TimeoutError:
             raise NoAnswer(
                 f"The license server {self.config.server!r} did not answer within "
-                f"{self.config.request_timeout:g} s.",
+                f"{self.config.connect_timeout:g} s (connect_timeout).",
             ) from None
         return self.has_seat
 
@@ -413,7 +413,7 @@ class Agent:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
-                # use within request_timeout (a broker without retained messages).
+                # use within connect_timeout (a broker without retained messages).
                 self._broker_error = str(exc) or type(exc).__name__
                 log.info("broker connection lost", client=self.client_id, error=self._broker_error)
             finally:
@@ -429,7 +429,7 @@ class Agent:
             # anything signed is read.
             await settled(client.subscribe(self.topics.identity, qos=1))
             self._client = client
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 async for message in client.messages:
                     self._handle(message.topic.value, message.payload)
                     if self._pinned():
@@ -509,10 +509,10 @@ class Agent:
         """One step without a seat: ask again, or stop the application once time is up.
 
         The application may go on for as long as the lease the daemon last gave would
-        have lasted, and at least ``request_timeout`` after the loss, so that a seat lost
+        have lasted, and at least ``connect_timeout`` after the loss, so that a seat lost
         while the agent was cut off (found out on reconnecting) gets a fair try.
         """
-        deadline = max(self._lease_ends, lost_at + self.config.request_timeout)
+        deadline = max(self._lease_ends, lost_at + self.config.connect_timeout)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             denial = self.denial
