@@ -130,6 +130,7 @@ class Agent:
         self._license_listeners: list[Callable[[LicenseView], None]] = []
         self._lease_listeners: list[Callable[[SignedSeat], None]] = []
         self._key_changed = asyncio.Event()
+        self._offered_kid = ""  # the fingerprint of a key offered instead of the pinned one
         self._reading_retained = False
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
@@ -571,6 +572,16 @@ class Agent:
         self.drops[reason] += 1
         log.warning("message dropped", client=self.client_id, reason=reason, topic=topic)
 
+    def _drop_before_trust(self, topic: str) -> None:
+        """A signed message that came before the identity the agent is about to trust.
+
+        Normal on a first start (nothing pinned yet): a broker may hand over the retained
+        state before the identity (amqtt does). Counted, logged at debug only: the
+        warning that matters is the trust-on-first-use one that follows.
+        """
+        self.drops["no_server_key"] += 1
+        log.debug("message before the server key is known", client=self.client_id, topic=topic)
+
     def _handle(self, topic: str, payload: object) -> None:
         if not isinstance(payload, bytes | bytearray):
             self._drop("not_bytes", topic)
@@ -595,7 +606,7 @@ class Agent:
         """The verified body, or ``None`` (dropped, logged, counted)."""
         key = self._server_key
         if key is None:
-            self._drop("no_server_key", topic)
+            self._drop_before_trust(topic)
             return None
         try:
             return open_envelope(data, topic, {self._server_kid: key})
@@ -630,12 +641,14 @@ class Agent:
             self._pin_key(key)
         elif key_id(key) != key_id(self._server_key):
             self.drops["server_key_changed"] += 1
+            self._offered_kid = key_id(key)
             self._key_changed.set()
             log.error(
                 "server key changed; refusing it",
                 client=self.client_id,
                 pinned=key_id(self._server_key),
-                offered=key_id(key),
+                offered=self._offered_kid,
+                pinned_in=self._pinned_in(),
             )
 
     def _take_state(self, state: protocol.State) -> None:
@@ -808,14 +821,39 @@ class Agent:
             state_file=str(path),
         )
 
+    def _pinned_in(self) -> str:
+        """Where the pinned server key comes from: the config, or the state file."""
+        if self.config.server_key:
+            return "server_key in the agent config"
+        return str(self._known_servers.path)
+
     def check_server_key(self) -> None:
-        """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
-        if self._key_changed.is_set():
+        """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one.
+
+        The message names where the pinned key is kept (``server_key`` in the config, or
+        the ``state_file`` of trust on first use) and what to change there.
+        """
+        if not self._key_changed.is_set():
+            return
+        root, pinned = self.topics.root, self._server_kid
+        offered = f"a key with fingerprint {self._offered_kid}, not {pinned}"
+        if self.config.server_key:
             raise ServerKeyChanged(
-                f"The license server {self.topics.root} presents a new key. If the server was "
-                "reinstalled, remove its entry from the agent's state file; otherwise someone "
-                "may be impersonating it.",
+                f"The license server {root} presents {offered}, the key set as server_key "
+                "in the agent config. If the server was reinstalled or given a new key, "
+                "set server_key to its new public key (floatkeyd logs it at every start); "
+                "otherwise someone may be impersonating the license server: do not change "
+                "anything until you know which.",
             )
+        raise ServerKeyChanged(
+            f"The license server {root} presents {offered}, the key this agent trusted on "
+            f"first use and pinned in its state file {self._known_servers.path}. If the "
+            f'server was reinstalled or given a new key, delete the "{root}" entry from that '
+            "file (or the file, if it pins no other server) and start the agent again, or "
+            "set server_key in the agent config to the server's new public key (floatkeyd "
+            "logs it at every start); otherwise someone may be impersonating the license "
+            "server: do not change anything until you know which.",
+        )
 
 
 def _shutdown_message(code: str) -> str:
