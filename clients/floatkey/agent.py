@@ -47,6 +47,7 @@ from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.licensefile import SignedSeat
 from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
+from floatkey.outage import OutageLog
 from floatkey.pinning import KnownServers
 from floatkey.protocol import (
     SeatDenied,
@@ -155,6 +156,7 @@ class Agent:
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
         self._broker_error: str | None = None  # the last failed connection's reason
+        self._outage = OutageLog(self.client_id, self.config.broker.describe())
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -409,14 +411,21 @@ class Agent:
                 ) as client:
                     self._broker_error = None
                     await self._on_connect(client)
+                    self._outage.connected()
                     backoff.reset()
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
                 # use within connect_timeout (a broker without retained messages).
-                self._broker_error = str(exc) or type(exc).__name__
-                log.info("broker connection lost", client=self.client_id, error=self._broker_error)
+                self._broker_error = (
+                    "no license server identity on the broker within "
+                    f"{self.config.connect_timeout:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc) or type(exc).__name__
+                )
+                now = time.monotonic()
+                self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
             finally:
                 self._client = None
                 self._connected.clear()
@@ -537,11 +546,26 @@ class Agent:
             return False
         return True
 
+    def _grace_left(self, now: float) -> float | None:
+        """How long the application may still run unanswered (``None``: no seat, no limit)."""
+        if self._last_grant is None:
+            return None
+        return max(self.config.offline_grace - (now - self._last_contact), 0.0)
+
     async def _offline_watch(self) -> None:
         grace = self.config.offline_grace
         while True:
-            await asyncio.sleep(min(grace / 4, 5.0))
-            silent = time.monotonic() - self._last_contact
+            await asyncio.sleep(min(grace / 4, 5.0, self.config.connect_timeout))
+            now = time.monotonic()
+            silent = now - self._last_contact
+            held = self._grant
+            if (
+                held is not None
+                and self._connected.is_set()
+                and silent > held.renew_after_s + self.config.connect_timeout
+            ):
+                # The broker is there, but a renewal went unanswered: floatkeyd is down.
+                self._outage.silent(self._last_contact, self._grace_left(now))
             if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
@@ -723,7 +747,7 @@ class Agent:
         if grant is None or reply.lease != grant.lease:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
-        self._contact()
+        self._contact(answer=True)
         if isinstance(reply, SeatRenewed):
             self._lease_ends = time.monotonic() + _lease_length(
                 reply.expires_at, reply.ts, grant.renew_after_s
@@ -744,7 +768,7 @@ class Agent:
         if reply.nonce != self._nonce:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
-        self._contact()
+        self._contact(answer=True)
         if isinstance(reply, SeatGranted):
             held = self._last_grant
             self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
@@ -794,8 +818,11 @@ class Agent:
     def _pinned(self) -> bool:
         return self._server_key is not None
 
-    def _contact(self) -> None:
+    def _contact(self, *, answer: bool = False) -> None:
+        """The daemon was heard; ``answer``: it replied to this agent (it is up now)."""
         self._last_contact = time.monotonic()
+        if answer:
+            self._outage.answered(self._last_contact)
 
     # --- pinned server keys (trust on first use) ----------------------------------
 
