@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import aiomqtt
+import msgspec
 import pytest
 from bench.harness import rss_bytes as rss
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,6 +35,7 @@ from servers import (
     clients,
     daemon_report,
     eventually,
+    free_port,
     make_agent,
     raw_client,
     read_retained,
@@ -397,22 +399,46 @@ async def test_a_broker_outage_is_one_warning_and_one_line_when_the_server_is_ba
     assert agent.count("cannot reach the broker") == 0  # it had reached it before
 
 
+@contextlib.asynccontextmanager
+async def forwarding(port: int, target: int):
+    """A TCP port on loopback that forwards to ``target``, open while the context is."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    async with server:
+        yield
+
+
 async def test_an_agent_started_before_its_broker_says_so_once_and_gets_its_seat(
     server_factory, tmp_path
 ):
     server = server_factory("mosquitto")
     server.start_daemon()
-    await asyncio.to_thread(server.mosquitto.stop)
-    agent = SupervisedAgent(server, tmp_path, "early", connect_timeout=60)
+    # The daemon listens before the agent can reach the broker (through a port opened
+    # later): its first request is not lost to a daemon that has not subscribed yet.
+    await eventually(lambda: asyncio.to_thread(answering, server), within=15)
+    port = free_port()
+    broker = msgspec.structs.replace(server.broker(), port=port)
+    agent = SupervisedAgent(server, tmp_path, "early", connect_timeout=60, broker=broker)
     try:
         await eventually(lambda: agent.count("broker not reachable yet") >= 2, within=30)
-        await asyncio.to_thread(server.mosquitto.start)
-        await agent.started()
+        async with forwarding(port, server.port):
+            await agent.started()
+            assert await asyncio.to_thread(agent.stop) == 0
     finally:
         assert await asyncio.to_thread(agent.stop) == 0, agent.log.read_text()
-    broker = server.broker().describe()
     assert agent.events("warning", "error", "critical") == [
-        f"cannot reach the broker ({broker}) yet; retrying"
+        f"cannot reach the broker ({broker.describe()}) yet; retrying"
     ]
     assert agent.count("license server unreachable") == 0
     assert agent.count("broker connection lost") == 0

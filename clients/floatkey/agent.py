@@ -15,7 +15,8 @@
 ``seat``        renews the lease at the interval the daemon asked for; after a lost seat,
                 asks again, and asks the application to stop if it has none by the time
                 the last lease would have run out
-``offline``     asks the application to stop when the daemon has been silent too long
+``offline``     notices a daemon that stopped answering behind a running broker, and asks
+                the application to stop when the daemon has been silent too long
 ``shutdown``    once a stop is requested: the application's hooks, then the seat release
 
 Every daemon message is verified against the pinned server key before it is parsed;
