@@ -230,7 +230,7 @@ class Environment:
         return write_agent_config(
             self.server,
             self.workdir / "agent.toml",
-            request_timeout=120,
+            connect_timeout=120,
             shutdown_grace=2,
             hook_timeout=5,
         )

@@ -377,7 +377,7 @@ def write_agent_config(
     fields: dict[str, object] = {
         "server": server.topics.server,
         "state_file": str(path.parent / f"{path.stem}-known.json"),
-        "request_timeout": 10,
+        "connect_timeout": 10,
         "offline_grace": 600,
         "shutdown_grace": 5,
         "hook_timeout": 8,

@@ -36,3 +36,33 @@ def test_floatkey_agent_refuses_the_pair_before_starting_anything(tmp_path):
     result = run("floatkey-agent", "run", "--config", str(path), "--", "true")
     assert result.returncode == 78
     assert "shutdown_grace (20 s) must be shorter than hook_timeout (15 s)" in result.stderr
+
+
+def test_connect_timeout_is_read_under_its_older_name_too(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\n')
+    assert load_agent_config(path).config.connect_timeout == 10
+    path.write_text('server = "s"\nconnect_timeout = 30\n')
+    assert load_agent_config(path).config.connect_timeout == 30
+    # A file written before the rename still loads, and means the same.
+    path.write_text('server = "s"\nrequest_timeout = 4.5\n')
+    assert load_agent_config(path).config.connect_timeout == 4.5
+
+
+def test_connect_timeout_and_its_older_name_together_are_refused(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\nrequest_timeout = 5\nconnect_timeout = 30\n')
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path)
+    assert "request_timeout is the older name of connect_timeout; set only connect_timeout" in (
+        str(caught.value)
+    )
+
+
+def test_run_help_names_the_default_config_the_connect_wait_and_the_restart():
+    result = run("floatkey-agent", "run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "--config CONFIG agent config file (default: /etc/floatkey/agent.toml)" in text
+    assert "76 the broker or the license server did not answer within connect_timeout" in text
+    assert "the shipped unit (floatkey-agent@.service) starts it again" in text

@@ -18,12 +18,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
-from conftest import command
+from conftest import command, run
 from floatkey import protocol
 from floatkey._supervisor import supervise
 from floatkey.envelope import Signer
 from floatkey.errors import FeatureNotLicensed, NoAnswer, ServerKeyChanged
-from floatkey.signing import public_key_text
+from floatkey.signing import key_id, public_key_text
 from licensing import NAME, ORG, ctl, issue, unlock
 from servers import (
     clients,
@@ -592,18 +592,49 @@ async def test_a_changed_server_key_is_refused(server, tmp_path):
     server.start_daemon()
     impostor = public_key_text(Ed25519PrivateKey.generate().public_key())
     agent = make_agent(server, tmp_path, "wary", server_key=impostor)
-    with pytest.raises(ServerKeyChanged, match="presents a new key"):
+    with pytest.raises(ServerKeyChanged) as caught:
         async with agent:
             pass
+    message = caught.value.message
+    assert f"presents a key with fingerprint {key_id(server.server_key())}" in message
+    assert "the key set as server_key in the agent config" in message
+    assert "set server_key to its new public key" in message
 
 
 async def test_trust_on_first_use_pins_the_key_in_a_private_state_file(server, tmp_path):
     server.start_daemon()
-    async with make_agent(server, tmp_path, "tofu", pin=False) as agent:
-        assert agent.has_seat
+    with capture_logs() as logs:
+        async with make_agent(server, tmp_path, "tofu", pin=False) as agent:
+            assert agent.has_seat
     known = tmp_path / "tofu-known.json"
     assert oct(known.stat().st_mode & 0o777) == "0o600"
     assert json.loads(known.read_text())["servers"][server.topics.root] == server.server_key_text()
+    # The one warning of a first start is the trust on first use; a state that arrives
+    # before the identity (the embedded broker sends it first) is no reason for another.
+    warnings = [e["event"] for e in logs if e["log_level"] in {"warning", "error"}]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("TRUSTING THE LICENSE SERVER KEY ON FIRST USE")
+
+
+async def test_a_key_other_than_the_one_pinned_on_first_use_names_the_state_file(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    config = write_agent_config(server, tmp_path / "moved.toml", pin=False)
+    known = tmp_path / "moved-known.json"
+    impostor = Ed25519PrivateKey.generate().public_key()
+    known.write_text(json.dumps({"servers": {server.topics.root: public_key_text(impostor)}}))
+    result = await asyncio.to_thread(
+        run, "floatkey-agent", "run", "--config", str(config), "--", "true"
+    )
+    assert result.returncode == 78, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"presents a key with fingerprint {key_id(server.server_key())}" in message
+    assert f"not {key_id(impostor)}" in message
+    assert f"pinned in its state file {known}" in message
+    assert f'delete the "{server.topics.root}" entry from that file' in message
+    assert "Traceback" not in result.stderr
 
 
 async def test_no_daemon_means_no_answer(server_factory, tmp_path):
@@ -612,7 +643,7 @@ async def test_no_daemon_means_no_answer(server_factory, tmp_path):
     (server.state_dir / "server-identity.key.pub").write_text(
         public_key_text(Ed25519PrivateKey.generate().public_key())
     )
-    agent = make_agent(server, tmp_path, "lonely", request_timeout=1)
+    agent = make_agent(server, tmp_path, "lonely", connect_timeout=1)
     with pytest.raises(NoAnswer, match="license server"):
         async with agent:
             pass

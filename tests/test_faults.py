@@ -11,11 +11,16 @@ import contextlib
 import json
 import os
 import random
+import re
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import aiomqtt
+import msgspec
 import pytest
 from bench.harness import rss_bytes as rss
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,6 +35,7 @@ from servers import (
     clients,
     daemon_report,
     eventually,
+    free_port,
     make_agent,
     raw_client,
     read_retained,
@@ -283,7 +289,7 @@ async def test_a_flooding_client_does_not_keep_the_others_out(server_factory, tm
         await eventually(lambda: asyncio.to_thread(lambda: rate_limited(status(server)) > 0))
         limited_before = rate_limited(await asyncio.to_thread(status, server))
         for i in range(10):
-            # Entering waits for the daemon's answer (request_timeout) or raises NoAnswer.
+            # Entering waits for the daemon's answer (connect_timeout) or raises NoAnswer.
             async with make_agent(server, tmp_path, f"polite{i}") as agent:
                 assert agent.has_seat
         assert not flooder.done(), "the flood stopped before the agents were done"
@@ -321,6 +327,141 @@ async def test_a_30_second_broker_outage_loses_nobody(server_factory, tmp_path):
         assert {a1.client_id: a1._grant.lease, a2.client_id: a2._grant.lease} == leases
         assert not a1.shutdown_requested.is_set()
         assert not a2.shutdown_requested.is_set()
+
+
+class SupervisedAgent:
+    """A real ``floatkey-agent run`` logging at debug level (JSON lines) into a file."""
+
+    def __init__(self, server, tmp_path: Path, name: str, **config: object) -> None:
+        self.app = tmp_path / name
+        self.log = tmp_path / f"{name}.log"
+        path = write_agent_config(server, tmp_path / f"{name}.toml", **config)
+        argv = [command("floatkey-agent"), "run", "--config", str(path), "--app", name, "--"]
+        argv += [sys.executable, str(Path(__file__).with_name("child_app.py")), str(self.app)]
+        env = {**os.environ, "FLOATKEY_LOG_LEVEL": "debug"}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def records(self) -> list[dict[str, object]]:
+        """The agent's log lines (the application's own output left out)."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self, *levels: str) -> list[str]:
+        return [str(r["event"]) for r in self.records() if not levels or r["level"] in levels]
+
+    def count(self, prefix: str) -> int:
+        return sum(event.startswith(prefix) for event in self.events())
+
+    async def started(self) -> None:
+        await eventually(self.app.with_suffix(".env").exists, within=20)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(15)
+
+
+UNREACHABLE = "license server unreachable; the application keeps running for up to "
+BACK = "license server reachable again after "
+
+
+def grace_left(event: str) -> int:
+    match = re.fullmatch(re.escape(UNREACHABLE) + r"(\d+) s of offline grace", event)
+    assert match, event
+    return int(match.group(1))
+
+
+async def test_a_broker_outage_is_one_warning_and_one_line_when_the_server_is_back(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    agent = SupervisedAgent(server, tmp_path, "outage", offline_grace=300)
+    try:
+        await agent.started()
+        await asyncio.to_thread(server.mosquitto.stop)
+        # Reconnection attempts fail one after the other (capped back-off: about 4 s).
+        await eventually(lambda: agent.count("license server still unreachable") >= 3, within=30)
+        await asyncio.to_thread(server.mosquitto.start)
+        await eventually(lambda: agent.count(BACK) == 1, within=30)
+        assert agent.process.poll() is None  # the application ran on through it
+    finally:
+        assert await asyncio.to_thread(agent.stop) == 0, agent.log.read_text()
+    warnings = agent.events("warning", "error", "critical")
+    assert len(warnings) == 1, warnings
+    assert 0 < grace_left(warnings[0]) <= 300
+    infos = agent.events("info")
+    assert infos[-1] == "seat released"  # (the stop of the test)
+    started = infos.index("application started")
+    assert infos[started + 1 : -1] == [e for e in infos if e.startswith(BACK)], infos
+    assert agent.count("broker connection lost") == 0
+    assert agent.count("cannot reach the broker") == 0  # it had reached it before
+
+
+@contextlib.asynccontextmanager
+async def forwarding(port: int, target: int):
+    """A TCP port on loopback that forwards to ``target``, open while the context is."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target)
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    async with server:
+        yield
+
+
+async def test_an_agent_started_before_its_broker_says_so_once_and_gets_its_seat(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    # The daemon listens before the agent can reach the broker (through a port opened
+    # later): its first request is not lost to a daemon that has not subscribed yet.
+    await eventually(lambda: asyncio.to_thread(answering, server), within=15)
+    port = free_port()
+    broker = msgspec.structs.replace(server.broker(), port=port)
+    agent = SupervisedAgent(server, tmp_path, "early", connect_timeout=60, broker=broker)
+    try:
+        await eventually(lambda: agent.count("broker not reachable yet") >= 2, within=30)
+        async with forwarding(port, server.port):
+            await agent.started()
+            assert await asyncio.to_thread(agent.stop) == 0
+    finally:
+        assert await asyncio.to_thread(agent.stop) == 0, agent.log.read_text()
+    assert agent.events("warning", "error", "critical") == [
+        f"cannot reach the broker ({broker.describe()}) yet; retrying"
+    ]
+    assert agent.count("license server unreachable") == 0
+    assert agent.count("broker connection lost") == 0
+
+
+async def test_a_silent_daemon_behind_a_running_broker_is_one_warning_too(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    daemon = server.start_daemon()
+    agent = SupervisedAgent(server, tmp_path, "quiet", connect_timeout=1, offline_grace=300)
+    try:
+        await agent.started()
+        # A clean stop keeps the leases (30 s): back within them, the restarted daemon
+        # renews the same one, and there is no "seat lost" to tell.
+        assert await asyncio.to_thread(daemon.stop) == 0
+        # A renewal (every ~10 s) goes unanswered for connect_timeout.
+        await eventually(lambda: agent.count("license server unreachable") == 1, within=30)
+        await asyncio.to_thread(server.start_daemon)
+        await eventually(lambda: agent.count(BACK) == 1, within=30)
+    finally:
+        assert await asyncio.to_thread(agent.stop) == 0, agent.log.read_text()
+    warnings = agent.events("warning", "error", "critical")
+    assert len(warnings) == 1, warnings
+    assert 0 < grace_left(warnings[0]) <= 300
 
 
 async def test_a_broker_restarted_with_its_persistence_wiped_gets_the_state_back(
@@ -555,7 +696,7 @@ async def test_soak_agents_renewing_keep_the_daemon_flat(server_factory):
     duration = 600 if SLOW else 60
     assert unlock(server, issue(seats=agents)).returncode == 0
     agent_config = write_agent_config(
-        server, server.config_path.parent / "soak.toml", request_timeout=120
+        server, server.config_path.parent / "soak.toml", connect_timeout=120
     )
     workers = [
         Worker(

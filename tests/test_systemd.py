@@ -41,13 +41,41 @@ def test_floatkeyd_service_verifies(tmp_path):
     assert "floatkeyd.service" not in result.stderr, result.stderr
 
 
-def test_floatkeyd_service_exposure_is_at_most_2(tmp_path):
-    result = analyze(
-        "security", "--offline=true", str(installed_copy(tmp_path, "floatkeyd.service"))
+def exposure(path) -> float:
+    """``systemd-analyze security``'s overall exposure level of the unit file ``path``."""
+    result = analyze("security", "--offline=true", str(path))
+    match = re.search(
+        rf"Overall exposure level for {re.escape(path.name)}: (\d+\.\d+)", result.stdout
     )
-    match = re.search(r"Overall exposure level for floatkeyd\.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.0, result.stdout
+    return float(match.group(1))
+
+
+def test_floatkeyd_service_exposure_is_at_most_2(tmp_path):
+    assert exposure(installed_copy(tmp_path, "floatkeyd.service")) <= 2.0
+
+
+def test_the_agent_template_exposure_is_at_most_5(tmp_path):
+    path = installed_copy(
+        tmp_path, "floatkey-agent@.service", "floatkey-agent@flowdesigner.service"
+    )
+    assert exposure(path) <= 5.0
+    text = path.read_text()
+    # Not root: one dynamic user for every instance, which may write its state only.
+    assert "DynamicUser=yes" in text
+    assert "User=floatkey-agent" in text
+    assert "CapabilityBoundingSet=\n" in text
+    # floatkey-agent starts the application through setpriv --pdeathsig, which calls
+    # prctl and capset: the filter must not take @privileged (capset) away.
+    assert "SystemCallFilter=@system-service\n" in text
+    assert "SystemCallFilter=~@privileged" not in text
+    # The production agent.toml reads the state file and the password where the unit
+    # puts them.
+    agent_toml = (REPO / "config" / "agent.toml").read_text()
+    assert 'state_file = "/var/lib/floatkey-agent/' in agent_toml
+    assert "StateDirectory=floatkey-agent " in text
+    assert 'password_file = "${CREDENTIALS_DIRECTORY}/mqtt-password"' in agent_toml
+    assert "LoadCredential=mqtt-password:" in text
 
 
 def test_the_agent_template_verifies(tmp_path):
@@ -61,6 +89,8 @@ def test_the_agent_template_verifies(tmp_path):
     # The unit's restart policy and floatkey-agent's documented exit codes must agree.
     assert f"RestartForceExitStatus={EXIT_RESTART} {EXIT_UNREACHABLE}" in text
     assert f"RestartPreventExitStatus={EXIT_NO_SEAT} {EXIT_RELEASED} {EXIT_CONFIG}" in text
+    # floatkey-agent run --help says a 76 is started again after 1 s.
+    assert "Restart=on-failure\nRestartSec=1\n" in text
     assert "Type=notify" in (REPO / "systemd" / "floatkeyd.service").read_text()
 
 

@@ -75,7 +75,7 @@ async def test_an_untrusted_broker_certificate_is_refused_with_advice(server_fac
     broker = server.mosquitto.tls_options("floatkey-agent", ca=stranger)
 
     descriptors = open_descriptors()
-    agent = make_agent(server, tmp_path, "wary", broker=broker, request_timeout=3)
+    agent = make_agent(server, tmp_path, "wary", broker=broker, connect_timeout=3)
     with pytest.raises(NoAnswer) as refused:
         async with agent:
             pass

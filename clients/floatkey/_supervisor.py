@@ -21,7 +21,8 @@ Exit status: COMMAND's own when it exits by itself (128+N when killed by signal 
 75 restart requested (a new license, expiry, a lost seat, the server silent too long);
 77 an administrator released the seat (not restarted by the shipped unit); 69 no seat
 (all in use, or the license expired); 76 license server unreachable (after
-``request_timeout``; the unit restarts it); 78 bad configuration; 2 bad arguments.
+``connect_timeout``; the unit starts it again, so an agent started before its server
+finds it once it is up); 78 bad configuration; 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -76,10 +77,17 @@ def _parser() -> argparse.ArgumentParser:
         "N);\n  75  stopped for a new license, expiry, a lost seat, or the server silent past "
         "the offline grace\n      (systemd restarts it)\n  77  an administrator released "
         "the seat (not restarted)\n  69  no seat free, or the license expired\n  76  the "
-        "license server did not answer within request_timeout (systemd restarts it)\n"
-        "  78  bad configuration\n   2  bad arguments",
+        "broker or the license server did not answer within connect_timeout (agent.toml,\n"
+        "      10 s by default); the shipped unit (floatkey-agent@.service) starts it again "
+        "after\n      1 s, so an agent started before its license server finds it once it "
+        "is up\n  78  bad configuration\n   2  bad arguments",
     )
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent config file")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="agent config file (default: %(default)s)",
+    )
     run.add_argument("--app", help="application name shown to administrators")
     run.add_argument("--client-id", help="MQTT client id (default: app-host-pid-random)")
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")

@@ -15,7 +15,8 @@
 ``seat``        renews the lease at the interval the daemon asked for; after a lost seat,
                 asks again, and asks the application to stop if it has none by the time
                 the last lease would have run out
-``offline``     asks the application to stop when the daemon has been silent too long
+``offline``     notices a daemon that stopped answering behind a running broker, and asks
+                the application to stop when the daemon has been silent too long
 ``shutdown``    once a stop is requested: the application's hooks, then the seat release
 
 Every daemon message is verified against the pinned server key before it is parsed;
@@ -47,6 +48,7 @@ from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.licensefile import SignedSeat
 from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
+from floatkey.outage import OutageLog
 from floatkey.pinning import KnownServers
 from floatkey.protocol import (
     SeatDenied,
@@ -99,7 +101,7 @@ class Agent:
     """A licensed client. ``async with Agent(loaded_config) as agent:``.
 
     Entering connects, requests a seat and returns once the daemon answered (granted or
-    denied), or raises ``NoAnswer`` after ``request_timeout`` seconds, ``ServerKeyChanged``
+    denied), or raises ``NoAnswer`` after ``connect_timeout`` seconds, ``ServerKeyChanged``
     when the server's key is not the pinned one, ``ConfigError`` when the server key is
     to be trusted on first use and ``state_file`` cannot keep it. Leaving runs the
     shutdown hooks if a stop was requested, releases the seat and disconnects.
@@ -130,6 +132,7 @@ class Agent:
         self._license_listeners: list[Callable[[LicenseView], None]] = []
         self._lease_listeners: list[Callable[[SignedSeat], None]] = []
         self._key_changed = asyncio.Event()
+        self._offered_kid = ""  # the fingerprint of a key offered instead of the pinned one
         self._reading_retained = False
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
@@ -154,6 +157,7 @@ class Agent:
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
         self._broker_error: str | None = None  # the last failed connection's reason
+        self._outage = OutageLog(self.client_id, self.config.broker.describe())
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -277,7 +281,7 @@ class Agent:
             ),
         ]
         try:
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 answered = asyncio.ensure_future(self._answered.wait())
                 changed = asyncio.ensure_future(self._key_changed.wait())
                 try:
@@ -339,19 +343,19 @@ class Agent:
             detail = f": {error}. {connection_advice(error)}" if error else "."
             return (
                 f"Cannot connect to the broker ({broker}) within "
-                f"{self.config.request_timeout:g} s{detail}"
+                f"{self.config.connect_timeout:g} s (connect_timeout){detail}"
             )
         return (
             f"No answer from the license server {self.config.server!r} ({broker}) "
-            f"within {self.config.request_timeout:g} s. Check that floatkeyd is "
-            "running and connected to the same broker."
+            f"within {self.config.connect_timeout:g} s (connect_timeout). Check that floatkeyd "
+            "is running and connected to the same broker."
         )
 
     async def request_seat(self) -> bool:
         """Ask for a seat (again: after :meth:`release`, or after a denial).
 
         Returns whether a seat was granted; :attr:`denial` says why not. Raises
-        ``NoAnswer`` when the daemon does not answer within ``request_timeout``.
+        ``NoAnswer`` when the daemon does not answer within ``connect_timeout``.
         """
         if self.has_seat:
             return True
@@ -359,12 +363,12 @@ class Agent:
         self._answered.clear()
         await self._request_seat()
         try:
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 await self._answered.wait()
         except TimeoutError:
             raise NoAnswer(
                 f"The license server {self.config.server!r} did not answer within "
-                f"{self.config.request_timeout:g} s.",
+                f"{self.config.connect_timeout:g} s (connect_timeout).",
             ) from None
         return self.has_seat
 
@@ -408,14 +412,21 @@ class Agent:
                 ) as client:
                     self._broker_error = None
                     await self._on_connect(client)
+                    self._outage.connected()
                     backoff.reset()
                     async for message in client.messages:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
-                # use within request_timeout (a broker without retained messages).
-                self._broker_error = str(exc) or type(exc).__name__
-                log.info("broker connection lost", client=self.client_id, error=self._broker_error)
+                # use within connect_timeout (a broker without retained messages).
+                self._broker_error = (
+                    "no license server identity on the broker within "
+                    f"{self.config.connect_timeout:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc) or type(exc).__name__
+                )
+                now = time.monotonic()
+                self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
             finally:
                 self._client = None
                 self._connected.clear()
@@ -429,7 +440,7 @@ class Agent:
             # anything signed is read.
             await settled(client.subscribe(self.topics.identity, qos=1))
             self._client = client
-            async with asyncio.timeout(self.config.request_timeout):
+            async with asyncio.timeout(self.config.connect_timeout):
                 async for message in client.messages:
                     self._handle(message.topic.value, message.payload)
                     if self._pinned():
@@ -509,10 +520,10 @@ class Agent:
         """One step without a seat: ask again, or stop the application once time is up.
 
         The application may go on for as long as the lease the daemon last gave would
-        have lasted, and at least ``request_timeout`` after the loss, so that a seat lost
+        have lasted, and at least ``connect_timeout`` after the loss, so that a seat lost
         while the agent was cut off (found out on reconnecting) gets a fair try.
         """
-        deadline = max(self._lease_ends, lost_at + self.config.request_timeout)
+        deadline = max(self._lease_ends, lost_at + self.config.connect_timeout)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             denial = self.denial
@@ -536,11 +547,26 @@ class Agent:
             return False
         return True
 
+    def _grace_left(self, now: float) -> float | None:
+        """How long the application may still run unanswered (``None``: no seat, no limit)."""
+        if self._last_grant is None:
+            return None
+        return max(self.config.offline_grace - (now - self._last_contact), 0.0)
+
     async def _offline_watch(self) -> None:
         grace = self.config.offline_grace
         while True:
-            await asyncio.sleep(min(grace / 4, 5.0))
-            silent = time.monotonic() - self._last_contact
+            await asyncio.sleep(min(grace / 4, 5.0, self.config.connect_timeout))
+            now = time.monotonic()
+            silent = now - self._last_contact
+            held = self._grant
+            if (
+                held is not None
+                and self._connected.is_set()
+                and silent > held.renew_after_s + self.config.connect_timeout
+            ):
+                # The broker is there, but a renewal went unanswered: floatkeyd is down.
+                self._outage.silent(self._last_contact, self._grace_left(now))
             if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
@@ -571,6 +597,16 @@ class Agent:
         self.drops[reason] += 1
         log.warning("message dropped", client=self.client_id, reason=reason, topic=topic)
 
+    def _drop_before_trust(self, topic: str) -> None:
+        """A signed message that came before the identity the agent is about to trust.
+
+        Normal on a first start (nothing pinned yet): a broker may hand over the retained
+        state before the identity (amqtt does). Counted, logged at debug only: the
+        warning that matters is the trust-on-first-use one that follows.
+        """
+        self.drops["no_server_key"] += 1
+        log.debug("message before the server key is known", client=self.client_id, topic=topic)
+
     def _handle(self, topic: str, payload: object) -> None:
         if not isinstance(payload, bytes | bytearray):
             self._drop("not_bytes", topic)
@@ -595,7 +631,7 @@ class Agent:
         """The verified body, or ``None`` (dropped, logged, counted)."""
         key = self._server_key
         if key is None:
-            self._drop("no_server_key", topic)
+            self._drop_before_trust(topic)
             return None
         try:
             return open_envelope(data, topic, {self._server_kid: key})
@@ -630,12 +666,14 @@ class Agent:
             self._pin_key(key)
         elif key_id(key) != key_id(self._server_key):
             self.drops["server_key_changed"] += 1
+            self._offered_kid = key_id(key)
             self._key_changed.set()
             log.error(
                 "server key changed; refusing it",
                 client=self.client_id,
                 pinned=key_id(self._server_key),
-                offered=key_id(key),
+                offered=self._offered_kid,
+                pinned_in=self._pinned_in(),
             )
 
     def _take_state(self, state: protocol.State) -> None:
@@ -710,7 +748,7 @@ class Agent:
         if grant is None or reply.lease != grant.lease:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
-        self._contact()
+        self._contact(answer=True)
         if isinstance(reply, SeatRenewed):
             self._lease_ends = time.monotonic() + _lease_length(
                 reply.expires_at, reply.ts, grant.renew_after_s
@@ -731,7 +769,7 @@ class Agent:
         if reply.nonce != self._nonce:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
-        self._contact()
+        self._contact(answer=True)
         if isinstance(reply, SeatGranted):
             held = self._last_grant
             self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
@@ -781,8 +819,11 @@ class Agent:
     def _pinned(self) -> bool:
         return self._server_key is not None
 
-    def _contact(self) -> None:
+    def _contact(self, *, answer: bool = False) -> None:
+        """The daemon was heard; ``answer``: it replied to this agent (it is up now)."""
         self._last_contact = time.monotonic()
+        if answer:
+            self._outage.answered(self._last_contact)
 
     # --- pinned server keys (trust on first use) ----------------------------------
 
@@ -808,14 +849,39 @@ class Agent:
             state_file=str(path),
         )
 
+    def _pinned_in(self) -> str:
+        """Where the pinned server key comes from: the config, or the state file."""
+        if self.config.server_key:
+            return "server_key in the agent config"
+        return str(self._known_servers.path)
+
     def check_server_key(self) -> None:
-        """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one."""
-        if self._key_changed.is_set():
+        """Raise ``ServerKeyChanged`` if the server offered a key other than the pinned one.
+
+        The message names where the pinned key is kept (``server_key`` in the config, or
+        the ``state_file`` of trust on first use) and what to change there.
+        """
+        if not self._key_changed.is_set():
+            return
+        root, pinned = self.topics.root, self._server_kid
+        offered = f"a key with fingerprint {self._offered_kid}, not {pinned}"
+        if self.config.server_key:
             raise ServerKeyChanged(
-                f"The license server {self.topics.root} presents a new key. If the server was "
-                "reinstalled, remove its entry from the agent's state file; otherwise someone "
-                "may be impersonating it.",
+                f"The license server {root} presents {offered}, the key set as server_key "
+                "in the agent config. If the server was reinstalled or given a new key, "
+                "set server_key to its new public key (floatkeyd logs it at every start); "
+                "otherwise someone may be impersonating the license server: do not change "
+                "anything until you know which.",
             )
+        raise ServerKeyChanged(
+            f"The license server {root} presents {offered}, the key this agent trusted on "
+            f"first use and pinned in its state file {self._known_servers.path}. If the "
+            f'server was reinstalled or given a new key, delete the "{root}" entry from that '
+            "file (or the file, if it pins no other server) and start the agent again, or "
+            "set server_key in the agent config to the server's new public key (floatkeyd "
+            "logs it at every start); otherwise someone may be impersonating the license "
+            "server: do not change anything until you know which.",
+        )
 
 
 def _shutdown_message(code: str) -> str:

@@ -16,6 +16,8 @@ from floatkey.signing import parse_public_key
 __all__ = ["AgentConfig", "LoadedAgentConfig", "load_agent_config"]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Older names of agent.toml keys, still read (a file may not set both names).
+_RENAMED = {"request_timeout": "connect_timeout"}
 
 
 class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -29,7 +31,10 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server_key: str | None = None
     state_file: str | None = None
     app: str = ""
-    request_timeout: float = 10.0
+    # How long the agent waits for the broker and the license server's answer: at start
+    # (then floatkey-agent gives up with status 76, which the shipped unit restarts), and
+    # for each seat request after that. Its older name, request_timeout, is still read.
+    connect_timeout: float = 10.0
     offline_grace: float = 600.0
     # SIGTERM to SIGKILL for floatkey-agent's application; less than hook_timeout.
     shutdown_grace: float = 10.0
@@ -51,7 +56,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 parse_public_key(self.server_key)
             except ValueError as exc:
                 raise msgspec.ValidationError(f"server_key: {exc}") from None
-        for name in ("request_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
+        for name in ("connect_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")
         if self.shutdown_grace >= self.hook_timeout:
@@ -89,7 +94,8 @@ class LoadedAgentConfig:
 def load_agent_config(path: Path) -> LoadedAgentConfig:
     """Read and validate an agent config file. Raises ``ConfigError``."""
     path = Path(path).absolute()
-    loaded = LoadedAgentConfig(config=load_toml(path, AgentConfig), base=path.parent)
+    config = load_toml(path, AgentConfig, renamed=_RENAMED)
+    loaded = LoadedAgentConfig(config=config, base=path.parent)
     if loaded.config.broker.tls is not None:
         loaded.config.broker.tls.context(loaded.base)  # unusable TLS files: refuse now
     return loaded

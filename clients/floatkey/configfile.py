@@ -14,6 +14,7 @@ import msgspec
 from floatkey.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
 __all__ = ["load_toml", "private_directory_problem"]
@@ -21,14 +22,26 @@ __all__ = ["load_toml", "private_directory_problem"]
 T = TypeVar("T")
 
 
-def load_toml(path: Path, kind: type[T]) -> T:
-    """Read ``path`` as ``kind``; unknown keys and bad values raise ``ConfigError``."""
+def load_toml(path: Path, kind: type[T], *, renamed: Mapping[str, str] | None = None) -> T:
+    """Read ``path`` as ``kind``; unknown keys and bad values raise ``ConfigError``.
+
+    ``renamed`` maps older names of top-level keys to their current names: a file that
+    uses an older name still loads; one that sets both names is refused.
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"Cannot read the configuration file {path}: {exc.strerror}.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+    for old, new in (renamed or {}).items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(
+                f"{path}: {old} is the older name of {new}; set only {new} (remove {old})."
+            )
+        data[new] = data.pop(old)
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:

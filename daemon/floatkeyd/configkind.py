@@ -35,7 +35,15 @@ _DESCRIPTIONS: dict[Kind, str] = {
 # Settings only an agent configuration has (its AgentConfig fields that neither the
 # daemon's nor an admin.toml know).
 _AGENT_ONLY = frozenset(
-    {"app", "state_file", "request_timeout", "offline_grace", "shutdown_grace", "hook_timeout"}
+    {
+        "app",
+        "state_file",
+        "connect_timeout",
+        "request_timeout",  # connect_timeout's older name, still read
+        "offline_grace",
+        "shutdown_grace",
+        "hook_timeout",
+    }
 )
 _MOSQUITTO = re.compile(
     r"^\s*(listener|acl_file|password_file|allow_anonymous|persistence|per_listener_settings"
