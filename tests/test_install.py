@@ -215,13 +215,16 @@ def test_install_server_lays_out_the_service(installed, dists):
     assert int(fields[3]) == group_id(root, "floatkey")
     assert not (root / "nonexistent").exists()
 
-    # /etc/floatkey: 0750 root:floatkey; the config readable by the group, secrets root's.
+    # /etc/floatkey: 0755 root, so the agents' dynamic user can read agent.toml and
+    # apps/; the daemon's config readable by its group only, the passwords root's.
     gid = group_id(root, "floatkey")
     expected = {
-        ".": (0o750, gid),
+        ".": (0o755, 0),
+        "apps": (0o755, 0),
         "floatkeyd.toml": (0o640, gid),
         "mqtt-password": (0o600, 0),
-        "agent.toml.example": (0o640, gid),
+        "agent-mqtt-password": (0o600, 0),
+        "agent.toml.example": (0o644, 0),
         "mosquitto.conf.example": (0o640, gid),
         "mosquitto.acl.example": (0o640, gid),
         "mosquitto.passwd.example": (0o600, 0),
@@ -413,7 +416,7 @@ def test_install_server_on_this_machines_root_in_a_private_mount_namespace(insta
     assert "Nothing changed: floatkey" in out, out
     user = r"^floatkey:x:\d+:\d+:[^:]*:/nonexistent:/usr/sbin/nologin$"
     assert re.search(user, out, re.MULTILINE), out
-    assert "750 root:floatkey\n640 root:floatkey\n" in out, out
+    assert "755 root:root\n640 root:floatkey\n" in out, out
     assert re.search(r"^floatkeyd \S+ \(product keys for version 8\)$", out, re.MULTILINE), out
     assert "removed    /opt/floatkey (the floatkey commands)" in out, out
     # This machine is as it was.
