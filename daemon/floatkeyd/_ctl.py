@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from floatkey import protocol
+from floatkey.cliexit import run_command
 from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
 from floatkey.logs import configure_logging
 from floatkey.productkey import parse_product_key
@@ -63,9 +63,13 @@ from floatkeyd.console.cli import add_console_user_parser, run_console_user
 from floatkeyd.licensechange import LicenseChange, license_changes, refused_anyway
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
+    from typing import Any, TypeAlias
 
     from floatkey.protocol import AdminResult
+
+    #: A command that asks the daemon something.
+    Runner: TypeAlias = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
 DEFAULT_ADMIN_CONFIG = Path("~/.config/floatkey/admin.toml")
@@ -615,7 +619,7 @@ def _failed(args: argparse.Namespace, reason: str, message: str, status: int) ->
     return status
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per outcome
+def main(argv: list[str] | None = None) -> int:
     """Run ``floatkeyctl``; return the exit status."""
     args = _parser().parse_args(argv)
     # Warnings (an unverifiable answer ignored) go to stderr: stdout is for the answer.
@@ -623,13 +627,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
     # paho logs a lost connection as an error of its own; floatkeyctl reports every
     # broker failure itself, in one sentence that says what to check.
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)
-    runners = {
+    runners: dict[str, Runner] = {
         "status": _status,
         "clients": _clients,
         "release": _release,
         "audit": _audit,
         "server-key": _server_key,
     }
+    return run_command(lambda: _dispatch(args, runners))
+
+
+def _dispatch(args: argparse.Namespace, runners: dict[str, Runner]) -> int:  # noqa: PLR0911 - one return per outcome
     try:
         if args.command == "admin-key":
             return _create_admin_key(args)
@@ -638,11 +646,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit stat
         if args.command == "console-user":
             return run_console_user(args)
         return asyncio.run(runners[args.command](args))
-    except BrokenPipeError:
-        # The reader of our output went away (`| head -1`): what was asked was done, so
-        # exit as it went, quietly, like other Unix tools (nothing more can be written).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
     except DaemonUnreachable as exc:
         return _failed(args, exc.reason, exc.message + _embedded_hint(args), EXIT_UNREACHABLE)
     except ProductKeyError as exc:  # pragma: no cover - the daemon checks keys, not ctl

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from floatkey import productkey
+from floatkey.cliexit import run_command
 from floatkey.errors import ConfigError, FloatkeyError, LicenseeMismatch, ProductKeyError
 from floatkey.signing import (
     create_private_key_file,
@@ -523,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser, subs = _parser()
     args = parser.parse_args(argv)
     sub = subs[args.command]
+    return run_command(lambda: _dispatch(args, sub))
+
+
+def _dispatch(args: argparse.Namespace, sub: argparse.ArgumentParser) -> int:
     try:
         if args.command == "keygen":
             return _keygen(args)
