@@ -183,6 +183,11 @@ def test_errors_on_our_side_are_json_too(server_factory, tmp_path):
     assert answer["error"]["reason"] == "unreachable"
     assert "is floatkeyd running" in answer["error"]["message"]
 
+    no_key = run("floatkeyctl", "unlock", "--json", "--config", str(server.config_path),
+                 "--name", "A", "--organization", "B", "--key", " ")  # fmt: skip
+    assert no_key.returncode == 2
+    assert json.loads(no_key.stdout)["error"]["reason"] == "no_key"
+
     wrong = run("floatkeyctl", "status", "--json", "--config", str(CONFIG / "agent.dev.toml"))
     assert wrong.returncode == 1
     assert json.loads(wrong.stdout)["error"]["reason"] == "config"

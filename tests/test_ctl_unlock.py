@@ -13,8 +13,8 @@ import pytest
 
 from conftest import CONFIG, command
 from floatkey.productkey import parse_product_key
-from floatkey.protocol import LicenseInfo
-from floatkeyd.licensechange import license_changes, refused_anyway
+from floatkey.protocol import LicenseInfo, StatusReport
+from floatkeyd.licensechange import changes_to_confirm, license_changes, refused_anyway
 from licensing import NAME, ORG, issue, unlock
 from servers import Terminal, read_state
 
@@ -80,6 +80,30 @@ def test_a_key_the_daemon_refuses_anyway_is_not_asked_about():
     assert refused_anyway(decoded(seats=5), license_, **(ask | {"name": "Charles Babbage"}))
     expired = decoded("--issued", "2020-01-01", "--expires", "2020-12-31", seats=5)
     assert refused_anyway(expired, license_, **ask)
+
+
+def test_only_a_license_in_force_is_guarded_and_only_by_a_readable_key():
+    """The rule floatkeyctl and the console share: what to ask about, given the status."""
+    today = dt.datetime.now(dt.UTC).date()
+    smaller = issue(seats=5)
+    ask = {"name": NAME, "organization": ORG, "today": today}
+
+    def status(state: str, license_: LicenseInfo | None) -> StatusReport:
+        return StatusReport(
+            server="s", status=state, license=license_, generation=1, revision=1,
+            seats_in_use=0, unlicensed_sessions=0, awaiting_release=0, fingerprint="f",
+            broker="b",
+        )  # fmt: skip
+
+    changes = changes_to_confirm(status("licensed", active()), smaller, **ask)
+    assert [c.what for c in changes if c.reduces] == ["seats"]
+    # An expired license grants nothing: replacing it takes nothing away.
+    assert changes_to_confirm(status("expired", active()), smaller, **ask) == []
+    assert changes_to_confirm(status("unlicensed", None), smaller, **ask) == []
+    # Unreadable, or for another licensee: the daemon's own refusal is the answer.
+    assert changes_to_confirm(status("licensed", active()), "FK-NONSENSE", **ask) == []
+    other = ask | {"organization": "Someone Else Ltd"}
+    assert changes_to_confirm(status("licensed", active()), smaller, **other) == []
 
 
 # --- against a real daemon ----------------------------------------------------------

@@ -60,7 +60,7 @@ from floatkeyd._ctl_text import (
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable
 from floatkeyd.adminconfig import AdminTarget, load_admin_target
 from floatkeyd.console.cli import add_console_user_parser, run_console_user
-from floatkeyd.licensechange import LicenseChange, license_changes, refused_anyway
+from floatkeyd.licensechange import LicenseChange, changes_to_confirm
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -263,10 +263,9 @@ def _unlock(args: argparse.Namespace) -> int:
     """
     key = _product_key(args.key)
     if not key.strip():
-        print(
-            "floatkeyctl: no product key given (--key KEY, or on standard input)", file=sys.stderr
+        return _failed(
+            args, "no_key", "no product key given (--key KEY, or on standard input)", EXIT_USAGE
         )
-        return EXIT_USAGE
     target = _target(args)
     outcome = asyncio.run(_unlock_session(args, target, key, confirmed=args.yes))
     if isinstance(outcome, int):
@@ -306,7 +305,12 @@ def _confirmed(args: argparse.Namespace, question: _Question) -> bool:
         answer = ""
     if answer.strip().lower() in {"y", "yes"}:
         return True
-    print("Not activated; nothing was changed.", file=sys.stderr)
+    message = "Not activated; nothing was changed."
+    if args.json:
+        changes = [ctl_json.change_of(c) for c in question.changes]
+        refusal = ctl_json.Error(reason="not_confirmed", message=message)
+        print(ctl_json.dump(ctl_json.NotConfirmed(error=refusal, changes=changes)))
+    print(message, file=sys.stderr)
     return False
 
 
@@ -354,7 +358,7 @@ async def _unlock_session(
                 )
             )
         )
-    return EXIT_TIMEOUT if left else EXIT_OK
+    return EXIT_TIMEOUT if left or left is None else EXIT_OK
 
 
 def _changes(
@@ -365,30 +369,38 @@ def _changes(
     Nothing when there is no active license, or when the key cannot be read or will be
     refused anyway: the daemon then says why, as it always has.
     """
-    active = status.license if status.status == "licensed" else None
-    if active is None:
-        return []
-    try:
-        new = parse_product_key(key).key
-    except ProductKeyError:
-        return []
     today = dt.datetime.now(dt.UTC).date()
-    if refused_anyway(new, active, name=args.name, organization=args.organization, today=today):
-        return []
-    return license_changes(active, new)
+    return changes_to_confirm(
+        status, key, name=args.name, organization=args.organization, today=today
+    )
 
 
-async def _wait_for_release(session: AdminSession, told: int, wait: float, *, quiet: bool) -> int:
+async def _wait_for_release(
+    session: AdminSession, told: int, wait: float, *, quiet: bool
+) -> int | None:
     """Poll until the old generation's clients released their seats; return how many did not.
 
     One progress line: rewritten in place on a terminal, printed once at the end
-    elsewhere; then one closing line. ``quiet`` (``--json``) prints nothing.
+    elsewhere; then one closing line. ``quiet`` (``--json``) prints nothing. ``None``
+    when the daemon could no longer be asked: the license *was* activated, which must
+    not read as a failed unlock.
     """
     deadline = time.monotonic() + wait
     live = sys.stdout.isatty() and not quiet
     left, shown = told, 0
     while time.monotonic() < deadline:
-        result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        try:
+            result = await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        except DaemonUnreachable as exc:
+            if live:
+                print()
+            print(
+                f"floatkeyctl: the license was activated, but the shutdown of the {told} "
+                f"old client{'s' if told != 1 else ''} could not be followed ({exc.message}). "
+                "`floatkeyctl status` shows how many still run.",
+                file=sys.stderr,
+            )
+            return None
         left = result.status.awaiting_release if result.status else left
         if live:
             line = shut_down_progress(told - left, told)
@@ -542,9 +554,12 @@ async def _server_key(args: argparse.Namespace) -> int:
     assert key is not None, "an answer is verified with the server key"
     fingerprint = key_id(key)
     if fingerprint != result.status.fingerprint:
-        raise DaemonUnreachable(
+        return _failed(
+            args,
+            "untrusted_server_key",
             f"The server says its fingerprint is {result.status.fingerprint}, but its answer "
-            f"was signed by {fingerprint}: not printing a key that cannot be trusted."
+            f"was signed by {fingerprint}: not printing a key that cannot be trusted.",
+            EXIT_ERROR,
         )
     text = public_key_text(key)
     line = f'server_key = "{text}"'

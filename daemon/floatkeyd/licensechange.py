@@ -12,15 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from floatkey.productkey import MAX_SEATS, MIN_SEATS
+from floatkey.errors import ProductKeyError
+from floatkey.productkey import MAX_SEATS, MIN_SEATS, parse_product_key
 
 if TYPE_CHECKING:
     import datetime as dt
 
     from floatkey.productkey import ProductKey
-    from floatkey.protocol import LicenseInfo
+    from floatkey.protocol import LicenseInfo, StatusReport
 
-__all__ = ["LicenseChange", "license_changes", "refused_anyway"]
+__all__ = ["LicenseChange", "changes_to_confirm", "license_changes", "refused_anyway"]
 
 Value = int | str | list[str] | None
 
@@ -76,3 +77,24 @@ def license_changes(active: LicenseInfo, key: ProductKey) -> list[LicenseChange]
     if issued != active.issued:
         changes.append(LicenseChange("issued", active.issued, issued, issued < active.issued))
     return changes
+
+
+def changes_to_confirm(
+    status: StatusReport, key_text: str, *, name: str, organization: str, today: dt.date
+) -> list[LicenseChange]:
+    """What an unlock of ``key_text`` would change, for floatkeyctl and the console alike.
+
+    Nothing when no license is in force (an unlicensed or expired server loses nothing),
+    or when the key cannot be read or will be refused anyway: the daemon then says why,
+    as it always has. A caller asks for confirmation when any change ``reduces``.
+    """
+    active = status.license if status.status == "licensed" else None
+    if active is None:
+        return []
+    try:
+        key = parse_product_key(key_text).key
+    except ProductKeyError:
+        return []
+    if refused_anyway(key, active, name=name, organization=organization, today=today):
+        return []
+    return license_changes(active, key)
