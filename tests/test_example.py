@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import REPO, command
-from licensing import issue, unlock
+from licensing import ctl, issue, unlock
 from servers import clients, write_agent_config
 from xscreen import VirtualDisplay, keep, require_tk, wait_for_change
 
@@ -210,6 +210,31 @@ def test_the_embedded_example_runs_as_documented_and_releases_its_seat_on_sigter
     mine = [e["event"] for e in events if e.get("client") == client[1]]
     assert "seat released" in mine, mine
     assert "client gone (will)" not in mine, mine
+
+
+def test_the_embedded_example_released_by_an_administrator_ends_with_77(server_factory, tmp_path):
+    """75 would have a unit start it again at once, taking the seat straight back."""
+    server = server_factory("embedded")
+    server.start_daemon()
+    config = write_agent_config(server, tmp_path / "embedded.toml")
+    out = tmp_path / "embedded.out"
+    with out.open("wb") as log:
+        process = subprocess.Popen(
+            [command("python"), str(EMBEDDED), str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
+    try:
+        client = re.search(r"Holding a seat as (\S+)\.", wait_for(out, "Holding a seat as "))
+        assert client, out.read_text()
+        released = ctl(server, "release", client[1])
+        assert released.returncode == 0, released.stderr
+        assert process.wait(20) == 77, out.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in out.read_text()
 
 
 def test_the_embedded_example_says_why_it_cannot_start(tmp_path):

@@ -7,8 +7,10 @@ and runs the development daemon), with the project's Python:
     .venv/bin/python clients/examples/embedded.py config/agent.dev.toml
 
 It holds a seat while it runs. When the license server asks it to stop (a new license,
-an expired one, a seat an administrator released) it saves its work and exits with 75,
-for the service manager to start it again. When it is asked to stop itself (SIGTERM
+an expired one) it saves its work and exits with 75, for the service manager to start
+it again; a seat an administrator released ends it with 77, which a unit must not
+restart (``RestartPreventExitStatus=77``, as floatkey-agent@.service has), or it would
+take the seat straight back. When it is asked to stop itself (SIGTERM
 from the service manager, Ctrl-C) it saves its work, gives the seat back at once (not
 left to the broker's will and the daemon's grace after it), and exits with 0.
 
@@ -33,7 +35,7 @@ from floatkey import (
     load_agent_config,
 )
 
-EXIT_NO_SEAT, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_CONFIG = 69, 75, 76, 78
+EXIT_NO_SEAT, EXIT_RESTART, EXIT_UNREACHABLE, EXIT_RELEASED, EXIT_CONFIG = 69, 75, 76, 77, 78
 
 
 async def save_work(why: str) -> None:
@@ -69,7 +71,7 @@ async def run(agent: Agent, stop: asyncio.Event) -> int:
     reason = agent.shutdown_requested.reason
     if reason is not None:
         print(f"Stopping: {reason.message}", flush=True)
-        return EXIT_RESTART
+        return EXIT_RELEASED if reason.code == "seat.revoked" else EXIT_RESTART
     await save_work("asked to stop")
     print("Stopping: releasing the seat.", flush=True)
     return 0  # leaving ``async with`` releases the seat
