@@ -341,10 +341,12 @@ async def _unlock_session(
             print(table(describe_license(report.license, names)))
         told = report.clients_told if report.changed else 0
         left: int | None = 0
+        lost = False  # the broker went away while the shutdowns were followed
         if told and args.wait > 0:
             left = await _wait_for_release(session, told, args.wait, quiet=args.json)
+            lost = left is None
         elif told:
-            left = None
+            left = None  # --wait 0: not followed, as asked
     if args.json:
         print(
             ctl_json.dump(
@@ -358,7 +360,7 @@ async def _unlock_session(
                 )
             )
         )
-    return EXIT_TIMEOUT if left or left is None else EXIT_OK
+    return EXIT_TIMEOUT if left or lost else EXIT_OK
 
 
 def _changes(
