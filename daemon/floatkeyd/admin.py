@@ -140,6 +140,9 @@ class AdminDesk:
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
+        #: Commands since start by (action, outcome: ``ok`` or the refusal's reason), for
+        #: the metrics; unverifiable ones as ``("unverified", "not_authorized")``.
+        self.commands: Counter[tuple[str, str]] = Counter()
 
     async def record(
         self, action: str, outcome: Literal["done", "refused"], reason: str, detail: dict[str, Any]
@@ -177,6 +180,9 @@ class AdminDesk:
         actor = f"{command.user} via {kid}" if command.user else kid
         with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
             result = await self._run(command, actor)
+        self.commands[
+            str(command.__struct_config__.tag), result.reason if not result.ok else "ok"
+        ] += 1
         await self._reply(command.reply_to, result)
 
     async def _run(self, command: AdminCommand, kid: str) -> AdminResult:
@@ -350,6 +356,7 @@ class AdminDesk:
     async def _refuse_unverified(self, payload: bytes, exc: EnvelopeError) -> None:
         """Answer a command we cannot trust with ``not_authorized``, if it says where."""
         kid = exc.kid if exc.kid is not None and _KID.fullmatch(exc.kid) else "invalid"
+        self.commands["unverified", "not_authorized"] += 1
         self._drops(f"admin_{exc.reason}", self._topics.admin_request, kid=kid)
         await self._audit_unverified(exc.reason, kid)
         address = _unverified_address(payload)

@@ -11,15 +11,16 @@ and owns the tasks:
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
+``metrics``            the Prometheus endpoint, when ``[metrics] listen`` is set
 =====================  ===============================================================
 
 :meth:`Daemon.serve` owns one ``asyncio.TaskGroup`` of named tasks: the link's (``mqtt``,
 ``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
-``reload`` (SIGHUP), ``retained-recovery`` and ``watchdog``. A step of a background loop
-that fails is logged, counted (``internal_error``) and the loop goes on: one message's
-failure costs that message, never the service. Messages are handled one at a time; a
-shutdown is looked at only between messages, and waits for a license change in progress,
-so it never interrupts a half-done unlock or expiry.
+``reload`` (SIGHUP), ``retained-recovery``, ``watchdog`` and, when on, ``metrics``. A
+step of a background loop that fails is logged, counted (``internal_error``) and the loop
+goes on: one message's failure costs that message, never the service. Messages are
+handled one at a time; a shutdown is looked at only between messages, and waits for a
+license change in progress, so it never interrupts a half-done unlock or expiry.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ from floatkeyd.drops import Drops
 from floatkeyd.embedded_broker import EMBEDDED_LOGINS, embedded_broker
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
+from floatkeyd.metrics import (
+    DaemonCollector,
+    MetricsEndpoint,
+    bind_metrics_socket,
+    metrics_registry,
+)
 from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
 from floatkeyd.seats import SeatDesk, seat_limits
@@ -79,6 +86,7 @@ class Daemon:
         drops: Drops,
         identity_body: bytes,
         notifier: Notifier,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.loaded = loaded
         self.topics = loaded.topics
@@ -89,6 +97,7 @@ class Daemon:
         self.retained = retained
         self.drops = drops
         self.notifier = notifier
+        self.metrics = metrics
         self._identity_body = identity_body
         self._ready = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -181,9 +190,14 @@ class Daemon:
                 for name, step in steps.items()
             ]
             loops.append(tasks.create_task(self._watchdog(), name="watchdog"))
+            if self.metrics is not None:
+                serving = tasks.create_task(self.metrics.serve(), name="metrics")
             await self.link.run(self, stop)
             self.notifier.stopping()
             log.info("stopping")
+            if self.metrics is not None:
+                self.metrics.stop()  # the scrapes in hand are answered first
+                await serving
             # A license change in progress (an expiry) is finished first, never cut off
             # between its commit and its publication; none starts after.
             async with self.authority.paused():
@@ -312,6 +326,14 @@ async def open_daemon(
             feature_names=loaded.catalogue.features if loaded.catalogue else {},
             unlock_box=statedir.unlock_box,
         )
+        metrics = None
+        if (address := config.metrics.address) is not None:
+            sock = bind_metrics_socket(*address)
+            collector = DaemonCollector(
+                authority=authority, seats=seats, admin=admin, drops=drops, link=link, store=store
+            )
+            metrics = MetricsEndpoint(sock, metrics_registry(collector))
+            stack.callback(metrics.close)
         identity_body = protocol.encode(
             protocol.Identity(server=config.server, public_key=public, kid=signer.kid)
         )
@@ -333,5 +355,6 @@ async def open_daemon(
             drops=drops,
             identity_body=identity_body,
             notifier=notifier,
+            metrics=metrics,
         )
         log.info("stopped", drops=dict(drops.counts))

@@ -184,6 +184,8 @@ class Store:
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
+        #: Transactions that failed since start (disk full, locked), for the metrics.
+        self.write_failures = 0
         #: The audit table as a hash chain (appended to inside this store's transactions).
         self.audit_log = AuditLog(db, signer, self._lock)
 
@@ -196,7 +198,9 @@ class Store:
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, sqlite3.Error):
+                    self.write_failures += 1
                 # Also after a failed COMMIT (disk full, locked): never leave it open.
                 # The ROLLBACK runs after whatever the thread still had to do.
                 with contextlib.suppress(sqlite3.Error):
