@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
     from floatkeyd.drops import Drops
+    from floatkeyd.expiring import ExpiryWarnings
     from floatkeyd.link import Link
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
@@ -124,6 +125,7 @@ class AdminDesk:
         broker: str,
         feature_names: dict[str, str],
         unlock_box: UnlockBox,
+        expiring: ExpiryWarnings,
     ) -> None:
         self._topics = topics
         self.keyring = keyring
@@ -137,6 +139,7 @@ class AdminDesk:
         self._broker = broker
         self._feature_names = feature_names
         self._unlock_box = unlock_box
+        self._expiring = expiring
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
@@ -427,6 +430,8 @@ class AdminDesk:
             admin_keys=len(self.keyring.keys),
             unlock_key=self._unlock_box.public_text,
             feature_names=self._feature_names,
+            days_left=self._expiring.days_left(),
+            expiring=self._expiring.within_warning(),
         )
 
 

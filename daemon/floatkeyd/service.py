@@ -11,11 +11,13 @@ and owns the tasks:
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
+``expiring``           the ``license.expiring`` warnings before the license expires
 ``metrics``            the Prometheus endpoint, when ``[metrics] listen`` is set
 =====================  ===============================================================
 
 :meth:`Daemon.serve` owns one ``asyncio.TaskGroup`` of named tasks: the link's (``mqtt``,
 ``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
+``expiry-warning``,
 ``reload`` (SIGHUP), ``retained-recovery``, ``watchdog`` and, when on, ``metrics``. A
 step of a background loop that fails is logged, counted (``internal_error``) and the loop
 goes on: one message's failure costs that message, never the service. Messages are
@@ -43,6 +45,7 @@ from floatkeyd.clock import Clock
 from floatkeyd.config import load_config
 from floatkeyd.drops import Drops
 from floatkeyd.embedded_broker import EMBEDDED_LOGINS, embedded_broker
+from floatkeyd.expiring import ExpiryWarnings
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
 from floatkeyd.metrics import (
@@ -86,6 +89,7 @@ class Daemon:
         drops: Drops,
         identity_body: bytes,
         notifier: Notifier,
+        expiring: ExpiryWarnings,
         metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.loaded = loaded
@@ -98,6 +102,7 @@ class Daemon:
         self.drops = drops
         self.notifier = notifier
         self.metrics = metrics
+        self.expiring = expiring
         self._identity_body = identity_body
         self._ready = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -109,6 +114,7 @@ class Daemon:
         await self.retained.put(self.topics.identity, self._identity_body)
         await self.retained.put(self.topics.state, self.authority.state_payload)
         self.seats.broker_back()
+        self.expiring.recheck()  # a warning that found no broker goes out now
         if not self._ready.is_set():
             self._ready.set()
             self.notifier.ready(self.authority.status_line())
@@ -129,6 +135,7 @@ class Daemon:
             if topic == self.topics.admin_request:
                 await self.admin.handle(payload)
                 self.notifier.status(self.authority.status_line())
+                self.expiring.recheck()  # an unlock: a new license, a new expiry
             elif topic in {self.topics.state, self.topics.identity}:
                 await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
@@ -181,6 +188,7 @@ class Daemon:
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
             "license-expiry": self.authority.expiry_step,
+            "expiry-warning": self.expiring.step,
             "reload": self._reload_step,
             "retained-recovery": self.retained.recover_step,
         }
@@ -312,6 +320,15 @@ async def open_daemon(
         )
         keyring = Keyring(list(config.admin_keys), store)
         await keyring.reload()
+        expiring = await ExpiryWarnings.open(
+            warn_days=config.license.warn_days,
+            authority=authority,
+            store=store,
+            clock=clock,
+            signer=signer,
+            link=link,
+            topics=loaded.topics,
+        )
         admin = AdminDesk(
             topics=loaded.topics,
             keyring=keyring,
@@ -325,6 +342,7 @@ async def open_daemon(
             broker=loaded.broker.describe(),
             feature_names=loaded.catalogue.features if loaded.catalogue else {},
             unlock_box=statedir.unlock_box,
+            expiring=expiring,
         )
         metrics = None
         if (address := config.metrics.address) is not None:
@@ -356,5 +374,6 @@ async def open_daemon(
             identity_body=identity_body,
             notifier=notifier,
             metrics=metrics,
+            expiring=expiring,
         )
         log.info("stopped", drops=dict(drops.counts))

@@ -447,6 +447,19 @@ class Store:
                 await self._audit(entry, now)
         return removed
 
+    async def expiry_warnings(self) -> str | None:
+        """Which ``license.expiring`` thresholds were sent, for which license (JSON text)."""
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'expiry_warned'") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_expiry_warnings(self, value: str) -> None:
+        """Record the ``license.expiring`` thresholds sent (floatkeyd.expiring)."""
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('expiry_warned', ?)", (value,)
+            )
+
     # --- leases: staged, then flushed in one transaction ---------------------------
 
     def stage_lease(self, lease: Lease) -> None:
