@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from floatkey import protocol
+from floatkey.agent import Agent
+from floatkey.config import load_agent_config
 from floatkey.envelope import open_envelope
 from floatkeyd.clock import day_of
 from floatkeyd.expiring import days_left
@@ -130,3 +132,50 @@ def test_days_are_counted_in_utc_calendar_days():
     assert days_left(dt.date(2026, 12, 31), noon) == 7
     assert days_left(dt.date(2026, 12, 24), noon) == 0
     assert days_left(dt.date(2026, 12, 23), noon) == -1
+
+
+def test_an_agent_tells_its_listeners_once_and_ignores_stale_warnings(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'server = "dev"\nstate_file = "{tmp_path / "known.json"}"\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 1883\n'
+    )
+    agent = Agent(load_agent_config(config), client_id="c1")
+    heard, failing = [], []
+
+    def broken(warning):
+        failing.append(warning)
+        raise RuntimeError("the application's own bug")
+
+    agent.on_license_expiring(broken)
+    agent.on_license_expiring(heard.append)
+    agent._state = protocol.State(
+        server="dev", revision=3, generation=2, status="licensed", license=None
+    )
+
+    def expiring(generation: int, days: int) -> protocol.Event:
+        return protocol.Event(
+            name="license.expiring",
+            generation=generation,
+            revision=3,
+            days_left=days,
+            expires="2026-12-31",
+        )
+
+    agent._take_event(expiring(2, 7))
+    agent._take_event(expiring(2, 7))  # delivered twice (QoS 1): told once
+    agent._take_event(expiring(1, 1))  # about the license before this one
+    assert [(w.days_left, w.expires, w.generation) for w in heard] == [(7, "2026-12-31", 2)]
+    assert agent.expiring == heard[0]
+    assert "expires in 7 days" in heard[0].message
+    assert agent.drops["stale_event"] == 1
+    assert len(failing) == 1
+    assert sum(agent.listener_failures.values()) == 1  # logged and counted, not fatal
+    assert not agent.shutdown_requested.is_set()
+    agent._take_event(expiring(2, 1))
+    assert [w.days_left for w in heard] == [7, 1]
+    # A new license makes the warning about the old one void.
+    agent._take_state(
+        protocol.State(server="dev", revision=4, generation=3, status="licensed", license=None)
+    )
+    assert agent.expiring is None
