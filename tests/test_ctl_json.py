@@ -39,6 +39,8 @@ STATUS = {
     "broker",
     "admin_keys",
     "dropped",
+    "days_left",
+    "expiring",
 }
 CLIENT = {"client", "login", "app", "user", "host", "pid", "seat", "since", "lease_expires"}
 DENIAL = {"at", "client", "login", "app", "user", "host", "reason"}
@@ -127,7 +129,8 @@ async def test_every_command_has_its_documented_shape(server_factory, tmp_path):
     again = await as_json(server, "status")
     assert set(again) == STATUS
     check_license(again["license"])
-    assert again["license"]["seats"] == 2
+    # A key without expiry: no days left to count.
+    assert (again["license"]["seats"], again["days_left"], again["expiring"]) == (2, None, False)
     assert {"id": "reporting", "name": "Reporting"} in again["license"]["features"]
 
     async with make_agent(server, tmp_path, "released") as agent:

@@ -30,7 +30,7 @@ from floatkey.errors import (
     WrongProductVersion,
 )
 from floatkey.licensefile import VerifiedLicense, verify_license_file
-from floatkey.notices import Denial, LicenseView, ShutdownReason, ShutdownSignal
+from floatkey.notices import Denial, ExpiryWarning, LicenseView, ShutdownReason, ShutdownSignal
 from floatkey.productkey import (
     PRODUCT_VERSION,
     ProductKey,
@@ -46,6 +46,7 @@ __all__ = [
     "AgentError",
     "ConfigError",
     "Denial",
+    "ExpiryWarning",
     "FeatureNotLicensed",
     "FloatkeyError",
     "KeyExpired",

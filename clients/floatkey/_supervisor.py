@@ -8,7 +8,8 @@ The agent asks for a seat, then starts COMMAND with the license in its environme
 (``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a JSON
 file (``FLOATKEY_LICENSE_FILE``) it keeps current: rewritten at every license change and
 every renewal of the seat, with the daemon's signed grant and renewal in it, which the
-application can verify (:func:`floatkey.verify_license_file`). When the application must stop (a new
+application can verify (:func:`floatkey.verify_license_file`), and the server's warning
+that the license expires soon (``expiring``; also logged). When the application must stop (a new
 license, expiry, revocation, a seat lost with none free, the server silent past the
 offline grace) it sends COMMAND SIGTERM, then SIGKILL after the shutdown grace, releases
 the seat and exits with :data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service``
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import structlog
 
-from floatkey.agent import Agent, LicenseView, ShutdownReason
+from floatkey.agent import Agent, ExpiryWarning, LicenseView, ShutdownReason
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError, NoAnswer, ServerKeyChanged
 from floatkey.logs import configure_logging
@@ -121,6 +122,14 @@ def _license_document(agent: Agent, view: LicenseView) -> dict[str, object]:
         "generation": agent.generation,
         "server_generation": view.generation,
         "expires": view.expires,
+        # The license server's latest warning that the license expires soon, or null.
+        "expiring": None
+        if agent.expiring is None
+        else {
+            "days_left": agent.expiring.days_left,
+            "expires": agent.expiring.expires,
+            "message": agent.expiring.message,
+        },
         "shutdown_requested": None
         if reason is None
         else {
@@ -152,9 +161,19 @@ def _keep_license_file(agent: Agent, path: Path) -> None:
     def rewrite(_change: object) -> None:
         _write_license_file(path, _license_document(agent, agent.license))
 
+    def warn(warning: ExpiryWarning) -> None:
+        log.warning(
+            "license expires soon",
+            days_left=warning.days_left,
+            expires=warning.expires,
+            message=warning.message,
+        )
+        rewrite(warning)
+
     rewrite(None)
     agent.on_license_change(rewrite)
     agent.on_lease_change(rewrite)
+    agent.on_license_expiring(warn)
 
 
 def _parent_death_signal() -> list[str]:

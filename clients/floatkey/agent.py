@@ -47,7 +47,14 @@ from floatkey.broker import Backoff, connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.licensefile import SignedSeat
-from floatkey.notices import Denial, LicenseView, ShutdownCode, ShutdownReason, ShutdownSignal
+from floatkey.notices import (
+    Denial,
+    ExpiryWarning,
+    LicenseView,
+    ShutdownCode,
+    ShutdownReason,
+    ShutdownSignal,
+)
 from floatkey.outage import OutageLog
 from floatkey.pinning import KnownServers
 from floatkey.protocol import (
@@ -75,6 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Agent",
     "Denial",
+    "ExpiryWarning",
     "LicenseView",
     "ShutdownCode",
     "ShutdownReason",
@@ -128,9 +136,12 @@ class Agent:
         #: by listener name.
         self.listener_failures: Counter[str] = Counter()
         self.denial: Denial | None = None
+        #: The latest ``license.expiring`` warning of the current license, if any.
+        self.expiring: ExpiryWarning | None = None
         self._hooks: list[Callable[[ShutdownReason], Awaitable[None]]] = []
         self._license_listeners: list[Callable[[LicenseView], None]] = []
         self._lease_listeners: list[Callable[[SignedSeat], None]] = []
+        self._expiry_listeners: list[Callable[[ExpiryWarning], None]] = []
         self._key_changed = asyncio.Event()
         self._offered_kid = ""  # the fingerprint of a key offered instead of the pinned one
         self._reading_retained = False
@@ -258,6 +269,16 @@ class Agent:
         :attr:`listener_failures`; the agent and the other listeners go on.
         """
         self._lease_listeners.append(listener)
+
+    def on_license_expiring(self, listener: Callable[[ExpiryWarning], None]) -> None:
+        """Call ``listener`` when the license server warns that its license expires soon.
+
+        The server sends the warning at its ``[license] warn_days`` (30, 7 and 1 days
+        before the last day, by default), once each; nothing has to stop. An exception
+        raised by ``listener`` is logged with its name and counted in
+        :attr:`listener_failures`; the agent and the other listeners go on.
+        """
+        self._expiry_listeners.append(listener)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -686,6 +707,8 @@ class Agent:
             return
         self._state = state
         self._contact()
+        if self.expiring is not None and self.expiring.generation != state.generation:
+            self.expiring = None  # a warning about the license before this one
         if self._reading_retained and self._client is not None and self._tasks is not None:
             self._reading_retained = False
             self._tasks.create_task(
@@ -707,7 +730,9 @@ class Agent:
         self,
         listener: Callable[[_Told], None],
         value: _Told,
-        failure: Literal["license listener failed", "lease listener failed"],
+        failure: Literal[
+            "license listener failed", "lease listener failed", "expiry listener failed"
+        ],
     ) -> None:
         try:
             listener(value)
@@ -735,10 +760,39 @@ class Agent:
                 self._tell_listener(listener, seat, "lease listener failed")
 
     def _take_event(self, event: protocol.Event) -> None:
+        if event.name == "license.expiring":
+            self._take_expiring(event)
+            return
         held = self._last_grant
         if held is None or event.generation <= held.generation:
             return  # an old event, or one from before our seat
         self.request_shutdown(event.name, _shutdown_message(event.name), event.generation)
+
+    def _take_expiring(self, event: protocol.Event) -> None:
+        """A warning: told to the listeners once; nothing stops."""
+        if event.days_left is None or event.expires is None:
+            self._drop("bad_body", self.topics.events)
+            return
+        state = self._state
+        if state is not None and event.generation != state.generation:
+            # About another license than the one in force (an old event, replayed).
+            self._drop("stale_event", self.topics.events)
+            return
+        warning = ExpiryWarning(
+            days_left=event.days_left, expires=event.expires, generation=event.generation
+        )
+        if warning == self.expiring:
+            return  # the same warning delivered twice (QoS 1)
+        self.expiring = warning
+        self._contact()
+        log.info(
+            "license expiry warning received",
+            client=self.client_id,
+            days_left=warning.days_left,
+            expires=warning.expires,
+        )
+        for listener in self._expiry_listeners:
+            self._tell_listener(listener, warning, "expiry listener failed")
 
     def _take_reply(self, reply: protocol.DaemonToClient) -> None:
         if isinstance(reply, SeatGranted | SeatDenied):

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 
     from floatkey import protocol
 
-__all__ = ["Denial", "LicenseView", "ShutdownCode", "ShutdownReason", "ShutdownSignal"]
+__all__ = [
+    "Denial",
+    "ExpiryWarning",
+    "LicenseView",
+    "ShutdownCode",
+    "ShutdownReason",
+    "ShutdownSignal",
+]
 
 #: Why an application must stop: a new license, an expired one, a seat an administrator
 #: took back, a seat lost with none free in time, or a license server silent past the
@@ -37,6 +44,33 @@ class LicenseView:
     seats: int | None = None
     features: frozenset[str] = frozenset()
     expires: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryWarning:
+    """The license server's warning that its license expires soon (``license.expiring``).
+
+    Nothing stops yet: the application may tell its user, who can tell the administrator.
+    """
+
+    #: Days from the server's today (UTC) to the license's last day: 0 on the last day.
+    days_left: int
+    #: The license's last valid day, ISO (``2026-12-31``).
+    expires: str
+    #: The license generation it is about.
+    generation: int
+
+    @property
+    def message(self) -> str:
+        """A sentence for the application's user."""
+        if self.days_left == 0:
+            when = "today"
+        else:
+            when = f"in {self.days_left} day{'s' if self.days_left != 1 else ''}"
+        return (
+            f"The license on the license server expires {when} (its last day is "
+            f"{self.expires}). Ask your administrator to enter a new product key."
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,7 @@ Label = Annotated[str, msgspec.Meta(max_length=256)]
 Pid = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
 
 Status = Literal["unlicensed", "licensed", "expired"]
-EventName = Literal["license.activated", "license.expired"]
+EventName = Literal["license.activated", "license.expired", "license.expiring"]
 
 
 def envelope_digest(payload: bytes) -> str:
@@ -127,12 +127,19 @@ class State(_Body, tag="state"):
 
 
 class Event(_Body, tag="event"):
-    """Signed: something every agent must react to."""
+    """Signed: something every agent must react to (or, ``license.expiring``, know).
+
+    ``license.expiring`` changes nothing (same generation and revision as the state): it
+    says that the license's last day is ``expires`` (ISO date), ``days_left`` days from
+    the server's today (UTC).
+    """
 
     name: EventName
     generation: int
     revision: int
     clients_told: int = 0
+    days_left: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    expires: Annotated[str, msgspec.Meta(max_length=10)] | None = None
 
 
 # --- agent -> daemon (unsigned; the broker ACL binds the topic to the client) ---------
@@ -319,6 +326,12 @@ class StatusReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     unlock_key: str = ""
     #: The product's features, id → display name, from the catalogue (may be empty).
     feature_names: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Days from the server's today (UTC) to the license's last day (0: it is the last
+    #: day); ``None`` unless licensed with an expiry.
+    days_left: int | None = None
+    #: Whether ``days_left`` is within the largest of ``[license] warn_days``: the
+    #: daemon has warned of the expiry (``license.expiring``).
+    expiring: bool = False
 
 
 class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -22,6 +22,7 @@ __all__ = [
     "clients_text",
     "columns",
     "describe_license",
+    "in_days",
     "shut_down_progress",
     "shut_down_verdict",
     "status_text",
@@ -49,7 +50,12 @@ def status_text(status: StatusReport, names: Mapping[str, str]) -> str:
     seats = str(status.license.seats) if status.license else "-"
     rows = [("Server", status.server), ("Status", status.status)]
     if status.license:
-        rows += describe_license(status.license, names)
+        rows += [
+            (label, f"{value} ({in_days(status.days_left)})")
+            if label == "Expires" and status.days_left is not None
+            else (label, value)
+            for label, value in describe_license(status.license, names)
+        ]
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()))
     rows += [
         ("Seats in use", f"{status.seats_in_use}/{seats}"),
@@ -62,6 +68,13 @@ def status_text(status: StatusReport, names: Mapping[str, str]) -> str:
         ("Dropped messages", dropped or "none"),
     ]
     return table(rows)
+
+
+def in_days(days: int) -> str:
+    """``in 32 days``, ``in 1 day``, ``today`` (its last day): a license's time left."""
+    if days <= 0:
+        return "today is its last day"
+    return f"in {days} day{'s' if days != 1 else ''}"
 
 
 def clients_text(clients: list[ClientRow], denials: list[DenialRow]) -> str:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
     from floatkeyd.drops import Drops
+    from floatkeyd.expiring import ExpiryWarnings
     from floatkeyd.link import Link
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
@@ -124,6 +125,7 @@ class AdminDesk:
         broker: str,
         feature_names: dict[str, str],
         unlock_box: UnlockBox,
+        expiring: ExpiryWarnings,
     ) -> None:
         self._topics = topics
         self.keyring = keyring
@@ -137,9 +139,13 @@ class AdminDesk:
         self._broker = broker
         self._feature_names = feature_names
         self._unlock_box = unlock_box
+        self._expiring = expiring
         # Unverifiable commands are audited once per reason per minute, then counted.
         self._refusal_minute = -1
         self._refusals: Counter[str] = Counter()
+        #: Commands since start by (action, outcome: ``ok`` or the refusal's reason), for
+        #: the metrics; unverifiable ones as ``("unverified", "not_authorized")``.
+        self.commands: Counter[tuple[str, str]] = Counter()
 
     async def record(
         self, action: str, outcome: Literal["done", "refused"], reason: str, detail: dict[str, Any]
@@ -177,6 +183,9 @@ class AdminDesk:
         actor = f"{command.user} via {kid}" if command.user else kid
         with structlog.contextvars.bound_contextvars(request_id=command.request_id, admin_kid=kid):
             result = await self._run(command, actor)
+        self.commands[
+            str(command.__struct_config__.tag), result.reason if not result.ok else "ok"
+        ] += 1
         await self._reply(command.reply_to, result)
 
     async def _run(self, command: AdminCommand, kid: str) -> AdminResult:
@@ -350,6 +359,7 @@ class AdminDesk:
     async def _refuse_unverified(self, payload: bytes, exc: EnvelopeError) -> None:
         """Answer a command we cannot trust with ``not_authorized``, if it says where."""
         kid = exc.kid if exc.kid is not None and _KID.fullmatch(exc.kid) else "invalid"
+        self.commands["unverified", "not_authorized"] += 1
         self._drops(f"admin_{exc.reason}", self._topics.admin_request, kid=kid)
         await self._audit_unverified(exc.reason, kid)
         address = _unverified_address(payload)
@@ -420,6 +430,8 @@ class AdminDesk:
             admin_keys=len(self.keyring.keys),
             unlock_key=self._unlock_box.public_text,
             feature_names=self._feature_names,
+            days_left=self._expiring.days_left(),
+            expiring=self._expiring.within_warning(),
         )
 
 

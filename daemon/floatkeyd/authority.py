@@ -195,6 +195,13 @@ class LicenseAuthority:
             return None
         return expiry_instant_ms(self._key)
 
+    @property
+    def expires_at_ms(self) -> int | None:
+        """When the license stops (stopped) being valid, Unix ms; ``None`` if undated or none."""
+        if self._key is None or self._status == "unlicensed":
+            return None
+        return expiry_instant_ms(self._key)
+
     def seconds_to_expiry(self) -> float | None:
         """Seconds until :meth:`expiry_deadline` by the never-backwards clock, if any."""
         deadline = self.expiry_deadline()

@@ -32,8 +32,10 @@ __all__ = [
     "ConsoleConfig",
     "DaemonConfig",
     "EmbeddedBroker",
+    "LicenseSettings",
     "Limits",
     "LoadedConfig",
+    "MetricsConfig",
     "load_config",
 ]
 
@@ -83,6 +85,61 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("seats_per_login", "seats_per_host", "seats_per_user"):
             if not 0 <= getattr(self, name) <= 100_000:
                 raise msgspec.ValidationError(f"limits.{name} must be between 0 and 100000")
+
+
+class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[metrics]``: the Prometheus endpoint (docs/METRICS.md); off without ``listen``.
+
+    Loopback only unless ``allow_remote``: the figures reveal the site's usage (seats,
+    denials, the license's expiry), never a secret, and the endpoint has no log-in.
+    """
+
+    #: ``host:port`` (``[::1]:9464`` for IPv6); port 0 takes any free port (tests).
+    listen: str | None = None
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        if self.listen is None:
+            return
+        host, port = _host_port(self.listen)
+        if not _is_loopback(host) and not self.allow_remote:
+            raise msgspec.ValidationError(
+                f"metrics.listen {self.listen!r} is not a loopback address: anyone who "
+                "reaches it reads the site's seat usage and the license's expiry. Set "
+                "metrics.allow_remote = true to serve it on the network (behind a firewall "
+                "that lets only Prometheus in)"
+            )
+        if not 0 <= port < 65536:
+            raise msgspec.ValidationError("metrics.listen: the port must be between 0 and 65535")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to listen on, or ``None`` when the endpoint is off."""
+        return None if self.listen is None else _host_port(self.listen)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit():
+        raise msgspec.ValidationError(
+            f'metrics.listen {listen!r} must be host:port, such as "127.0.0.1:9464" or "[::1]:9464"'
+        )
+    return host, int(port)
+
+
+class LicenseSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[license]``: when to warn that the license expires (``license.expiring``)."""
+
+    #: Days before the license's last day at which the event goes out, once each.
+    warn_days: list[int] = msgspec.field(default_factory=lambda: [30, 7, 1])
+
+    def __post_init__(self) -> None:
+        if any(not 0 <= days <= 3650 for days in self.warn_days):
+            raise msgspec.ValidationError("license.warn_days must be days between 0 and 3650")
+        if len(set(self.warn_days)) != len(self.warn_days):
+            raise msgspec.ValidationError("license.warn_days must not name a day twice")
+        self.warn_days = sorted(self.warn_days, reverse=True)
 
 
 class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -170,6 +227,10 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_broker: BrokerOptions | None = None
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
     limits: Limits = msgspec.field(default_factory=Limits)
+    #: The Prometheus endpoint (off by default).
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    #: When the daemon warns that the license expires.
+    license: LicenseSettings = msgspec.field(default_factory=LicenseSettings)
     #: The browser console's settings (read by ``floatkeyd console``, not by the daemon).
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     client_id: str | None = None

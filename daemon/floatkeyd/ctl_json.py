@@ -118,6 +118,11 @@ class Status(Output, kw_only=True):
     admin_keys: int
     #: Messages the daemon dropped since it started, by reason.
     dropped: dict[str, int]
+    #: Days from the server's today (UTC) to the license's last day (0 on the last
+    #: day); null unless licensed with an expiry.
+    days_left: int | None = None
+    #: Whether the daemon is warning of the expiry (days_left within [license] warn_days).
+    expiring: bool = False
 
 
 class Client(msgspec.Struct, kw_only=True):
@@ -280,6 +285,8 @@ def status_of(report: protocol.StatusReport, names: Mapping[str, str]) -> Status
         broker=report.broker,
         admin_keys=report.admin_keys,
         dropped=dict(sorted(report.dropped.items())),
+        days_left=report.days_left,
+        expiring=report.expiring,
     )
 
 

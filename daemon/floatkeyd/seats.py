@@ -104,6 +104,12 @@ class SeatDesk:
         self._rate_counts: Counter[str] = Counter()
         #: The latest seat denials, for ``floatkeyctl clients`` (bounded).
         self.denials: deque[DenialRow] = deque(maxlen=_DENIALS_KEPT)
+        #: Since start, for the metrics: seats granted (``licensed``/``unlicensed``),
+        #: denied by reason, and leases that ran out unrenewed. A counter each, no more:
+        #: a renewal costs nothing here.
+        self.granted: Counter[str] = Counter()
+        self.denied: Counter[str] = Counter()
+        self.leases_expired = 0
 
     # --- inbound ------------------------------------------------------------------
 
@@ -165,6 +171,7 @@ class SeatDesk:
             login=login,
         )
         if isinstance(decision, Denied):
+            self.denied[decision.reason] += 1
             log.info(
                 "seat denied",
                 client=body.client,
@@ -197,6 +204,7 @@ class SeatDesk:
             return
         lease = decision.lease
         self._stage(lease)
+        self.granted["licensed" if lease.licensed else "unlicensed"] += 1
         if decision.fresh:
             log.info(
                 "seat granted",
@@ -343,6 +351,7 @@ class SeatDesk:
                     await self._expiry_moved.wait()
             return
         expired = self.ledger.expire(now)
+        self.leases_expired += len(expired)
         for lease in expired:
             self._store.stage_release(lease.client)
             log.info(

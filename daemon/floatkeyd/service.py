@@ -11,15 +11,18 @@ and owns the tasks:
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
+``expiring``           the ``license.expiring`` warnings before the license expires
+``metrics``            the Prometheus endpoint, when ``[metrics] listen`` is set
 =====================  ===============================================================
 
 :meth:`Daemon.serve` owns one ``asyncio.TaskGroup`` of named tasks: the link's (``mqtt``,
 ``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
-``reload`` (SIGHUP), ``retained-recovery`` and ``watchdog``. A step of a background loop
-that fails is logged, counted (``internal_error``) and the loop goes on: one message's
-failure costs that message, never the service. Messages are handled one at a time; a
-shutdown is looked at only between messages, and waits for a license change in progress,
-so it never interrupts a half-done unlock or expiry.
+``expiry-warning``,
+``reload`` (SIGHUP), ``retained-recovery``, ``watchdog`` and, when on, ``metrics``. A
+step of a background loop that fails is logged, counted (``internal_error``) and the loop
+goes on: one message's failure costs that message, never the service. Messages are
+handled one at a time; a shutdown is looked at only between messages, and waits for a
+license change in progress, so it never interrupts a half-done unlock or expiry.
 """
 
 from __future__ import annotations
@@ -42,8 +45,15 @@ from floatkeyd.clock import Clock
 from floatkeyd.config import load_config
 from floatkeyd.drops import Drops
 from floatkeyd.embedded_broker import EMBEDDED_LOGINS, embedded_broker
+from floatkeyd.expiring import ExpiryWarnings
 from floatkeyd.ledger import SeatLedger
 from floatkeyd.link import MqttLink
+from floatkeyd.metrics import (
+    DaemonCollector,
+    MetricsEndpoint,
+    bind_metrics_socket,
+    metrics_registry,
+)
 from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
 from floatkeyd.seats import SeatDesk, seat_limits
@@ -79,6 +89,8 @@ class Daemon:
         drops: Drops,
         identity_body: bytes,
         notifier: Notifier,
+        expiring: ExpiryWarnings,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.loaded = loaded
         self.topics = loaded.topics
@@ -89,6 +101,8 @@ class Daemon:
         self.retained = retained
         self.drops = drops
         self.notifier = notifier
+        self.metrics = metrics
+        self.expiring = expiring
         self._identity_body = identity_body
         self._ready = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -100,6 +114,7 @@ class Daemon:
         await self.retained.put(self.topics.identity, self._identity_body)
         await self.retained.put(self.topics.state, self.authority.state_payload)
         self.seats.broker_back()
+        self.expiring.recheck()  # a warning that found no broker goes out now
         if not self._ready.is_set():
             self._ready.set()
             self.notifier.ready(self.authority.status_line())
@@ -120,6 +135,7 @@ class Daemon:
             if topic == self.topics.admin_request:
                 await self.admin.handle(payload)
                 self.notifier.status(self.authority.status_line())
+                self.expiring.recheck()  # an unlock: a new license, a new expiry
             elif topic in {self.topics.state, self.topics.identity}:
                 await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
@@ -172,6 +188,7 @@ class Daemon:
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
             "license-expiry": self.authority.expiry_step,
+            "expiry-warning": self.expiring.step,
             "reload": self._reload_step,
             "retained-recovery": self.retained.recover_step,
         }
@@ -181,9 +198,14 @@ class Daemon:
                 for name, step in steps.items()
             ]
             loops.append(tasks.create_task(self._watchdog(), name="watchdog"))
+            if self.metrics is not None:
+                serving = tasks.create_task(self.metrics.serve(), name="metrics")
             await self.link.run(self, stop)
             self.notifier.stopping()
             log.info("stopping")
+            if self.metrics is not None:
+                self.metrics.stop()  # the scrapes in hand are answered first
+                await serving
             # A license change in progress (an expiry) is finished first, never cut off
             # between its commit and its publication; none starts after.
             async with self.authority.paused():
@@ -298,6 +320,15 @@ async def open_daemon(
         )
         keyring = Keyring(list(config.admin_keys), store)
         await keyring.reload()
+        expiring = await ExpiryWarnings.open(
+            warn_days=config.license.warn_days,
+            authority=authority,
+            store=store,
+            clock=clock,
+            signer=signer,
+            link=link,
+            topics=loaded.topics,
+        )
         admin = AdminDesk(
             topics=loaded.topics,
             keyring=keyring,
@@ -311,7 +342,16 @@ async def open_daemon(
             broker=loaded.broker.describe(),
             feature_names=loaded.catalogue.features if loaded.catalogue else {},
             unlock_box=statedir.unlock_box,
+            expiring=expiring,
         )
+        metrics = None
+        if (address := config.metrics.address) is not None:
+            sock = bind_metrics_socket(*address)
+            collector = DaemonCollector(
+                authority=authority, seats=seats, admin=admin, drops=drops, link=link, store=store
+            )
+            metrics = MetricsEndpoint(sock, metrics_registry(collector))
+            stack.callback(metrics.close)
         identity_body = protocol.encode(
             protocol.Identity(server=config.server, public_key=public, kid=signer.kid)
         )
@@ -333,5 +373,7 @@ async def open_daemon(
             drops=drops,
             identity_body=identity_body,
             notifier=notifier,
+            metrics=metrics,
+            expiring=expiring,
         )
         log.info("stopped", drops=dict(drops.counts))

@@ -184,6 +184,8 @@ class Store:
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
+        #: Transactions that failed since start (disk full, locked), for the metrics.
+        self.write_failures = 0
         #: The audit table as a hash chain (appended to inside this store's transactions).
         self.audit_log = AuditLog(db, signer, self._lock)
 
@@ -196,7 +198,9 @@ class Store:
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, sqlite3.Error):
+                    self.write_failures += 1
                 # Also after a failed COMMIT (disk full, locked): never leave it open.
                 # The ROLLBACK runs after whatever the thread still had to do.
                 with contextlib.suppress(sqlite3.Error):
@@ -442,6 +446,19 @@ class Store:
                 entry = AuditEntry("local", "admin-key.remove", "done", detail={"kid": kid})
                 await self._audit(entry, now)
         return removed
+
+    async def expiry_warnings(self) -> str | None:
+        """Which ``license.expiring`` thresholds were sent, for which license (JSON text)."""
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'expiry_warned'") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_expiry_warnings(self, value: str) -> None:
+        """Record the ``license.expiring`` thresholds sent (floatkeyd.expiring)."""
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('expiry_warned', ?)", (value,)
+            )
 
     # --- leases: staged, then flushed in one transaction ---------------------------
 

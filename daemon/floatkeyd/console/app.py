@@ -500,6 +500,8 @@ def _license_view(status: protocol.StatusReport | None) -> dict[str, Any]:
     days_left = None
     if info is not None and info.expires:
         days_left = (dt.date.fromisoformat(info.expires) - today).days
+    if status.days_left is not None:  # the daemon's count, by its clock, as its warnings
+        days_left = status.days_left
     seats = info.seats if info else 0
     return {
         "status": status,
