@@ -25,6 +25,7 @@ __all__ = [
     "AdminResult",
     "AdminStatus",
     "AdminUnlock",
+    "AdminUsage",
     "AuditRow",
     "AuditVerdict",
     "ClientRow",
@@ -46,6 +47,9 @@ __all__ = [
     "StatusReport",
     "Topics",
     "UnlockReport",
+    "UsageBucket",
+    "UsageReport",
+    "UsageSummary",
     "decode",
     "decode_admin_command",
     "decode_to_client",
@@ -291,7 +295,19 @@ class AdminAudit(_AdminBody, tag="admin.audit"):
     verify: bool = False
 
 
-AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease | AdminAudit
+class AdminUsage(_AdminBody, tag="admin.usage"):
+    """Seat usage over ``[since, until)`` (Unix ms; ``until`` 0: now), per UTC bucket.
+
+    ``group_by`` adds the figures per app, user or host to those of all seats.
+    """
+
+    since: Timestamp = 0
+    until: Timestamp = 0
+    bucket: Literal["hour", "day", "week", "month"] = "day"
+    group_by: Literal["none", "app", "user", "host"] = "none"
+
+
+AdminCommand = AdminUnlock | AdminStatus | AdminClients | AdminRelease | AdminAudit | AdminUsage
 
 
 class UnlockReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -384,6 +400,61 @@ class AuditVerdict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     bad_seq: int | None = None
 
 
+class UsageBucket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One bucket's seat usage: of all seats (``group`` null), or of one app, user or host.
+
+    docs/USAGE.md says what each figure means.
+    """
+
+    start: int
+    group: str | None = None
+    peak: int
+    peak_at: int
+    average: float
+    #: Distinct users who held a seat; null where only hourly aggregates are kept.
+    users: int | None
+    grants: int
+    denials: dict[str, int]
+    #: Denials outstanding at once, at most; seats held plus those, at most.
+    outstanding_peak: int
+    demand_peak: int
+    #: All seats only: the license's seats at the bucket's end, the time all were in
+    #: use, and how many times use rose to the limit.
+    seats: int = 0
+    at_limit_ms: int = 0
+    limit_hits: int = 0
+
+
+class UsageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The whole period: the peak, the limit, and the seats that would have served all."""
+
+    peak: int
+    peak_at: int
+    #: The license's seats when the peak was reached, and at the end of the period.
+    peak_seats: int
+    seats: int
+    limit_hits: int
+    at_limit_ms: int
+    grants: int
+    denials: dict[str, int]
+    #: The most seats held plus denials outstanding at any one moment.
+    would_serve: int
+    users: int | None
+
+
+class UsageReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The answer to ``admin.usage``: the period measured, its buckets, the summary."""
+
+    since: int
+    until: int
+    bucket: str
+    group_by: str
+    buckets: list[UsageBucket]
+    summary: UsageSummary
+    #: Groups left out to keep the answer to one message (the least used).
+    groups_omitted: int = 0
+
+
 class AdminResult(_Body, tag="admin.result"):
     """The answer to an admin command; ``reason`` and ``message`` when refused."""
 
@@ -399,6 +470,8 @@ class AdminResult(_Body, tag="admin.result"):
     #: With ``admin.audit``: a page of rows, oldest first; or the verdict of a walk.
     audit: list[AuditRow] | None = None
     verdict: AuditVerdict | None = None
+    #: With ``admin.usage``.
+    usage: UsageReport | None = None
     #: With ``not_authorized``: the first 32 hex digits of the SHA-256 of the refused
     #: envelope, so a sender can tell a refusal of its own command from one provoked by
     #: someone who copied its request id into a command of their own.

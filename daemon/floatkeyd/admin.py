@@ -4,7 +4,7 @@ Every command on the admin topic is opened against the admin keyring (the keys i
 config plus those added with ``floatkeyd admin-key add``), decoded, checked for
 freshness against the machine's real clock and for replay, then carried out. Every
 command that changes something (unlock, release) and every refusal is audited; the
-read-only ``status``, ``clients`` and ``audit`` are not (they change nothing, and
+read-only ``status``, ``clients``, ``audit`` and ``usage`` are not (they change nothing, and
 floatkeyctl polls ``status`` while it waits for clients to shut down).
 """
 
@@ -31,10 +31,14 @@ from floatkey.protocol import (
     AdminResult,
     AdminStatus,
     AdminUnlock,
+    AdminUsage,
     AuditRow,
     AuditVerdict,
     StatusReport,
     UnlockReport,
+    UsageBucket,
+    UsageReport,
+    UsageSummary,
 )
 from floatkey.signing import key_id, parse_public_key
 from floatkeyd.auditchain import verify_chain
@@ -42,6 +46,7 @@ from floatkeyd.drops import clip
 from floatkeyd.errors import Refused
 from floatkeyd.store import AuditEntry
 from floatkeyd.unlockbox import BoxError
+from floatkeyd.usage import MAX_BUCKETS, Answer, Question, TooManyBuckets
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -55,6 +60,7 @@ if TYPE_CHECKING:
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
     from floatkeyd.unlockbox import UnlockBox
+    from floatkeyd.usagelog import UsageHistory
 
 __all__ = ["MAX_CLOCK_SKEW_MS", "AdminDesk", "Keyring"]
 
@@ -119,6 +125,7 @@ class AdminDesk:
         clock: Clock,
         authority: LicenseAuthority,
         seats: SeatDesk,
+        usage: UsageHistory,
         signer: Signer,
         link: Link,
         drops: Drops,
@@ -133,6 +140,7 @@ class AdminDesk:
         self._clock = clock
         self._authority = authority
         self._seats = seats
+        self._usage = usage
         self._signer = signer
         self._link = link
         self._drops = drops
@@ -258,6 +266,8 @@ class AdminDesk:
             return await self._release(command, kid)
         if isinstance(command, AdminAudit):
             return await self._audit_log(command)
+        if isinstance(command, AdminUsage):
+            return await self._usage_report(command)
         return await self._unlock(command, kid)
 
     async def _unlock(self, command: AdminUnlock, kid: str) -> AdminResult:
@@ -347,6 +357,40 @@ class AdminDesk:
         ]
         return AdminResult(request_id=command.request_id, ok=True, audit=page)
 
+    async def _usage_report(self, command: AdminUsage) -> AdminResult:
+        """Seat usage per bucket and the summary (read-only, not audited)."""
+        now = self._clock.now()
+        if command.until and command.until <= command.since:
+            raise Refused(
+                "bad_range",
+                "The period asked for ends before it begins: give an end (--until) after "
+                "its start (--since).",
+            )
+        question = Question(
+            since=command.since,
+            until=command.until or now,
+            bucket=command.bucket,
+            group_by="" if command.group_by == "none" else command.group_by,
+            now=now,
+        )
+        try:
+            answer = await self._usage.answer(question)
+        except TooManyBuckets as exc:
+            raise Refused(
+                "too_many_buckets",
+                f"That period has {exc.count} {command.bucket}s; one answer holds at most "
+                f"{MAX_BUCKETS}. Ask for a shorter period (--since, --until) or longer buckets "
+                "(--by day, week or month).",
+            ) from None
+        except sqlite3.Error as exc:
+            raise Refused(
+                "store_failed",
+                f"The license server could not read its usage history ({exc}). Check the "
+                "server's disk and its log, and ask again.",
+            ) from None
+        report = _usage_report(answer, command)
+        return AdminResult(request_id=command.request_id, ok=True, usage=report)
+
     async def _release(self, command: AdminRelease, kid: str) -> AdminResult:
         if not await self._seats.release_by_admin(command.client, kid):
             raise Refused("unknown_client", f"No client {clip(command.client)!r} holds a seat.")
@@ -433,6 +477,51 @@ class AdminDesk:
             days_left=self._expiring.days_left(),
             expiring=self._expiring.within_warning(),
         )
+
+
+def _usage_report(answer: Answer, command: AdminUsage) -> UsageReport:
+    """The protocol's form of a usage answer."""
+    buckets = []
+    for row in answer.rows:
+        fig, whole = row.fig, row.group is None
+        buckets.append(
+            UsageBucket(
+                start=row.start,
+                group=row.group,
+                peak=fig.peak,
+                peak_at=fig.peak_at,
+                average=round(row.average, 3),
+                users=row.users,
+                grants=fig.grants,
+                denials=dict(sorted(fig.denials.items())),
+                outstanding_peak=fig.waiting_peak,
+                demand_peak=fig.demand_peak,
+                seats=fig.seats_end if whole else 0,
+                at_limit_ms=fig.limit_ms if whole else 0,
+                limit_hits=fig.limit_hits if whole else 0,
+            )
+        )
+    summary = answer.summary
+    return UsageReport(
+        since=answer.start,
+        until=answer.end,
+        bucket=command.bucket,
+        group_by=command.group_by,
+        buckets=buckets,
+        summary=UsageSummary(
+            peak=summary.peak,
+            peak_at=summary.peak_at,
+            peak_seats=summary.peak_seats,
+            seats=summary.seats,
+            limit_hits=summary.limit_hits,
+            at_limit_ms=summary.limit_ms,
+            grants=summary.grants,
+            denials=dict(sorted(summary.denials.items())),
+            would_serve=summary.demand_peak,
+            users=summary.users,
+        ),
+        groups_omitted=answer.groups_omitted,
+    )
 
 
 def _unverified_address(payload: bytes) -> tuple[str, str] | None:

@@ -27,6 +27,7 @@ from floatkey.productkey import ProductKey, parse_product_key, verify_product_ke
 from floatkey.protocol import LicenseInfo
 from floatkeyd.clock import expiry_instant_ms
 from floatkeyd.store import AuditEntry, StoredLicense
+from floatkeyd.usage import license_changed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -48,6 +49,12 @@ log = structlog.get_logger("floatkeyd")
 _TIME_PERSIST_S = 600.0
 _MIN_WAIT_S = 0.05
 _STORE_RETRY_S = 1.0
+#: Why the seats of the old license were revoked, as the usage history says it.
+_REVOKED_BY = {
+    "admin.unlock": "unlock",
+    "license.expired": "license_expired",
+    "license.reverify": "license_refused",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -368,6 +375,7 @@ class LicenseAuthority:
                 "licensee": new.licensee,
                 "organization": new.organization,
             }
+        seats = key.seats if key is not None and status == "licensed" else 0
         await self._store.change_license(
             status=status,
             generation=generation,
@@ -376,6 +384,8 @@ class LicenseAuthority:
             license_=new,
             admin_kid=actor,
             audit=AuditEntry(actor, action, outcome, reason, detail),
+            usage=license_changed(now, generation=generation, seats=seats, status=status),
+            revoke_reason=_REVOKED_BY.get(action, action),
         )
         # Committed: from here on nothing awaits until the state is sealed.
         self._status, self._generation, self._revision = status, generation, revision

@@ -36,6 +36,7 @@ __all__ = [
     "Limits",
     "LoadedConfig",
     "MetricsConfig",
+    "UsageConfig",
     "load_config",
 ]
 
@@ -142,6 +143,26 @@ class LicenseSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         self.warn_days = sorted(self.warn_days, reverse=True)
 
 
+class UsageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[usage]``: how long the seat usage history is kept (docs/USAGE.md)."""
+
+    #: Raw seat events (exact to the millisecond, distinct users), then folded into hours.
+    keep_events_days: int = 90
+    #: Hourly aggregates.
+    keep_hours_years: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.keep_events_days <= 3650:
+            raise msgspec.ValidationError("usage.keep_events_days must be between 1 and 3650")
+        if not 1 <= self.keep_hours_years <= 100:
+            raise msgspec.ValidationError("usage.keep_hours_years must be between 1 and 100")
+        if self.keep_hours_years * 365 < self.keep_events_days:
+            raise msgspec.ValidationError(
+                "usage.keep_hours_years must cover at least usage.keep_events_days: the "
+                "hours are what the events are folded into"
+            )
+
+
 class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[console]``: the browser console (``floatkeyd console``), an admin client of the daemon.
 
@@ -231,6 +252,7 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     #: When the daemon warns that the license expires.
     license: LicenseSettings = msgspec.field(default_factory=LicenseSettings)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
     #: The browser console's settings (read by ``floatkeyd console``, not by the daemon).
     console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     client_id: str | None = None

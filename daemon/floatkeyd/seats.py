@@ -1,12 +1,14 @@
 """The seat desk: seat messages in, decisions of the pure :class:`SeatLedger` out.
 
 It decodes and checks every seat message (size, shape, the client id in the topic,
-rate), asks the ledger, stages what changed for the database, and queues the signed
-reply. Two loops belong to it, each one step at a time (the daemon runs them and
-survives a step that fails):
+rate), asks the ledger, stages what changed for the database (the lease, and the usage
+event that records the decision: ``floatkeyd.usage``), and queues the signed reply.
+Two loops belong to it, each one step at a time (the daemon runs them and survives a
+step that fails):
 
 - :meth:`SeatDesk.expire_step` sleeps until the next lease runs out, then frees it;
-- :meth:`SeatDesk.flush_step` writes staged lease changes, one transaction per burst.
+- :meth:`SeatDesk.flush_step` writes staged lease changes, one transaction per burst,
+  with the usage events staged since (denials too, which change no lease).
 
 While the broker is unreachable nobody can renew, so no lease expires then, and the
 time it was away is given back to every lease when it returns.
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -37,8 +39,10 @@ from floatkey.protocol import (
     SeatRequest,
     SeatRevoked,
 )
+from floatkeyd import usage
 from floatkeyd.ledger import Denied, SeatLimits
 from floatkeyd.store import AuditEntry
+from floatkeyd.usage import DenialFilter, Who
 
 if TYPE_CHECKING:
     from floatkey.envelope import Signer
@@ -56,6 +60,7 @@ log = structlog.get_logger("floatkeyd")
 
 _FLUSH_DELAY = 0.05
 _DENIALS_KEPT = 100
+_LOST_KEPT = 10_000  # clients told seat.lost, to record their next grant as regained
 _STORE_RETRY_S = 1.0  # after a failed database write (disk full, locked)
 
 
@@ -110,6 +115,12 @@ class SeatDesk:
         self.granted: Counter[str] = Counter()
         self.denied: Counter[str] = Counter()
         self.leases_expired = 0
+        self._usage = store.usage_log
+        self._denial_rows = DenialFilter()
+        # Clients told seat.lost (their next grant is "renewed after loss"), and clients
+        # whose will came (their lease's end is "released by its will").
+        self._lost: OrderedDict[str, None] = OrderedDict()
+        self._willed: set[str] = set()
 
     # --- inbound ------------------------------------------------------------------
 
@@ -146,7 +157,7 @@ class SeatDesk:
         elif body.lease is None:
             self._will(client_id, now)
         else:
-            self._release(body)
+            self._release(body, now)
 
     def _same_login(self, client_id: str, login: str) -> bool:
         lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)
@@ -161,6 +172,7 @@ class SeatDesk:
         return self._rate_counts[client_id] > self._max_rate
 
     def _request(self, body: SeatRequest, login: str, now: int) -> None:
+        held = self.ledger.leases.get(body.client)
         decision = self.ledger.request(
             body.client,
             now,
@@ -191,6 +203,7 @@ class SeatDesk:
                     reason=decision.reason,
                 )
             )
+            self._record_denial(body, login, decision.reason, now)
             self._reply(
                 body.client,
                 SeatDenied(
@@ -205,6 +218,7 @@ class SeatDesk:
         lease = decision.lease
         self._stage(lease)
         self.granted["licensed" if lease.licensed else "unlicensed"] += 1
+        self._record_grant(lease, held, now, fresh=decision.fresh)
         if decision.fresh:
             log.info(
                 "seat granted",
@@ -230,12 +244,52 @@ class SeatDesk:
             ),
         )
 
+    def _record_denial(self, body: SeatRequest, login: str, reason: str, now: int) -> None:
+        """A denial becomes a usage event, unless it repeats one (DenialFilter)."""
+        if not self._denial_rows.admit(body.client, reason, now):
+            return
+        who = Who(body.app[:128], body.user[:128], body.host[:256])
+        self._usage.stage(
+            usage.denied(
+                body.client,
+                now,
+                login=login,
+                who=who,
+                reason=reason,
+                generation=self.ledger.generation,
+            )
+        )
+        # Written with the next lease flush, or by the usage loop within a minute.
+
+    def _record_grant(self, lease: Lease, held: Lease | None, now: int, *, fresh: bool) -> None:
+        """A licensed seat taken, as a usage event (a seat kept under a new token is none)."""
+        after_loss = lease.client in self._lost
+        self._lost.pop(lease.client, None)
+        self._willed.discard(lease.client)
+        if not lease.licensed:
+            return  # an unlicensed session holds no seat
+        if fresh:
+            self._usage.stage(usage.granted(lease, now, after_loss=after_loss))
+        elif held is not None and (held.app, held.user, held.host) != (
+            lease.app,
+            lease.user,
+            lease.host,
+        ):
+            # The same seat, now said to be another app, user or host's: move it.
+            self._usage.stage(usage.released(held, now, "agent"))
+            self._usage.stage(usage.granted(lease, now))
+
     def _renew(self, body: SeatRenew, now: int) -> None:
         lease = self.ledger.renew(body.client, body.lease, now)
         if lease is None:
             message = "The license server no longer holds this seat; ask again."
+            self._lost[body.client] = None
+            self._lost.move_to_end(body.client)
+            if len(self._lost) > _LOST_KEPT:
+                self._lost.popitem(last=False)
             self._reply(body.client, SeatLost(lease=body.lease, message=message))
             return
+        self._willed.discard(body.client)  # back within the will's grace
         self._stage(lease)
         self._reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
 
@@ -244,16 +298,21 @@ class SeatDesk:
         # broker restart (which sends every will), so the seat is kept for a short grace.
         freed = self.ledger.orphan(client_id, now, self._will_grace_ms)
         self._expiry_moved.set()
+        if client_id in self.ledger.leases:
+            self._willed.add(client_id)
         if freed is not None:
             self._store.stage_release(client_id)
             self._staged.set()
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
-    def _release(self, body: SeatRelease) -> None:
+    def _release(self, body: SeatRelease, now: int) -> None:
         released = self.ledger.release(body.client, body.lease)
         if released is None:
             return
         self._store.stage_release(body.client)
+        self._willed.discard(body.client)
+        if released.licensed and not released.revoked:
+            self._usage.stage(usage.released(released, now, "agent"))
         self._staged.set()
         log.info(
             "seat released",
@@ -292,9 +351,13 @@ class SeatDesk:
         if lease is None:
             return False
         audit = AuditEntry(actor, "admin.release", "accepted", "", {"client": client_id})
-        await self._store.release_lease(client_id, audit, self._clock.now())
+        now = self._clock.now()
+        counted = lease.licensed and not lease.revoked
+        revoked = usage.revoked(lease, now, "admin") if counted else None
+        await self._store.release_lease(client_id, audit, now, revoked)
         self._staged.set()  # the delete the store staged again goes out with the next flush
         released = self.ledger.release(client_id, lease.token)
+        self._willed.discard(client_id)
         if released is None:
             return True  # its agent released it meanwhile
         self._reply(
@@ -354,6 +417,10 @@ class SeatDesk:
         self.leases_expired += len(expired)
         for lease in expired:
             self._store.stage_release(lease.client)
+            willed = lease.client in self._willed
+            self._willed.discard(lease.client)
+            if lease.licensed and not lease.revoked:
+                self._usage.stage(usage.released(lease, now, "will" if willed else "expiry"))
             log.info(
                 "lease expired",
                 client=lease.client,

@@ -9,6 +9,7 @@ and owns the tasks:
 ``clock``              never-backwards time; when a key expires
 ``authority``          the license, status, generation and revision (the one writer)
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
+``usage``              the seat usage history: its fold loop and its answers
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
 ``expiring``           the ``license.expiring`` warnings before the license expires
@@ -16,8 +17,8 @@ and owns the tasks:
 =====================  ===============================================================
 
 :meth:`Daemon.serve` owns one ``asyncio.TaskGroup`` of named tasks: the link's (``mqtt``,
-``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``license-expiry``,
-``expiry-warning``,
+``replies``, ``mqtt-stop``), ``lease-expiry``, ``lease-flush``, ``usage-fold``,
+``license-expiry``, ``expiry-warning``,
 ``reload`` (SIGHUP), ``retained-recovery``, ``watchdog`` and, when on, ``metrics``. A
 step of a background loop that fails is logged, counted (``internal_error``) and the loop
 goes on: one message's failure costs that message, never the service. Messages are
@@ -59,6 +60,7 @@ from floatkeyd.sdnotify import Notifier
 from floatkeyd.seats import SeatDesk, seat_limits
 from floatkeyd.statedir import held_state_directory
 from floatkeyd.store import Store
+from floatkeyd.usagelog import UsageHistory
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -84,6 +86,7 @@ class Daemon:
         link: Link,
         authority: LicenseAuthority,
         seats: SeatDesk,
+        usage: UsageHistory,
         admin: AdminDesk,
         retained: Retained,
         drops: Drops,
@@ -97,6 +100,7 @@ class Daemon:
         self.link = link
         self.authority = authority
         self.seats = seats
+        self.usage = usage
         self.admin = admin
         self.retained = retained
         self.drops = drops
@@ -187,6 +191,7 @@ class Daemon:
         steps = {
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
+            "usage-fold": self.usage.fold_step,
             "license-expiry": self.authority.expiry_step,
             "expiry-warning": self.expiring.step,
             "reload": self._reload_step,
@@ -318,6 +323,7 @@ async def open_daemon(
             link=link,
             drops=drops,
         )
+        usage = UsageHistory(store, clock, config.usage)
         keyring = Keyring(list(config.admin_keys), store)
         await keyring.reload()
         expiring = await ExpiryWarnings.open(
@@ -336,6 +342,7 @@ async def open_daemon(
             clock=clock,
             authority=authority,
             seats=seats,
+            usage=usage,
             signer=signer,
             link=link,
             drops=drops,
@@ -368,6 +375,7 @@ async def open_daemon(
             link=link,
             authority=authority,
             seats=seats,
+            usage=usage,
             admin=admin,
             retained=retained,
             drops=drops,

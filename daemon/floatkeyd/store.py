@@ -2,12 +2,13 @@
 
 What must survive a restart lives here: the license history with each key's text, the
 generation and revision counters, seat leases, authorized admin keys, the admin request
-ids already seen, and the append-only audit log.
+ids already seen, the append-only audit log, and the seat usage history (``usagelog``).
 
 License changes are one transaction each, committed before anything is published about
 them. Lease changes are frequent and cheap to lose (an agent whose lease the daemon
 forgot is told ``seat.lost`` and asks again), so they are staged in memory, coalesced per
-client, and written in one transaction per burst by :meth:`Store.flush_leases`.
+client, and written in one transaction per burst by :meth:`Store.flush_leases`, with the
+usage events of the same decisions (and the denials staged since the last burst).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import aiosqlite
 from floatkeyd.auditlog import AuditLog, chain_existing_rows
 from floatkeyd.errors import StoreError
 from floatkeyd.ledger import Lease
+from floatkeyd.usagelog import UsageLog, start_usage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from floatkey.envelope import Signer
+    from floatkeyd.usage import UsageEvent
 
 __all__ = ["AuditEntry", "Store", "StoredLicense", "StoredState"]
 
@@ -108,9 +111,56 @@ _MIGRATIONS: tuple[str, ...] = (
         signed_at INTEGER NOT NULL
     ) STRICT;
     """,
+    # 4: the seat usage history (floatkeyd.usagelog): events, hourly aggregates, and the
+    # fold's checkpoint, started by start_usage in the same transaction.
+    """
+    CREATE TABLE usage_events (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        client TEXT NOT NULL,
+        login TEXT NOT NULL,
+        app TEXT NOT NULL,
+        user TEXT NOT NULL,
+        host TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        seats INTEGER NOT NULL,
+        n INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX usage_events_at ON usage_events (at);
+    CREATE TABLE usage_hours (
+        hour INTEGER NOT NULL,
+        dim TEXT NOT NULL,
+        name TEXT NOT NULL,
+        held_start INTEGER NOT NULL,
+        held_end INTEGER NOT NULL,
+        peak INTEGER NOT NULL,
+        peak_at INTEGER NOT NULL,
+        peak_seats INTEGER NOT NULL,
+        seat_ms INTEGER NOT NULL,
+        limit_ms INTEGER NOT NULL,
+        limit_hits INTEGER NOT NULL,
+        grants INTEGER NOT NULL,
+        denials TEXT NOT NULL,
+        waiting_peak INTEGER NOT NULL,
+        demand_peak INTEGER NOT NULL,
+        seats_start INTEGER NOT NULL,
+        seats_end INTEGER NOT NULL,
+        PRIMARY KEY (hour, dim, name)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE usage_fold (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        until INTEGER NOT NULL,
+        kept_from INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        state TEXT NOT NULL
+    ) STRICT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _CHAIN_SCHEMA = 3  # the migration that starts the audit chain
+_USAGE_SCHEMA = 4  # the migration that starts the usage history
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +229,7 @@ class Store:
     Also an async context manager (``async with await Store.open(path) as store``).
     """
 
-    def __init__(self, db: aiosqlite.Connection, signer: Signer | None) -> None:
+    def __init__(self, db: aiosqlite.Connection, signer: Signer | None, path: Path) -> None:
         self._db = db
         self._staged: dict[str, Lease | None] = {}
         # One connection, several tasks: transactions must not interleave.
@@ -188,6 +238,8 @@ class Store:
         self.write_failures = 0
         #: The audit table as a hash chain (appended to inside this store's transactions).
         self.audit_log = AuditLog(db, signer, self._lock)
+        #: Seat usage events (staged with the leases, written in the same transactions).
+        self.usage_log = UsageLog(db, path)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -227,8 +279,9 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
-            store = cls(db, signer)
+            store = cls(db, signer, path)
             await store._migrate()
+            await store.usage_log.load()
         except sqlite3.DatabaseError as exc:
             await db.close()  # its thread would keep the process alive
             raise StoreError(
@@ -268,6 +321,8 @@ class Store:
                     await db.execute(statement)
                 if number + 1 == _CHAIN_SCHEMA:
                     await chain_existing_rows(db)
+                if number + 1 == _USAGE_SCHEMA:
+                    await start_usage(db)
                 await db.execute(f"PRAGMA user_version = {number + 1}")
 
     # --- reading ------------------------------------------------------------------
@@ -374,10 +429,17 @@ class Store:
         license_: StoredLicense | None,
         admin_kid: str,
         audit: AuditEntry,
+        usage: UsageEvent,
+        revoke_reason: str,
     ) -> None:
-        """Atomically: new active license (or none), counters, revoke all leases, audit."""
+        """Atomically: new active license (or none), counters, revoke all leases, audit.
+
+        With the usage events: every licensed seat revoked (``revoke_reason``), then
+        ``usage``, the license change itself.
+        """
         await self.flush_leases()
         async with self._transaction():
+            await self.usage_log.write_revocations(now, revoke_reason, usage)
             if license_ is not None or status == "unlicensed":
                 await self._db.execute("UPDATE licenses SET active = 0 WHERE active = 1")
             if license_ is not None:
@@ -405,10 +467,18 @@ class Store:
             )
             await self._audit(audit, now)
 
-    async def release_lease(self, client: str, audit: AuditEntry, now: int) -> None:
-        """Delete ``client``'s lease on an administrator's order, audited, in one transaction."""
+    async def release_lease(
+        self, client: str, audit: AuditEntry, now: int, usage: UsageEvent | None = None
+    ) -> None:
+        """Delete ``client``'s lease on an administrator's order, audited, in one transaction.
+
+        ``usage``: the seat's revocation, for the usage history (none for a seat that no
+        longer counted: revoked by a license change, or unlicensed).
+        """
         async with self._transaction():
             await self._db.execute("DELETE FROM leases WHERE client = ?", (client,))
+            if usage is not None:
+                await self.usage_log.write([usage])
             await self._audit(audit, now)
         # A flush that fails and stages its batch again must not bring the row back.
         self._staged[client] = None
@@ -471,10 +541,14 @@ class Store:
         self._staged[client] = None
 
     async def flush_leases(self) -> int:
-        """Write every staged lease change in one transaction; return how many."""
-        if not self._staged:
+        """Write every staged lease change and usage event in one transaction.
+
+        Returns how many lease changes.
+        """
+        if not self._staged and not self.usage_log.pending:
             return 0
         staged, self._staged = self._staged, {}
+        events = self.usage_log.take_staged()
         upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
         deletes = [(client,) for client, lease in staged.items() if lease is None]
         try:
@@ -485,11 +559,18 @@ class Store:
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+                await self.usage_log.insert(events)
         except BaseException:
             # Not written: stage them again, under anything staged since (newer).
             self._staged = staged | self._staged
+            self.usage_log.restage(events)
             raise
         return len(staged)
+
+    async def fold_usage(self, *, limit: int, cutoff: int) -> bool:
+        """Fold the next due hour of usage events, in one transaction (``UsageLog.fold_hour``)."""
+        async with self._transaction():
+            return await self.usage_log.fold_hour(limit=limit, cutoff=cutoff)
 
 
 def _split_sql(script: str) -> list[str]:

@@ -638,10 +638,12 @@ def bucket_starts(start: int, end: int, bucket: Bucket) -> list[int]:
 
 # --- answering a question ---------------------------------------------------------------
 
-#: At most this many buckets in one answer (a month of hours; two years of days).
-MAX_BUCKETS = 750
-#: At most this many rows in one answer, totals and groups together (one MQTT message).
-MAX_ROWS = 1_500
+#: At most this many buckets in one answer (three weeks of hours, 16 months of days).
+MAX_BUCKETS = 500
+#: What the rows of one answer may take, encoded: it must fit one MQTT message (the
+#: shipped Mosquitto's max_packet_size is 256 KiB; the signed envelope adds a third).
+MAX_ANSWER_BYTES = 150_000
+_ROW_BYTES = 280  # one row's JSON without its group name, figures at their longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -866,22 +868,23 @@ def _events_into(
 
 
 def _bounded(rows: list[Row], *, grouped: bool) -> tuple[list[Row], int]:
-    """Totals and as many groups as fit :data:`MAX_ROWS`, the busiest first."""
+    """Totals and as many groups as fit :data:`MAX_ANSWER_BYTES`, the busiest first."""
     if not grouped:
         return rows, 0
     totals = [row for row in rows if row.group is None]
     weight: Counter[str] = Counter()
+    size: Counter[str] = Counter()
     for row in rows:
         if row.group is not None:
             weight[row.group] += row.fig.seat_ms + row.fig.grants + sum(row.fig.denials.values())
+            size[row.group] += _ROW_BYTES + len(row.group.encode())
+    room = MAX_ANSWER_BYTES - _ROW_BYTES * len(totals)
     kept: set[str] = set()
-    room = MAX_ROWS - len(totals)
-    per_group = Counter(row.group for row in rows if row.group is not None)
     for name, _ in sorted(weight.items(), key=lambda item: (-item[1], item[0])):
-        if per_group[name] > room:
+        if size[name] > room:
             break
         kept.add(name)
-        room -= per_group[name]
+        room -= size[name]
     chosen = [row for row in rows if row.group is None or row.group in kept]
     chosen.sort(key=lambda row: (row.start, row.group is not None, row.group or ""))
     return chosen, len(weight) - len(kept)
