@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.harness import (
     NAME,
@@ -27,6 +28,10 @@ from floatkey import protocol
 from floatkey.broker import BrokerOptions, connect
 from floatkey.envelope import open_envelope
 from floatkey.signing import key_id
+from floatkeyd.admin_client import AdminSession
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 # Sizes of what the daemon actually sends and receives, for a fair baseline.
 REQUEST_SIZE = 140
@@ -108,11 +113,21 @@ async def checkout(broker: str, agents: int = 100, rounds: int = 20, procs: int 
 
 
 async def storm(
-    broker: str, agents: int = 1000, procs: int = 2, seat_counts: tuple[int, ...] = (1000, 500)
+    broker: str,
+    agents: int = 1000,
+    procs: int = 2,
+    seat_counts: tuple[int, ...] = (1000, 500),
+    after: Callable[[Environment, dict[str, int]], Awaitable[None]] | None = None,
 ) -> Results:
-    """N agents start at once against S seats; vs N plain clients doing one echo at once."""
+    """N agents start at once against S seats; vs N plain clients doing one echo at once.
+
+    Then the daemon's usage history must tell the peak and the denials the agents saw;
+    ``after`` (for a test) gets the environment and those true figures before it closes.
+    """
     results = Results(broker)
     env = Environment(broker)
+    began = protocol.now_ms()
+    truth = {"peak": 0, "denied": 0, "grants": 0, "demand": 0}
     try:
         env.start_daemon()
         config = str(env.agent_config())
@@ -143,6 +158,10 @@ async def storm(
                 f"storm {agents} agents / {seats} seats: {expected} granted, "
                 f"{agents - expected} denied"
             ] = granted == expected == in_use and denied == agents - expected
+            truth["peak"] = max(truth["peak"], granted)
+            truth["denied"] += denied
+            truth["grants"] += granted
+            truth["demand"] = max(truth["demand"], granted + denied)  # all asked at once
             results.rows.append(
                 Row("storm", f"{agents} agents / {seats} seats: all answered", span, None, "s")
             )
@@ -153,6 +172,9 @@ async def storm(
             deadline = time.monotonic() + 30
             while (await env.status()).seats_in_use and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+        await _check_usage(env, results, began, truth)
+        if after is not None:
+            await after(env, truth)
 
         echo = {
             "broker": env.broker_spec(),
@@ -190,6 +212,25 @@ async def storm(
         else:
             row.baseline = base_span
     return results
+
+
+async def _check_usage(
+    env: Environment, results: Results, began: int, truth: dict[str, int]
+) -> None:
+    """The usage history (``admin.usage``) tells what the agents saw, exactly."""
+    answer = await env.admin(
+        protocol.AdminUsage(request_id=AdminSession.request_id(), since=began, bucket="hour")
+    )
+    summary = answer.usage.summary if answer.usage else None
+    results.checks[
+        f"storm: the usage history says peak {truth['peak']}, {truth['grants']} grants, "
+        f"{truth['denied']} denied, {truth['demand']} seats would have served all"
+    ] = summary is not None and (
+        summary.peak,
+        summary.grants,
+        summary.denials.get("seats_exhausted", 0),
+        summary.would_serve,
+    ) == (truth["peak"], truth["grants"], truth["denied"], truth["demand"])
 
 
 async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:

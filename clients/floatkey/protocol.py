@@ -418,8 +418,9 @@ class UsageBucket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Denials outstanding at once, at most; seats held plus those, at most.
     outstanding_peak: int
     demand_peak: int
-    #: All seats only: the license's seats at the bucket's end, the time all were in
-    #: use, and how many times use rose to the limit.
+    #: All seats only: the license's seats when the peak was reached and at the bucket's
+    #: end, the time all were in use, and how many times use rose to the limit.
+    peak_seats: int = 0
     seats: int = 0
     at_limit_ms: int = 0
     limit_hits: int = 0

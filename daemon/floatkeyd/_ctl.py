@@ -1,4 +1,4 @@
-"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, audit, keys.
+"""``floatkeyctl``: the administrator's tool — unlock, status, clients, release, audit, usage, keys.
 
 ``--config`` takes the daemon's own config file (on the license server: the broker
 login of ``[admin_broker]``, the server name, the server's public key from its state
@@ -56,6 +56,9 @@ from floatkeyd._ctl_text import (
     shut_down_verdict,
     status_text,
     table,
+    usage_csv,
+    usage_sentence,
+    usage_text,
 )
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable
 from floatkeyd.adminconfig import AdminTarget, load_admin_target
@@ -76,6 +79,13 @@ DEFAULT_ADMIN_CONFIG = Path("~/.config/floatkey/admin.toml")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 EXIT_BAD_KEY, EXIT_NOT_AUTHORIZED, EXIT_UNREACHABLE, EXIT_TIMEOUT = 3, 4, 5, 6
 EXIT_NOT_CONFIRMED = 7
+
+_USAGE_HELP = """\
+Seat usage over a period, from the server's own history: per hour, day, week or month
+(UTC), the peak of seats in use at once, the average, distinct users, grants, denials,
+the time every seat was in use, and how many seats would have served all demand (seats
+in use plus requests turned away and still waiting). docs/USAGE.md explains each figure.
+"""
 
 _RELEASE_HELP = """\
 Free the seat of one connected client, now. The daemon tells its agent that an
@@ -147,6 +157,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--since", type=dt.date.fromisoformat, help="from this day on (UTC)")
     audit.add_argument("--action", help="only this action (admin.unlock, license.expired, ...)")
+    usage = commands.add_parser(
+        "usage",
+        parents=[common],
+        help="seat usage over time: peaks, denials, how many seats would have served all",
+        description=_USAGE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    usage.add_argument(
+        "--since",
+        default="30d",
+        help="from DAYS ago (30d), HOURS ago (12h), weeks ago (2w), or a UTC day or time "
+        "(2026-11-01, 2026-11-01T08:00) (default 30d)",
+    )
+    usage.add_argument("--until", help="up to this moment, in the same forms (default: now)")
+    usage.add_argument(
+        "--by",
+        choices=["hour", "day", "week", "month"],
+        default="day",
+        help="bucket size (default day)",
+    )
+    usage.add_argument(
+        "--group", choices=["app", "user", "host"], help="also per application, user or host"
+    )
+    usage.add_argument(
+        "--csv", action="store_true", help="print CSV: one row per bucket (and group)"
+    )
     release = commands.add_parser(
         "release",
         parents=[common],
@@ -529,6 +565,60 @@ async def _audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _moment(text: str, now: dt.datetime, option: str) -> int:
+    """``30d``, ``12h``, ``2w`` before ``now``, or a UTC day or time, as Unix ms."""
+    value = text.strip()
+    units = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
+    if value[-1:].lower() in units and value[:-1].isdigit():
+        moment = now - int(value[:-1]) * units[value[-1:].lower()]
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(
+                f"{option} {text!r} is neither a time ago (30d, 12h, 2w) nor a UTC day or "
+                "time (2026-11-01, 2026-11-01T08:00)."
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+    return max(0, int(moment.timestamp() * 1000))
+
+
+async def _usage(args: argparse.Namespace) -> int:
+    now = dt.datetime.now(dt.UTC)
+    since = _moment(args.since, now, "--since")
+    until = _moment(args.until, now, "--until") if args.until else 0
+    if until and until <= since:
+        return _failed(
+            args,
+            "bad_range",
+            f"--until ({args.until}) must come after --since ({args.since}).",
+            EXIT_USAGE,
+        )
+    result = await _query(
+        args,
+        _target(args),
+        lambda rid: protocol.AdminUsage(
+            request_id=rid,
+            since=since,
+            until=until,
+            bucket=args.by,
+            group_by=args.group or "none",
+        ),
+    )
+    if not result.ok or result.usage is None:
+        return _refused(args, result)
+    report = result.usage
+    sentence = usage_sentence(report.summary, report.bucket)
+    if args.json:
+        print(ctl_json.dump(ctl_json.usage_of(report, sentence)))
+    elif args.csv:
+        print(usage_csv(report))
+    else:
+        print(usage_text(report, sentence))
+    return EXIT_OK
+
+
 async def _release(args: argparse.Namespace) -> int:
     result = await _query(
         args,
@@ -649,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": _clients,
         "release": _release,
         "audit": _audit,
+        "usage": _usage,
         "server-key": _server_key,
     }
     return run_command(lambda: _dispatch(args, runners))

@@ -5,7 +5,9 @@ The JSON for scripts is ``floatkeyd.ctl_json``; this module only formats text.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 from typing import TYPE_CHECKING
 
 from floatkeyd.ctl_json import seat_of
@@ -13,7 +15,15 @@ from floatkeyd.ctl_json import seat_of
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from floatkey.protocol import AuditRow, ClientRow, DenialRow, LicenseInfo, StatusReport
+    from floatkey.protocol import (
+        AuditRow,
+        ClientRow,
+        DenialRow,
+        LicenseInfo,
+        StatusReport,
+        UsageReport,
+        UsageSummary,
+    )
     from floatkeyd.licensechange import LicenseChange
 
 __all__ = [
@@ -27,6 +37,9 @@ __all__ = [
     "shut_down_verdict",
     "status_text",
     "table",
+    "usage_csv",
+    "usage_sentence",
+    "usage_text",
     "when",
 ]
 
@@ -195,3 +208,140 @@ def shut_down_verdict(told: int, left: int, waited: float) -> str:
         f"{'its seat expires on its' if one else 'their seats expire on their'} own "
         f"(`floatkeyctl clients` lists {'it' if one else 'them'})."
     )
+
+
+# --- usage ---------------------------------------------------------------------------
+
+_DENIAL_REASONS = ("seats_exhausted", "limit_reached", "expired")
+
+
+def usage_sentence(summary: UsageSummary, bucket: str) -> str:
+    """The one-line verdict: the peak, the limit, and the seats all demand needed."""
+    if not summary.peak and not summary.denials:
+        return "No seat was in use and nobody was turned away in this period."
+    at = _bucket_time(summary.peak_at, "day" if bucket != "hour" else "minute")
+    if summary.peak_seats:
+        peak = f"Peak {summary.peak} of {summary.peak_seats} seats on {at}"
+    else:
+        peak = f"Peak {summary.peak} seats on {at} (no license then)"
+    hits = summary.limit_hits
+    limit = (
+        "the limit was never hit"
+        if hits == 0
+        else "the limit was hit once"
+        if hits == 1
+        else f"the limit was hit {hits} times"
+    )
+    needed = summary.would_serve
+    return (
+        f"{peak}; {limit}; {needed} seat{'s' if needed != 1 else ''} would have served all demand."
+    )
+
+
+def usage_text(report: UsageReport, sentence: str) -> str:
+    """``floatkeyctl usage``: a table of the buckets, then the sentence."""
+    span = f"{when(report.since)[:16]} to {when(report.until)[:16]} UTC"
+    head = f"Seat usage {span}, by {report.bucket}"
+    if not report.buckets:
+        return f"{head}.\nNo usage is recorded for this period."
+    grouped = report.group_by != "none"
+    header = [report.bucket.upper()]
+    if grouped:
+        header.append(report.group_by.upper())
+    header += ["PEAK", "AVERAGE", "USERS", "GRANTS", "DENIED", "AT LIMIT", "WOULD SERVE"]
+    rows = []
+    for bucket in report.buckets:
+        row = [_bucket_time(bucket.start, report.bucket)]
+        if grouped:
+            row.append("(all seats)" if bucket.group is None else bucket.group or "-")
+        whole = bucket.group is None
+        peak = (
+            f"{bucket.peak}/{bucket.peak_seats}"
+            if whole and bucket.peak_seats
+            else str(bucket.peak)
+        )
+        row += [
+            peak,
+            f"{bucket.average:.1f}",
+            "-" if bucket.users is None else str(bucket.users),
+            str(bucket.grants),
+            str(sum(bucket.denials.values())),
+            _duration(bucket.at_limit_ms) if whole else "",
+            str(bucket.demand_peak),
+        ]
+        rows.append(row)
+    parts = [head + ":", "", columns(header, rows), "", sentence]
+    if report.groups_omitted:
+        parts.append(
+            f"({report.groups_omitted} less used {report.group_by}s are left out; ask for "
+            "a shorter period or longer buckets to see them.)"
+        )
+    return "\n".join(parts)
+
+
+def usage_csv(report: UsageReport) -> str:
+    """``floatkeyctl usage --csv``: one row per bucket, and per group with ``--group``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "start",
+            "group",
+            "peak",
+            "peak_at",
+            "average",
+            "users",
+            "grants",
+            *(f"denied_{reason}" for reason in _DENIAL_REASONS),
+            "outstanding_peak",
+            "demand_peak",
+            "peak_seats",
+            "seats",
+            "at_limit_s",
+            "limit_hits",
+        ]
+    )
+    for bucket in report.buckets:
+        whole = bucket.group is None
+        writer.writerow(
+            [
+                _iso(bucket.start),
+                "" if whole else bucket.group,
+                bucket.peak,
+                _iso(bucket.peak_at),
+                bucket.average,
+                "" if bucket.users is None else bucket.users,
+                bucket.grants,
+                *(bucket.denials.get(reason, 0) for reason in _DENIAL_REASONS),
+                bucket.outstanding_peak,
+                bucket.demand_peak,
+                bucket.peak_seats if whole else "",
+                bucket.seats if whole else "",
+                bucket.at_limit_ms / 1000 if whole else "",
+                bucket.limit_hits if whole else "",
+            ]
+        )
+    return out.getvalue().rstrip("\n")
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bucket_time(ms: int, bucket: str) -> str:
+    moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    if bucket in {"hour", "minute"}:
+        return moment.strftime("%Y-%m-%d %H:%M")
+    if bucket == "month":
+        return moment.strftime("%Y-%m")
+    if bucket == "week":
+        return moment.strftime("%Y-%m-%d") + f" (W{moment.isocalendar().week:02})"
+    return moment.strftime("%Y-%m-%d")
+
+
+def _duration(ms: int) -> str:
+    minutes = round(ms / 60_000)
+    if minutes == 0:
+        return "0" if ms == 0 else "<1m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02}m" if hours else f"{minutes}m"

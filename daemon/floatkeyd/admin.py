@@ -496,6 +496,7 @@ def _usage_report(answer: Answer, command: AdminUsage) -> UsageReport:
                 denials=dict(sorted(fig.denials.items())),
                 outstanding_peak=fig.waiting_peak,
                 demand_peak=fig.demand_peak,
+                peak_seats=fig.peak_seats if whole else 0,
                 seats=fig.seats_end if whole else 0,
                 at_limit_ms=fig.limit_ms if whole else 0,
                 limit_hits=fig.limit_hits if whole else 0,

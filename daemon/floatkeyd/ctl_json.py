@@ -45,6 +45,9 @@ __all__ = [
     "ServerKey",
     "Status",
     "Unlocked",
+    "Usage",
+    "UsageBucket",
+    "UsageSummary",
     "audit_of",
     "change_of",
     "clients_of",
@@ -55,6 +58,7 @@ __all__ = [
     "license_of",
     "seat_of",
     "status_of",
+    "usage_of",
     "verdict_of",
 ]
 
@@ -238,6 +242,59 @@ class AdminKeyCreated(Output, kw_only=True):
     private_key_file: str
 
 
+class UsageBucket(msgspec.Struct, kw_only=True):
+    """One bucket of ``floatkeyctl usage``: all seats (``group`` null) or one group's."""
+
+    start: dt.datetime
+    group: str | None
+    peak: int
+    peak_at: dt.datetime
+    average: float
+    #: Null where only hourly aggregates are kept (older than ``keep_events_days``).
+    users: int | None
+    grants: int
+    denials: dict[str, int]
+    outstanding_peak: int
+    #: Seats held plus denials outstanding, at most at once.
+    demand_peak: int
+    #: All seats only (null in a group's row): the license's seats when the peak was
+    #: reached and at the bucket's end, the time every seat was in use, how many times
+    #: use rose to the limit.
+    peak_seats: int | None
+    seats: int | None
+    at_limit_s: float | None
+    limit_hits: int | None
+
+
+class UsageSummary(msgspec.Struct, kw_only=True):
+    """The whole period, and the sentence floatkeyctl prints."""
+
+    peak: int
+    peak_at: dt.datetime | None
+    peak_seats: int
+    seats: int
+    limit_hits: int
+    at_limit_s: float
+    grants: int
+    denials: dict[str, int]
+    would_serve: int
+    users: int | None
+    sentence: str
+
+
+class Usage(Output, kw_only=True):
+    """``floatkeyctl usage``."""
+
+    since: dt.datetime
+    until: dt.datetime
+    bucket: Literal["hour", "day", "week", "month"]
+    group_by: Literal["none", "app", "user", "host"]
+    buckets: list[UsageBucket]
+    summary: UsageSummary
+    #: Groups left out of ``buckets`` (the least used) to keep the answer to one message.
+    groups_omitted: int
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -367,6 +424,50 @@ def verdict_of(verdict: protocol.AuditVerdict) -> AuditVerified:
     """``audit verify`` from the daemon's verdict."""
     return AuditVerified(
         intact=verdict.intact, rows=verdict.rows, message=verdict.message, bad_seq=verdict.bad_seq
+    )
+
+
+def usage_of(report: protocol.UsageReport, sentence: str) -> Usage:
+    """``usage`` from the daemon's report."""
+    summary = report.summary
+    return Usage(
+        since=from_ms(report.since),
+        until=from_ms(report.until),
+        bucket=report.bucket,  # type: ignore[arg-type]
+        group_by=report.group_by,  # type: ignore[arg-type]
+        buckets=[
+            UsageBucket(
+                start=from_ms(b.start),
+                group=b.group,
+                peak=b.peak,
+                peak_at=from_ms(b.peak_at),
+                average=b.average,
+                users=b.users,
+                grants=b.grants,
+                denials=b.denials,
+                outstanding_peak=b.outstanding_peak,
+                demand_peak=b.demand_peak,
+                peak_seats=b.peak_seats if b.group is None else None,
+                seats=b.seats if b.group is None else None,
+                at_limit_s=b.at_limit_ms / 1000 if b.group is None else None,
+                limit_hits=b.limit_hits if b.group is None else None,
+            )
+            for b in report.buckets
+        ],
+        summary=UsageSummary(
+            peak=summary.peak,
+            peak_at=from_ms(summary.peak_at) if summary.peak else None,
+            peak_seats=summary.peak_seats,
+            seats=summary.seats,
+            limit_hits=summary.limit_hits,
+            at_limit_s=summary.at_limit_ms / 1000,
+            grants=summary.grants,
+            denials=summary.denials,
+            would_serve=summary.would_serve,
+            users=summary.users,
+            sentence=sentence,
+        ),
+        groups_omitted=report.groups_omitted,
     )
 
 
