@@ -241,3 +241,15 @@ async def test_seats_held_before_the_history_began_count_from_its_start(tmp_path
     assert result.usage.summary.peak == 2
     assert result.usage.summary.seats == 3
     assert result.usage.buckets[-1].average == 2.0
+
+
+async def test_renewals_are_not_events(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(seats=1), "u1"))).ok
+        await daemon.handle(*request(daemon, "a"))
+        lease = lease_of(daemon, link, "a")
+        for _ in range(10):
+            wall.ms += 10_000
+            await daemon.handle(*renew(daemon, "a", lease))
+            await daemon.seats.flush_step()
+        assert [kind for kind, _, _ in events(tmp_path)] == ["license", "granted"]
