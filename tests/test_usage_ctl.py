@@ -109,3 +109,13 @@ async def test_floatkeyctl_usage_tells_the_true_peak_and_denials_of_a_storm():
     assert max(int(row["peak"]) for row in totals) == 12
     assert hosts  # the agents' host, one group
     assert sum(int(row["grants"]) for row in hosts) == 17
+
+
+def test_a_time_floatkeyctl_cannot_read_is_a_bad_argument(tmp_path):
+    result = run("floatkeyctl", "usage", "--since", "last tuesday", "--json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout)["error"]["reason"] == "bad_time"
+    assert "neither a time ago (30d, 12h, 2w) nor a UTC day" in result.stderr
+    backwards = run("floatkeyctl", "usage", "--since", "2026-11-02", "--until", "2026-11-01")
+    assert backwards.returncode == 2
+    assert "must come after --since" in backwards.stderr

@@ -9,6 +9,8 @@ import pytest
 
 from floatkey import protocol
 from floatkey.envelope import open_envelope
+from floatkey.errors import ConfigError
+from floatkeyd.config import load_config
 from inprocess import (
     MemoryLink,
     Wall,
@@ -253,3 +255,13 @@ async def test_renewals_are_not_events(tmp_path, link, wall):
             await daemon.handle(*renew(daemon, "a", lease))
             await daemon.seats.flush_step()
         assert [kind for kind, _, _ in events(tmp_path)] == ["license", "granted"]
+
+
+def test_the_usage_settings_are_checked(tmp_path):
+    for bad in (
+        "keep_events_days = 0",
+        "keep_hours_years = 0",
+        "keep_events_days = 400\nkeep_hours_years = 1",
+    ):
+        with pytest.raises(ConfigError, match=r"usage\.keep_"):
+            load_config(write_config(tmp_path, f"[usage]\n{bad}"))

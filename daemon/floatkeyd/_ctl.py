@@ -566,7 +566,10 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 def _moment(text: str, now: dt.datetime, option: str) -> int:
-    """``30d``, ``12h``, ``2w`` before ``now``, or a UTC day or time, as Unix ms."""
+    """``30d``, ``12h``, ``2w`` before ``now``, or a UTC day or time, as Unix ms.
+
+    Raises ``ValueError`` with the sentence to print.
+    """
     value = text.strip()
     units = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
     if value[-1:].lower() in units and value[:-1].isdigit():
@@ -575,10 +578,11 @@ def _moment(text: str, now: dt.datetime, option: str) -> int:
         try:
             moment = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise ConfigError(
+            msg = (
                 f"{option} {text!r} is neither a time ago (30d, 12h, 2w) nor a UTC day or "
                 "time (2026-11-01, 2026-11-01T08:00)."
-            ) from None
+            )
+            raise ValueError(msg) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=dt.UTC)
     return max(0, int(moment.timestamp() * 1000))
@@ -586,8 +590,11 @@ def _moment(text: str, now: dt.datetime, option: str) -> int:
 
 async def _usage(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.UTC)
-    since = _moment(args.since, now, "--since")
-    until = _moment(args.until, now, "--until") if args.until else 0
+    try:
+        since = _moment(args.since, now, "--since")
+        until = _moment(args.until, now, "--until") if args.until else 0
+    except ValueError as exc:
+        return _failed(args, "bad_time", str(exc), EXIT_USAGE)
     if until and until <= since:
         return _failed(
             args,

@@ -42,7 +42,7 @@ from floatkey.protocol import (
 from floatkeyd import usage
 from floatkeyd.ledger import Denied, SeatLimits
 from floatkeyd.store import AuditEntry
-from floatkeyd.usage import DenialFilter, Who
+from floatkeyd.usage import DENIAL_ROWS_PER_MINUTE, DenialFilter, Who
 
 if TYPE_CHECKING:
     from floatkey.envelope import Signer
@@ -117,6 +117,7 @@ class SeatDesk:
         self.leases_expired = 0
         self._usage = store.usage_log
         self._denial_rows = DenialFilter()
+        self._flood_minute = -1
         # Clients told seat.lost (their next grant is "renewed after loss"), and clients
         # whose will came (their lease's end is "released by its will").
         self._lost: OrderedDict[str, None] = OrderedDict()
@@ -246,7 +247,15 @@ class SeatDesk:
 
     def _record_denial(self, body: SeatRequest, login: str, reason: str, now: int) -> None:
         """A denial becomes a usage event, unless it repeats one (DenialFilter)."""
+        unrecorded = self._denial_rows.unrecorded
         if not self._denial_rows.admit(body.client, reason, now):
+            if self._denial_rows.unrecorded > unrecorded and now // 60_000 != self._flood_minute:
+                self._flood_minute = now // 60_000
+                log.warning(
+                    "seat denials not recorded in the usage history: too many this minute",
+                    per_minute=DENIAL_ROWS_PER_MINUTE,
+                    unrecorded_since_start=self._denial_rows.unrecorded,
+                )
             return
         who = Who(body.app[:128], body.user[:128], body.host[:256])
         self._usage.stage(
