@@ -272,3 +272,32 @@ def test_repeated_denials_are_one_and_a_flood_is_capped():
     admitted = sum(gate.admit(f"x{i}", "seats_exhausted", T0 + 61_000) for i in range(7000))
     assert admitted == usage.DENIAL_ROWS_PER_MINUTE - 1
     assert gate.unrecorded == 7000 - admitted
+
+
+def test_the_largest_answer_fits_one_mqtt_message():
+    from floatkey import protocol  # noqa: PLC0415
+    from floatkeyd.admin import _usage_report  # noqa: PLC0415
+
+    # 500 hours; 300 hosts with the longest names an agent may give, each busy every hour.
+    events = [usage.license_changed(T0, generation=1, seats=10**6, status="licensed")]
+    for hour in range(usage.MAX_BUCKETS):
+        for host in range(300):
+            at = T0 + hour * HOUR_MS + host
+            client = f"client-{host}"
+            fields = {"at": at, "client": client, "app": "a" * 128, "user": "u" * 128}
+            events.append(UsageEvent(kind="granted", host=f"{host:03}" + "h" * 253, **fields))
+            events.append(
+                UsageEvent(kind="denied", reason="limit_reached", host=f"{host:03}", **fields)
+            )
+            events.append(UsageEvent(kind="released", reason="agent", host="", **fields))
+    end = T0 + usage.MAX_BUCKETS * HOUR_MS
+    asked = Question(since=T0, until=end, bucket="hour", group_by="host", now=end)
+    checkpoint = Checkpoint(until=0, kept_from=T0, state=UsageState())
+    answer = usage.answer(asked, checkpoint, [], events)
+    assert answer.groups_omitted > 0
+    command = protocol.AdminUsage(request_id="r", bucket="hour", group_by="host")
+    body = protocol.encode(
+        protocol.AdminResult(request_id="r", ok=True, usage=_usage_report(answer, command))
+    )
+    # The signed envelope carries the body in base64 (4/3), plus about 200 bytes.
+    assert len(body) * 4 / 3 + 400 < 256 * 1024  # the shipped Mosquitto's max_packet_size
