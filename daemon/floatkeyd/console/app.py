@@ -1,4 +1,4 @@
-"""The console's ASGI application: log-in, License Management, clients, audit log.
+"""The console's ASGI application: log-in, License Management, clients, audit log, usage.
 
 Server-rendered pages that work without JavaScript; ``/live/...`` streams (Server-Sent
 Events) refresh the live parts where scripts run. Every command to the daemon names the
@@ -42,6 +42,7 @@ from floatkeyd.admin_client import DaemonUnreachable
 from floatkeyd.console.daemon import DaemonLink, LiveFeed
 from floatkeyd.console.sessions import SessionStore, csrf_token, same_token
 from floatkeyd.console.throttle import LoginThrottle
+from floatkeyd.console.usage_view import period_of, usage_context
 from floatkeyd.console.users import UserStore
 from floatkeyd.console.web import BodyLimit, SecurityHeaders, sse_event
 from floatkeyd.licensechange import license_changes
@@ -250,6 +251,7 @@ def create_app(
         Route("/clients/release", _release_form, methods=["GET"]),
         Route("/clients/release", _release, methods=["POST"]),
         Route("/audit", _audit),
+        Route("/usage", _usage),
         Route("/live/license", _live_license),
         Route("/live/clients", _live_clients),
         Route("/live/activated/{token}", _live_activated),
@@ -946,6 +948,28 @@ async def _audit(request: Request) -> Response:
             "paged": bool(before),
         },
     )
+
+
+@_guarded
+async def _usage(request: Request) -> Response:
+    """Seat usage over a period: the summary, a chart, and the figures as a table."""
+    console = _console(request)
+    viewer = _require(request)
+    period = period_of(request.query_params.get("range", ""))
+    command = protocol.AdminUsage(
+        request_id=console.link.request_id(),
+        user=viewer.actor,
+        since=period.since(protocol.now_ms()),
+        bucket=period.bucket,
+    )
+    answer = await _ask(console, command)
+    report, error = None, answer if isinstance(answer, str) else ""
+    if not isinstance(answer, str):
+        if answer.ok:
+            report = answer.usage
+        else:
+            error = f"The license server refused the console ({answer.reason}): {answer.message}"
+    return _page(request, "usage.html", usage_context(period, report, error))
 
 
 def _detail(text: str) -> str:
