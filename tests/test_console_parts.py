@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -170,6 +172,60 @@ def test_the_development_config_has_a_console():
     loaded = load_config(CONFIG / "floatkeyd.dev.toml")
     assert loaded.config.console.listen_port == 8080
     assert loaded.path_setting(loaded.config.console.users_file).name == "users.json"
+
+
+# The console's packages are an extra: without them, the console commands say so.
+BLOCKER = """
+import sys
+blocked = {"starlette", "jinja2", "uvicorn", "argon2", "python_multipart", "multipart",
+           "itsdangerous"}
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Blocker())
+from floatkeyd.{module} import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def without_console_packages(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    script = BLOCKER.replace("{module}", module)
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_without_the_console_extra_the_console_commands_say_what_to_install(tmp_path):
+    config = str(dev_config(tmp_path))
+    advice = "The console needs floatkey[console]"
+    install = "pip install 'floatkey[console]'"
+    for module, args in [
+        ("_ctl", ("console-user", "list", "--config", config)),
+        ("_ctl", ("console-user", "add", "alice", "--role", "admin", "--config", config)),
+        ("_cli", ("console", "--config", config)),
+    ]:
+        result = without_console_packages(module, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert advice in result.stderr, result.stderr
+        assert install in result.stderr
+        assert "Traceback" not in result.stderr
+    serve = without_console_packages("_cli", "console", "--config", config)
+    assert "starlette, jinja2, uvicorn, argon2-cffi, python-multipart, itsdangerous" in serve.stderr
+    # Everything else works without them (an agent-only machine has none of them).
+    for module, args in [
+        ("_ctl", ("--version",)),
+        ("_ctl", ("console-user", "--help")),
+        ("_cli", ("--version",)),
+    ]:
+        result = without_console_packages(module, *args)
+        assert result.returncode == 0, (args, result.stderr)
 
 
 def test_floatkeyd_console_help_names_the_default_config():
