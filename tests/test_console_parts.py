@@ -4,6 +4,7 @@ comparison behind the reducing-unlock confirmation, its config, and floatkeyctl 
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from consoles import console_table
 from floatkey.errors import PRODUCT_KEY_REASONS, ConfigError
 from floatkeyd.config import load_config
 from floatkeyd.console.sessions import SessionStore, same_token
+from floatkeyd.console.settings import session_secret
 from floatkeyd.console.throttle import LoginThrottle
 from floatkeyd.console.users import UserStore
 from floatkeyd.errors import ConsoleUserError
@@ -172,6 +174,38 @@ def test_the_development_config_has_a_console():
     loaded = load_config(CONFIG / "floatkeyd.dev.toml")
     assert loaded.config.console.listen_port == 8080
     assert loaded.path_setting(loaded.config.console.users_file).name == "users.json"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another user")
+def test_root_adding_an_account_leaves_the_file_to_the_owner_of_its_directory(tmp_path):
+    """As the console's state directory: owned by the service's user, which must read the
+    file that root writes there."""
+    state = tmp_path / "console-state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 4242, 4343)
+    config = dev_config(tmp_path, users_file=str(state / "accounts.json"))
+    for name in ("alice", "bob"):  # made, then replaced
+        added = run(
+            "floatkeyctl",
+            "console-user",
+            "add",
+            name,
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--config",
+            str(config),
+            input="a-long-password\n",
+        )
+        assert added.returncode == 0, added.stderr
+        info = (state / "accounts.json").stat()
+        assert (info.st_uid, info.st_gid) == (4242, 4343)
+        assert stat.S_IMODE(info.st_mode) == 0o600
+    assert [p.name for p in state.iterdir()] == ["accounts.json"]  # no temporary file left
+    # Likewise the session secret, when root runs the console by hand.
+    session_secret(state / "session-secret")
+    info = (state / "session-secret").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (4242, 4343, 0o600)
 
 
 # The console's packages are an extra: without them, the console commands say so.
