@@ -7,17 +7,24 @@ import asyncio
 import contextlib
 import re
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
 
+from conftest import run
 from consoles import PASSWORDS, add_user, console_table
+from floatkey import protocol
 from floatkey.envelope import peek
 from floatkey.signing import key_id, load_private_key
+from floatkeyd.admin_client import AdminSession, DaemonUnreachable
 from floatkeyd.config import load_config
 from floatkeyd.console.app import create_app
 from floatkeyd.console.settings import ConsoleSettings
+from floatkeyd.console.throttle import LoginThrottle
 from licensing import issue, unlock
 from servers import CONFIG, raw_client
 
@@ -148,6 +155,43 @@ def test_a_removed_account_or_a_new_password_ends_its_sessions(browser, daemon):
     assert browser.get("/license").status_code == 303
 
 
+def live_stream_ends_after(browser: TestClient, change) -> str:
+    """Open /live/clients, make ``change``, and return the stream once it has ended."""
+    console = browser.app.state.console
+    with ThreadPoolExecutor(1) as pool:
+        stream = pool.submit(browser.get, "/live/clients")
+        # The stream is open once the live feed has a watcher.
+        deadline = time.monotonic() + 10
+        while not console.feed._watchers and not stream.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert console.feed._watchers == 1, "the live stream did not open"
+        change()
+        response = stream.result(timeout=20)  # it ends by itself, or this fails
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return response.text
+
+
+def test_live_streams_end_when_the_account_is_removed_or_its_password_changed(browser, daemon):
+    log_in(browser, "victor")
+
+    def new_password():
+        add_user(daemon.config_path, "victor", "viewer", "a-new-password-for-victor")
+
+    assert live_stream_ends_after(browser, new_password).endswith("event: expired\ndata: \n\n")
+    assert browser.get("/license").status_code == 303  # that session is over
+
+    log_in(browser, "alice")
+
+    def remove():
+        config = str(daemon.config_path)
+        removed = run("floatkeyctl", "console-user", "remove", "alice", "--config", config)
+        assert removed.returncode == 0, removed.stderr
+
+    assert live_stream_ends_after(browser, remove).endswith("event: expired\ndata: \n\n")
+    assert browser.get("/license").status_code == 303
+
+
 # --- CSRF ------------------------------------------------------------------------------
 
 
@@ -252,6 +296,85 @@ def test_failed_log_ins_are_limited_per_address(browser):
         log_in(browser, f"user{i}", "wrong-password", status=401)
     limited = log_in(browser, "victor", status=429)
     assert "Too many failed log-ins" in limited.text
+
+
+class CountingThrottle(LoginThrottle):
+    """The console's throttle, counting the log-ins that asked it (every one does)."""
+
+    def __init__(self, throttle: LoginThrottle, expected: int) -> None:
+        super().__init__(throttle.per_account, throttle.per_address, throttle.window_s)
+        self.asked = 0
+        self.expected = expected
+        self.all_asked = threading.Event()
+
+    def retry_after(self, account: str, address: str) -> float:
+        self.asked += 1
+        if self.asked == self.expected:
+            self.all_asked.set()
+        return super().retry_after(account, address)
+
+
+def test_parallel_log_ins_cannot_pass_the_limit_together(browser):
+    """Every password check waits until all the log-ins have been let in or refused, so
+    a limit checked before the hashing and counted after it would let all of them in."""
+    console = browser.app.state.console
+    attempts = 8  # the account's limit is 3
+    throttle = CountingThrottle(console.throttle, attempts)
+    console.throttle = throttle
+    verify = console.users.verify
+    checked = []
+
+    def gated_verify(name, password):
+        assert throttle.all_asked.wait(30), "not every log-in reached the limit check"
+        checked.append(name)
+        return verify(name, password)
+
+    console.users.verify = gated_verify
+    token = csrf_of(browser.get("/login").text)
+
+    def attempt(i: int) -> int:
+        form = {"user": "alice", "password": f"wrong-password-{i}", "csrf": token}
+        return browser.post("/login", data=form).status_code
+
+    with ThreadPoolExecutor(attempts) as pool:
+        statuses = sorted(pool.map(attempt, range(attempts)))
+    assert statuses == [401] * 3 + [429] * 5
+    assert len(checked) == 3
+    # A right password later is refused too: the three failures stand.
+    log_in(browser, "alice", status=429)
+    # A log-in that succeeds is taken back from the address's count.
+    from_here = len(throttle._failures["address:testclient"])
+    log_in(browser, "victor")
+    assert len(throttle._failures["address:testclient"]) == from_here
+
+
+def test_an_unreadable_accounts_file_gives_a_clear_503_logged_once(browser, daemon, tmp_path):
+    log_in(browser, "alice")
+    users = tmp_path / "console" / "users.json"
+    good = users.read_bytes()
+    users.write_text("{not json")
+    sentence = "The console cannot read its accounts file"
+    with capture_logs() as logs:
+        pages = [browser.get("/license"), browser.get("/clients"), browser.get("/login")]
+        alice = dict(browser.cookies)
+        browser.cookies.clear()  # someone else, logging in meanwhile
+        form = browser.get("/login")
+        assert form.status_code == 200
+        fields = {"user": "victor", "password": PASSWORDS["victor"], "csrf": csrf_of(form.text)}
+        pages.append(browser.post("/login", data=fields))
+    for response in pages:
+        assert response.status_code == 503, response.text[:2000]
+        assert sentence in response.text
+        assert "damaged" not in response.text  # the details are for the log
+    errors = [e for e in logs if e["event"] == "accounts file unreadable"]
+    assert len(errors) == 1, logs
+    assert "is damaged" in errors[0]["error"]
+    # Mended: alice's session goes on, and victor's attempt did not count as a failure.
+    users.write_bytes(good)
+    assert not browser.app.state.console.throttle._failures
+    browser.cookies.clear()
+    browser.cookies.update(alice)
+    assert browser.get("/license").status_code == 200
 
 
 # --- headers ---------------------------------------------------------------------------
@@ -434,7 +557,7 @@ async def test_release_needs_a_confirmation_and_stops_the_application(daemon, ap
     assert unlock(daemon, issue(seats=3)).returncode == 0
     async with make_agent(daemon, tmp_path, "stuck") as stuck:
 
-        def in_browser() -> tuple[str, int]:
+        def in_browser() -> tuple[str, int, str]:
             with TestClient(app, base_url=BASE, follow_redirects=False) as client:
                 log_in(client, "alice")
                 listing = client.get("/clients").text
@@ -445,14 +568,47 @@ async def test_release_needs_a_confirmation_and_stops_the_application(daemon, ap
                     "/clients/release",
                     data={"client": stuck.client_id, "csrf": csrf_of(confirm.text)},
                 )
-                return done.headers["location"], done.status_code
+                notice = client.get(done.headers["location"]).text
+                again = client.get(done.headers["location"]).text
+                assert "Released the seat of" not in again  # said once
+                return done.headers["location"], done.status_code, notice
 
-        location, status = await asyncio.to_thread(in_browser)
+        location, status, notice = await asyncio.to_thread(in_browser)
         assert status == 303
-        assert location.startswith("/clients?released=")
+        assert location == "/clients"  # the notice is in the session, not the address
+        assert f"Released the seat of {stuck.client_id}" in notice
         reason = await asyncio.wait_for(stuck.shutdown_requested.wait(), 10)
         assert reason.code == "seat.revoked"
     assert any(
         a[1] == "admin.release" and a[0].startswith("console:alice via")
         for a in audit_actions(daemon)
     )
+
+
+def test_the_clients_page_shows_no_text_from_its_address(browser):
+    log_in(browser, "victor")
+    page = browser.get("/clients", params={"released": "your-seat-was-stolen-call-555-0100"})
+    assert page.status_code == 200
+    assert "your-seat-was-stolen" not in page.text
+    assert "Released the seat of" not in page.text
+
+
+async def test_a_long_lived_admin_session_blames_the_server_key_only_for_its_own_answer(daemon):
+    """The console keeps one admin session for days: an answer that did not verify once
+    must not make every later timeout blame the server key."""
+    wrong_key = Ed25519PrivateKey.generate().public_key()
+    async with AdminSession(
+        daemon.broker("floatkey-admin"),
+        daemon.topics,
+        load_private_key(CONFIG / "dev-admin.key"),
+        base=CONFIG,
+        server_key=wrong_key,
+        timeout=2,
+    ) as session:
+        with pytest.raises(DaemonUnreachable, match="not signed by the server key"):
+            await session.send(protocol.AdminStatus(request_id=session.request_id()))
+        await asyncio.to_thread(daemon.processes[0].stop)
+        with pytest.raises(DaemonUnreachable) as silent:
+            await session.send(protocol.AdminStatus(request_id=session.request_id()))
+    assert "did not answer within 2 s" in silent.value.message
+    assert "server key" not in silent.value.message

@@ -243,7 +243,7 @@ def test_install_server_lays_out_the_service(installed, dists):
 
     # The units run the venv's commands; nothing is left to look for in /usr/bin.
     units = root / "etc/systemd/system"
-    for unit in ("floatkeyd.service", "floatkey-agent@.service"):
+    for unit in ("floatkeyd.service", "floatkey-agent@.service", "floatkey-console.service"):
         text = (units / unit).read_text()
         assert "/usr/bin/" not in text, unit
         for command in re.findall(r"/opt/floatkey/bin/\S+", text):
@@ -255,6 +255,12 @@ def test_install_server_lays_out_the_service(installed, dists):
             assert url.startswith("file:///usr/share/doc/floatkey/"), url
             assert (root / url.removeprefix("file:///")).is_file(), url
     assert "ExecStart=/opt/floatkey/bin/floatkeyd run" in (units / "floatkeyd.service").read_text()
+    console = (units / "floatkey-console.service").read_text()
+    start = "ExecStart=/opt/floatkey/bin/floatkeyd console --config /etc/floatkey/floatkeyd.toml"
+    assert start in console
+    # The console reads floatkeyd.toml (0640 root:floatkey) through its group, as its own user.
+    assert "\nGroup=floatkey\n" in console
+    assert "\nUser=floatkey-console\n" in console
     # The credential the unit loads exists, so the service can start.
     assert (
         "LoadCredential=mqtt-password:/etc/floatkey/mqtt-password"
@@ -271,23 +277,28 @@ def test_the_installed_venv_names_its_final_paths(installed, dists):
         out = succeeded(run(venv / "bin/python", script, "--version", timeout=60))
         assert out.startswith(f"{name} {dists.version} "), out
     assert str(installed.root) not in (venv / "pyvenv.cfg").read_text()
+    # The server has the console extra (a client machine's plain install does not).
+    imports = "import starlette, jinja2, uvicorn, argon2, python_multipart, itsdangerous"
+    succeeded(run(venv / "bin/python", "-c", imports, timeout=60))
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verifies_the_installed_units(installed):
     root = installed.root
     assert ANALYZE is not None
-    for unit in ("floatkeyd.service", "floatkey-agent@flowdesigner.service"):
+    units = ("floatkeyd.service", "floatkey-agent@flowdesigner.service", "floatkey-console.service")
+    for unit in units:
         # verify --root resolves the unit and its ExecStart= binaries under the root.
         result = run(ANALYZE, "verify", f"--root={root}", unit, timeout=60, cwd=root)
         assert result.returncode == 0, result.stderr
         assert unit not in result.stderr, result.stderr
-    result = run(
-        ANALYZE, "security", "--offline=true", f"--root={root}", "floatkeyd.service", timeout=60
-    )
-    match = re.search(r"Overall exposure level for floatkeyd\.service: (\d+\.\d+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    assert float(match.group(1)) <= 2.0, result.stdout
+    for unit in ("floatkeyd.service", "floatkey-console.service"):
+        result = run(ANALYZE, "security", "--offline=true", f"--root={root}", unit, timeout=60)
+        match = re.search(
+            rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", result.stdout
+        )
+        assert match, result.stdout + result.stderr
+        assert float(match.group(1)) <= 2.0, result.stdout
 
 
 def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
@@ -350,6 +361,7 @@ def test_install_server_again_changes_nothing_then_uninstall_keeps_config_and_st
     for path in ("opt/floatkey", "usr/share/doc/floatkey", "etc/systemd/system/floatkeyd.service"):
         assert not (root / path).exists(), path
     assert not (root / "etc/systemd/system/floatkey-agent@.service").exists()
+    assert not (root / "etc/systemd/system/floatkey-console.service").exists()
     assert not wanted.is_symlink()
     assert (snapshot(root / "etc/floatkey"), snapshot(state)) == kept
     assert "kept       /etc/floatkey (" in out, out

@@ -105,7 +105,23 @@ def test_the_console_service_verifies_and_its_exposure_is_at_most_2(tmp_path):
     )
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
-    assert (
-        "floatkeyd console --config /etc/floatkey/floatkeyd.toml"
-        in (REPO / "systemd" / "floatkey-console.service").read_text()
-    )
+    text = (REPO / "systemd" / "floatkey-console.service").read_text()
+    assert "floatkeyd console --config /etc/floatkey/floatkeyd.toml" in text
+
+
+def test_the_console_may_read_the_daemons_config_but_is_not_the_daemons_user():
+    """scripts/install-server makes floatkeyd.toml 0640 root:floatkey: the console's
+    group must be the daemon's, its user its own (a process of the daemon's uid could
+    read the daemon's memory and files through /proc)."""
+
+    def settings(unit: str) -> dict[str, str]:
+        text = (REPO / "systemd" / unit).read_text()
+        return dict(re.findall(r"^(DynamicUser|User|Group|PrivateUsers)=(.*)$", text, re.MULTILINE))
+
+    daemon = settings("floatkeyd.service")
+    console = settings("floatkey-console.service")
+    assert console["Group"] == daemon["Group"] == "floatkey"
+    assert console["User"] == "floatkey-console"
+    assert console["User"] != daemon["User"]
+    assert console["DynamicUser"] == "yes"
+    assert console["PrivateUsers"] == "yes"  # maps the unit's own group: floatkey

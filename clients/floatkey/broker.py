@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -25,6 +26,7 @@ __all__ = [
     "BrokerOptions",
     "TLSOptions",
     "connect",
+    "connected",
     "connection_advice",
     "settled",
 ]
@@ -194,6 +196,25 @@ async def settled(operation: Awaitable[T]) -> T:
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
     return result
+
+
+async def connected(client: aiomqtt.Client) -> None:
+    """Connect ``client`` (its ``__aenter__``), completed even if cancelled meanwhile.
+
+    aiomqtt connects in an executor thread that a cancellation does not stop: left there,
+    it would start the client's housekeeping task while the event loop shuts down, and
+    the socket would be closed at garbage collection, after the loop (an "Event loop is
+    closed" error). So a cancelled connection is completed and closed first, then the
+    cancellation goes on. Raises ``aiomqtt.MqttError`` as ``__aenter__`` does.
+    """
+    entering = asyncio.ensure_future(client.__aenter__())
+    try:
+        await asyncio.shield(entering)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await entering
+            await client.__aexit__(None, None, None)
+        raise
 
 
 def connection_advice(error: str) -> str:

@@ -24,13 +24,16 @@ and in exit codes) and ``message``, a sentence a customer can act on.
         └── LicenseFileInvalid           license_file_invalid: the license file does not verify
 
 The daemon's own errors (``StoreError``, ``Refused``) live in ``floatkeyd.errors``.
+``PRODUCT_KEY_REASONS`` are the reason codes of a refused product key, for the tools
+that show such a refusal by the key (floatkeyctl's exit status, the console's key field).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
+    "PRODUCT_KEY_REASONS",
     "AgentError",
     "ConfigError",
     "FeatureNotLicensed",
@@ -133,6 +136,20 @@ class SeatsOutOfRange(ProductKeyError):
     """The key's seat count is outside the range a license may grant."""
 
     reason: ClassVar[str] = "seats_out_of_range"
+
+
+def _reasons(error: type[ProductKeyError]) -> frozenset[str]:
+    below = (_reasons(sub) for sub in error.__subclasses__())
+    return frozenset({error.reason}).union(*below)
+
+
+#: The reason of every refusal that concerns the product key itself: each
+#: ``ProductKeyError`` subclass's, and the daemon's ``cleartext_key`` (a key sent in
+#: clear) and ``unreadable_key`` (a sealed key it cannot open).
+PRODUCT_KEY_REASONS: Final = (_reasons(ProductKeyError) - {ProductKeyError.reason}) | {
+    "cleartext_key",
+    "unreadable_key",
+}
 
 
 class KeyFileError(FloatkeyError):

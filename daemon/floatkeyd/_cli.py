@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         "console", help="serve the browser console (License Management; docs/CONSOLE.md)"
     )
     console.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help="daemon config file, [console]"
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the daemon's config file, whose [console] table it reads (default {DEFAULT_CONFIG})",
     )
     admin = commands.add_parser("admin-key", help="manage the admin keys this server trusts")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")

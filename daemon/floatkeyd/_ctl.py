@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from floatkey import protocol
 from floatkey.cliexit import run_command
-from floatkey.errors import ConfigError, FloatkeyError, ProductKeyError
+from floatkey.errors import PRODUCT_KEY_REASONS, ConfigError, FloatkeyError, ProductKeyError
 from floatkey.logs import configure_logging
 from floatkey.productkey import parse_product_key
 from floatkey.signing import (
@@ -210,12 +210,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _AUDIT_PAGE = 200
-_KEY_REASONS = frozenset(cls.reason for cls in ProductKeyError.__subclasses__())
 _AUTH_REASONS = frozenset({"not_authorized", "clock_skew", "replayed"})
 
 
 def _exit_code(reason: str) -> int:
-    if reason in _KEY_REASONS:
+    if reason in PRODUCT_KEY_REASONS:
         return EXIT_BAD_KEY
     return EXIT_NOT_AUTHORIZED if reason in _AUTH_REASONS else EXIT_ERROR
 

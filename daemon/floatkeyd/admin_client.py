@@ -14,7 +14,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect, connection_advice
+from floatkey.broker import connect, connected, connection_advice
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.errors import FloatkeyError
 from floatkey.signing import key_id, parse_public_key
@@ -102,12 +102,14 @@ class AdminSession:
         self._unlock_key: str | None = None
         # The digest of each pending command's envelope, to recognise its refusals.
         self._sent: dict[str, str] = {}
-        # Answers to our commands that the trusted server key did not verify.
-        self._unverified = 0
+        # The pending commands that got an answer the trusted server key did not verify:
+        # per command, so a long-lived session (the console's) blames the key only for a
+        # timeout that had such an answer.
+        self._unverified: set[str] = set()
 
     async def __aenter__(self) -> Self:
         try:
-            await self._client.__aenter__()
+            await connected(self._client)
         except aiomqtt.MqttError as exc:
             raise DaemonUnreachable(
                 f"Cannot reach the MQTT broker: {exc}. {connection_advice(str(exc))}"
@@ -209,7 +211,7 @@ class AdminSession:
             result = protocol.decode(body, protocol.AdminResult)
         except (EnvelopeError, msgspec.DecodeError):
             log.warning("unverifiable admin reply ignored", topic=topic)
-            self._unverified += 1
+            self._unverified.add(request_id)
             return
         if result.refused and result.refused != self._sent.get(request_id):
             # A refusal of someone else's envelope that borrowed our request id.
@@ -242,7 +244,7 @@ class AdminSession:
                 await self._unless_lost(self._client.publish(topic, sealed, qos=1))
                 result = await self._unless_lost(waiter)
         except TimeoutError:
-            if self._unverified:
+            if command.request_id in self._unverified:
                 raise DaemonUnreachable(
                     "An answer came, but it was not signed by the server key this floatkeyctl "
                     "trusts (server_key in admin.toml, or the daemon's state directory): "
@@ -261,6 +263,7 @@ class AdminSession:
         finally:
             self._replies.pop(command.request_id, None)
             self._sent.pop(command.request_id, None)
+            self._unverified.discard(command.request_id)
         if result.status is not None and result.status.unlock_key:
             self._unlock_key = result.status.unlock_key  # a status just fetched serves an unlock
         return result

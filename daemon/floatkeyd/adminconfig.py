@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -88,8 +88,6 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class AdminTarget:
     """Where floatkeyctl finds the license server, what it signs with and what it trusts."""
 
-    path: Path
-    kind: Literal["daemon", "admin"]
     #: The directory the broker's relative paths (password file, TLS files) start from.
     base: Path
     broker: BrokerOptions
@@ -128,8 +126,6 @@ def _from_daemon_config(path: Path) -> AdminTarget:
     loaded = load_config(path)
     config = loaded.config
     return AdminTarget(
-        path=loaded.path,
-        kind="daemon",
         base=loaded.base,
         broker=loaded.admin_broker,
         topics=loaded.topics,
@@ -146,8 +142,6 @@ def _from_admin_config(path: Path) -> AdminTarget:
     if config.broker.tls is not None:
         config.broker.tls.context(base)  # unusable TLS files: refuse now
     return AdminTarget(
-        path=path,
-        kind="admin",
         base=base,
         broker=config.broker,
         topics=Topics(config.topic_prefix, config.server),

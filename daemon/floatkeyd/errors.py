@@ -5,7 +5,8 @@
     FloatkeyError            (floatkey.errors)
     ├── StoreError           the database or the state directory cannot be used
     ├── Refused              an admin command was refused: reason code and sentence
-    └── ConsoleUserError     a console account cannot be added, removed or read
+    ├── ConsoleUserError     a console account cannot be added, removed or read
+    └── ConsoleUnavailable   the console's packages (floatkey[console]) are not installed
 
 Errors both sides raise (``ConfigError``, ``KeyFileError``, the product-key errors) stay in
 ``floatkey.errors``.
@@ -17,7 +18,7 @@ from typing import ClassVar
 
 from floatkey.errors import FloatkeyError
 
-__all__ = ["ConsoleUserError", "Refused", "StoreError"]
+__all__ = ["ConsoleUnavailable", "ConsoleUserError", "Refused", "StoreError"]
 
 
 class StoreError(FloatkeyError):
@@ -40,3 +41,9 @@ class ConsoleUserError(FloatkeyError):
     """A console account cannot be added, removed or read; the sentence says why."""
 
     reason: ClassVar[str] = "console_user"
+
+
+class ConsoleUnavailable(FloatkeyError):
+    """The browser console's packages (the ``console`` extra) are not installed here."""
+
+    reason: ClassVar[str] = "console_not_installed"

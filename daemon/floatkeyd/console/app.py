@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -34,17 +33,24 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from floatkey import protocol
-from floatkey.errors import FloatkeyError, LicenseeMismatch, ProductKeyError
+from floatkey.errors import (
+    PRODUCT_KEY_REASONS,
+    FloatkeyError,
+    LicenseeMismatch,
+    ProductKeyError,
+)
 from floatkey.logs import redact
 from floatkey.productkey import parse_product_key, verify_product_key
-from floatkeyd._ctl_text import change_lines
+from floatkeyd._ctl_text import change_lines, when
 from floatkeyd.admin_client import DaemonUnreachable
-from floatkeyd.console.daemon import DaemonLink, LiveFeed
+from floatkeyd.console.daemonlink import DaemonLink, LiveFeed
+from floatkeyd.console.protection import BodyLimit, SecurityHeaders
 from floatkeyd.console.sessions import SessionStore, csrf_token, same_token
 from floatkeyd.console.throttle import LoginThrottle
 from floatkeyd.console.usage_view import period_of, usage_context
 from floatkeyd.console.users import UserStore
-from floatkeyd.console.web import BodyLimit, SecurityHeaders, sse_event
+from floatkeyd.ctl_json import audit_of
+from floatkeyd.errors import ConsoleUserError
 from floatkeyd.licensechange import license_changes
 
 if TYPE_CHECKING:
@@ -53,7 +59,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from starlette.requests import Request
 
-    from floatkeyd.console.daemon import Snapshot
+    from floatkeyd.console.daemonlink import Snapshot
     from floatkeyd.console.sessions import LoginSession
     from floatkeyd.console.settings import ConsoleSettings
     from floatkeyd.console.users import ConsoleUser
@@ -70,15 +76,14 @@ KEPT_KEY_S: Final = 600
 ACTIVATION_S: Final = 3600
 #: Heartbeat on the live streams (a comment line), so proxies keep them open.
 HEARTBEAT_S: Final = 15.0
+#: How often a live stream checks that its session and account still stand.
+SESSION_CHECK_S: Final = 1.0
 #: Argon2 verifications at once (each takes 64 MiB and a core for a moment).
 HASHING_AT_ONCE: Final = 2
 
 # Where each refusal of an unlock is shown: next to the field it concerns.
 _NAME_REASONS = frozenset({"licensee_mismatch"})
-_KEY_REASONS = (
-    frozenset(cls.reason for cls in ProductKeyError.__subclasses__())
-    | {"cleartext_key", "unreadable_key"}
-) - _NAME_REASONS
+_KEY_REASONS = PRODUCT_KEY_REASONS - _NAME_REASONS
 
 AUDIT_ACTIONS: Final = (
     "admin.unlock",
@@ -108,8 +113,6 @@ class Kept:
 
     sid: str
     key: str
-    name: str
-    organization: str
     created: float
 
 
@@ -160,6 +163,8 @@ class Console:
     hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(HASHING_AT_ONCE))
     kept: dict[str, Kept] = field(default_factory=dict)
     activations: dict[str, Activation] = field(default_factory=dict)
+    #: Why the accounts file could not be read, as last logged ("" while it can be).
+    accounts_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,17 +182,13 @@ def _templates() -> Jinja2Templates:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["when"] = _when
-    env.filters["utc"] = _utc
+    env.filters["utc"] = when  # floatkeyctl's: the audit table says UTC in its heading
     env.filters["features"] = _features
     return Jinja2Templates(env=env)
 
 
 def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _utc(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when(ms)} UTC"
 
 
 def _features(features: list[str], names: dict[str, str]) -> list[str]:
@@ -298,7 +299,10 @@ def _page(
     request: Request, name: str, context: dict[str, Any], *, status: int = 200
 ) -> HTMLResponse:
     console = _console(request)
-    viewer = _viewer(request)
+    try:
+        viewer = _viewer(request)
+    except Denied:
+        viewer = None  # the accounts file is unreadable: this is the page that says so
     csrf = viewer.csrf if viewer else _anonymous_csrf(request)
     context = {
         "viewer": viewer,
@@ -319,20 +323,51 @@ def _anonymous_csrf(request: Request) -> str:
 
 
 def _viewer(request: Request) -> Viewer | None:
-    """The logged-in user, or ``None``; cached on the request."""
+    """The logged-in user, or ``None``; cached on the request.
+
+    Raises ``Denied`` (503) when the accounts file cannot be read; the request then
+    counts as not logged in (so the error page can be shown).
+    """
     if "viewer" in request.scope:
         return request.scope["viewer"]  # type: ignore[no-any-return]
     console = _console(request)
     viewer = None
+    request.scope["viewer"] = None
     session = console.sessions.get(request.session.get("sid"))
     if session is not None:
-        user = console.users.get(session.user)
+        user = _account(console, session.user)
         if user is None or user.stamp != session.stamp:
             console.sessions.end(session.sid)  # removed, or the password changed
         else:
             viewer = Viewer(user, session, str(request.session.get("csrf", "")))
     request.scope["viewer"] = viewer
     return viewer
+
+
+ACCOUNTS_UNREADABLE: Final = (
+    "The console cannot read its accounts file, so nobody can log in or go on working "
+    "now. The server's administrator finds why in the console's log "
+    "(journalctl -u floatkey-console) and fixes the file, or adds the accounts again "
+    "with `floatkeyctl console-user add`."
+)
+
+
+def _account(console: Console, name: str) -> ConsoleUser | None:
+    """The account ``name``; raises ``Denied`` (503) when the accounts file is unreadable."""
+    try:
+        user = console.users.get(name)
+    except ConsoleUserError as exc:
+        raise _accounts_unreadable(console, exc) from None
+    console.accounts_error = ""
+    return user
+
+
+def _accounts_unreadable(console: Console, exc: ConsoleUserError) -> Denied:
+    """The 503 for an unreadable accounts file, logged once for as long as it lasts."""
+    if exc.message != console.accounts_error:
+        log.error("accounts file unreadable", error=exc.message)
+        console.accounts_error = exc.message
+    return Denied(503, ACCOUNTS_UNREADABLE)
 
 
 def _login_redirect(request: Request) -> RedirectResponse:
@@ -444,7 +479,9 @@ async def _login(request: Request) -> Response:
     password = form.get("password", "")
     target = _safe_next(form.get("next", "/license"))
     address = request.client.host if request.client else "unknown"
-    wait = console.throttle.retry_after(name, address)
+    # Counted before the password is checked: parallel attempts cannot pass the limit
+    # together while their passwords are being hashed.
+    wait = console.throttle.begin(name, address)
     if wait > 0:
         minutes = max(1, round(wait / 60))
         log.warning("log-in refused: too many failures", user=name[:32], address=address)
@@ -459,10 +496,14 @@ async def _login(request: Request) -> Response:
             },
             status=429,
         )
-    async with console.hashing:
-        user = await asyncio.to_thread(console.users.verify, name, password)
+    try:
+        async with console.hashing:
+            user = await asyncio.to_thread(console.users.verify, name, password)
+    except ConsoleUserError as exc:
+        console.throttle.cancelled(name, address)  # not the person's failure
+        raise _accounts_unreadable(console, exc) from None
+    console.accounts_error = ""
     if user is None:
-        console.throttle.failed(name, address)
         log.warning("log-in failed", user=name[:32], address=address)
         return _page(
             request,
@@ -470,7 +511,7 @@ async def _login(request: Request) -> Response:
             {"error": "The user name or the password is wrong.", "name": name, "next": target},
             status=401,
         )
-    console.throttle.succeeded(name)
+    console.throttle.succeeded(name, address)
     session = console.sessions.create(user.name, user.stamp)
     # A new session id and a new CSRF token: nothing from before the log-in carries over.
     request.session.clear()
@@ -611,7 +652,7 @@ async def _unlock(request: Request) -> Response:  # noqa: C901, PLR0911, PLR0912
     if not confirmed:
         changes = await _changes(console, viewer, key, name, organization)
         if any(change.reduces for change in changes):
-            token = _keep(console, viewer, key, name, organization)
+            token = _keep(console, viewer, key)
             return _page(
                 request,
                 "confirm_unlock.html",
@@ -702,10 +743,10 @@ async def _unlock(request: Request) -> Response:  # noqa: C901, PLR0911, PLR0912
 
 
 def _mismatched_fields(key: str, name: str, organization: str) -> tuple[str, ...]:
-    """The form fields a licensee mismatch concerns: the one the key says, else both.
+    """The form fields a licensee mismatch concerns: those the key names.
 
-    A format 2 key tells the name from the organization; a format 1 key cannot, and then
-    the sentence goes by the organization, the field entered last.
+    A format 2 key tells the name from the organization (either, or both); a format 1
+    key cannot, and then the sentence goes by the organization, the field entered last.
     """
     try:
         parse_product_key(key).key.check_licensee(name, organization)
@@ -744,9 +785,9 @@ async def _changes(
     ]
 
 
-def _keep(console: Console, viewer: Viewer, key: str, name: str, organization: str) -> str:
+def _keep(console: Console, viewer: Viewer, key: str) -> str:
     token = secrets.token_urlsafe(16)
-    console.kept[token] = Kept(viewer.session.sid, key, name, organization, console.clock())
+    console.kept[token] = Kept(viewer.session.sid, key, console.clock())
     return token
 
 
@@ -763,7 +804,7 @@ def _unlock_again(  # noqa: PLR0913 - the form's fields and what went wrong
     status: int = 422,
 ) -> Response:
     """The unlock form again, with the reasons; a key is kept in the console, not the page."""
-    kept = _keep(console, viewer, key, name, organization) if key else ""
+    kept = _keep(console, viewer, key) if key else ""
     return _page(
         request,
         "unlock.html",
@@ -842,7 +883,11 @@ async def _clients(request: Request) -> Response:
         error = f"The license server refused the console ({answer.reason}): {answer.message}"
     rows = answer.clients or [] if not isinstance(answer, str) else []
     denials = answer.denials or [] if not isinstance(answer, str) else []
-    notice = request.query_params.get("released", "")
+    # Set by this session's own release, never taken from the address: a link cannot
+    # put words on this page.
+    released = request.session.pop("released", "")
+    if not isinstance(released, str) or not protocol.CLIENT_ID.fullmatch(released):
+        released = ""
     return _page(
         request,
         "clients.html",
@@ -850,7 +895,7 @@ async def _clients(request: Request) -> Response:
             "clients": rows,
             "denials": list(reversed(denials))[:20],
             "error": error,
-            "released": notice[:128],
+            "released": released,
         },
     )
 
@@ -896,7 +941,8 @@ async def _release(request: Request) -> Response:
     if not answer.ok:
         raise Denied(409, answer.message)
     log.info("release", user=viewer.user.name, client=client)
-    return RedirectResponse("/clients?" + urlencode({"released": client}), status_code=303)
+    request.session["released"] = client  # the notice on the next Clients page
+    return RedirectResponse("/clients", status_code=303)
 
 
 # --- audit log -----------------------------------------------------------------------
@@ -938,7 +984,7 @@ async def _audit(request: Request) -> Response:
         request,
         "audit.html",
         {
-            "rows": [(row, _detail(row.detail)) for row in rows],
+            "rows": list(zip(rows, _details(rows), strict=True)),
             "error": error,
             "actions": AUDIT_ACTIONS,
             "outcomes": AUDIT_OUTCOMES,
@@ -972,16 +1018,19 @@ async def _usage(request: Request) -> Response:
     return _page(request, "usage.html", usage_context(period, report, error))
 
 
-def _detail(text: str) -> str:
-    """An audit row's detail as ``key: value`` pairs."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300]
-    if not isinstance(data, dict):
-        return text[:300]
-    shown = ((k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in data.items())
-    return "; ".join(f"{k}: {v}" for k, v in shown)[:300]
+def _details(rows: list[protocol.AuditRow]) -> list[str]:
+    """Each row's detail as ``key: value`` pairs.
+
+    Read as ``floatkeyctl audit --json`` reads it: a JSON object, other text as ``text``.
+    """
+    shown = []
+    for entry in audit_of(rows).entries:
+        pairs = (
+            (k, ", ".join(map(str, v)) if isinstance(v, list) else v)
+            for k, v in entry.detail.items()
+        )
+        shown.append("; ".join(f"{k}: {v}" for k, v in pairs)[:300])
+    return shown
 
 
 # --- live parts (Server-Sent Events) -------------------------------------------------
@@ -991,32 +1040,65 @@ def _stream(
     request: Request,
     render: Callable[[Snapshot], str],
 ) -> Response:
-    """An SSE stream of ``render(snapshot)`` at every change, while the session lives."""
+    """An SSE stream of ``render(snapshot)`` at every change, while the session lives.
+
+    The session is checked every second as a page request checks it: the stream ends
+    when it expired or was logged out, and when its account was removed or its password
+    changed (or the accounts file cannot be read any more).
+    """
     console = _console(request)
-    sid = request.session.get("sid")
-    if _viewer(request) is None:
+    viewer = _viewer(request)
+    if viewer is None:
         return Response(status_code=401)
+    sid = viewer.session.sid
 
     async def events() -> AsyncIterator[str]:
         yield "retry: 3000\n\n"
+        loop = asyncio.get_running_loop()
         async with console.feed.watching():
             shown = console.feed.first_to_show()
+            quiet_since = loop.time()
             while True:
-                if console.sessions.peek(sid) is None:
-                    yield sse_event("expired", "")
+                if not _session_stands(console, sid):
+                    yield _sse_event("expired", "")
                     return
-                snapshot = await console.feed.next_change(shown, HEARTBEAT_S)
+                snapshot = await console.feed.next_change(shown, SESSION_CHECK_S)
                 if snapshot is None:
-                    yield ": still here\n\n"
+                    if loop.time() - quiet_since >= HEARTBEAT_S:
+                        quiet_since = loop.time()
+                        yield ": still here\n\n"
                     continue
+                quiet_since = loop.time()
                 shown = snapshot.version
-                yield sse_event("update", render(snapshot))
+                yield _sse_event("update", render(snapshot))
 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def _session_stands(console: Console, sid: str) -> bool:
+    """Whether session ``sid`` goes on, by the checks a page request makes."""
+    session = console.sessions.peek(sid)
+    if session is None:
+        return False
+    try:
+        user = console.users.get(session.user)
+    except ConsoleUserError as exc:
+        _accounts_unreadable(console, exc)  # logged once
+        return False
+    if user is None or user.stamp != session.stamp:
+        console.sessions.end(sid)  # removed, or the password changed
+        return False
+    return True
+
+
+def _sse_event(event: str, data: str) -> str:
+    """One Server-Sent Event: each line of ``data`` on its own ``data:`` line."""
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"event: {event}\n{lines}\n"
 
 
 @_guarded

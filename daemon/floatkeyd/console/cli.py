@@ -4,6 +4,9 @@
 Ctrl-C. ``floatkeyctl console-user add NAME --role admin|viewer`` (the password from
 the terminal, or one line of standard input with ``--password-stdin``), ``list`` and
 ``remove NAME`` edit the accounts file named by ``[console] users_file``.
+
+Both need the ``console`` extra and say so (``ConsoleUnavailable``) without it; this
+module itself imports none of its packages, since floatkeyctl's parser is built from it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import structlog
 
 from floatkey.logs import configure_logging
 from floatkeyd.config import load_config
+from floatkeyd.console import require_packages
 from floatkeyd.console.settings import ConsoleSettings, session_secret
 from floatkeyd.console.users import MIN_PASSWORD_LENGTH, ROLES, UserStore
 from floatkeyd.errors import ConsoleUserError
@@ -36,8 +40,10 @@ log = structlog.get_logger("floatkey-console")
 async def serve(config: Path) -> int:
     """Serve the console for the daemon ``config``; return the exit status.
 
-    Raises ``FloatkeyError`` (config, key files) before listening.
+    Raises ``FloatkeyError`` (config, key files, ``ConsoleUnavailable`` without the
+    console extra) before listening.
     """
+    require_packages()
     # The web stack is imported here only: floatkeyctl console-user does without it.
     import uvicorn  # noqa: PLC0415
 

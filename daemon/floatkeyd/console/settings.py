@@ -94,6 +94,11 @@ def session_secret(path: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(secret + "\n")
+            if os.geteuid() == 0:
+                # Root running the console by hand makes it in the service's state
+                # directory: keep it the service's, as floatkeyctl console-user does.
+                owner = path.parent.stat()
+                os.fchown(out.fileno(), owner.st_uid, owner.st_gid)
     except FileExistsError:  # another console made it first: use theirs
         return path.read_text(encoding="ascii").strip()
     except OSError as exc:

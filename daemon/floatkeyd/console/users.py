@@ -16,13 +16,17 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from floatkeyd.console import require_packages
 from floatkeyd.errors import ConsoleUserError
+
+if TYPE_CHECKING:
+    # The console extra's: imported when a store is made (floatkeyctl's parser needs
+    # this module's names without it).
+    from argon2 import PasswordHasher
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -86,6 +90,10 @@ class UserStore:
     """
 
     def __init__(self, path: Path, hasher: PasswordHasher | None = None) -> None:
+        """Raises ``ConsoleUnavailable`` when argon2-cffi (floatkey[console]) is missing."""
+        require_packages("argon2")
+        from argon2 import PasswordHasher  # noqa: PLC0415 - the console extra's
+
         self.path = path
         self._hasher = hasher or PasswordHasher()  # Argon2id, RFC 9106 low-memory profile
         self._snapshot: _Snapshot | None = None
@@ -124,6 +132,12 @@ class UserStore:
 
         Raises ``ConsoleUserError`` only when the accounts file cannot be read.
         """
+        from argon2.exceptions import (  # noqa: PLC0415 - the console extra's
+            InvalidHashError,
+            VerificationError,
+            VerifyMismatchError,
+        )
+
         user = self.users().get(name.strip().lower())
         if self._dummy_hash is None:
             self._dummy_hash = self._hasher.hash("not a password: only to take as long")

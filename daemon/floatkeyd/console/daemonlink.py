@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from floatkey import protocol
-from floatkey.broker import connect
+from floatkey.broker import connect, connected, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.signing import key_id
 from floatkeyd.admin_client import AdminSession, DaemonUnreachable
@@ -144,7 +144,9 @@ class LiveFeed:
     ``async with LiveFeed(link)``: owns two named tasks in one ``TaskGroup`` (the poller,
     and the follower of ``state`` and ``events``), cancelled and awaited on exit. A
     failed round is logged and retried: a live page says the daemon is away, and
-    recovers when it is back.
+    recovers when it is back. Both tasks are cancelled only to stop them, so each loop
+    stops at its next turn once asked, even where aiomqtt lost the cancellation
+    (``floatkey.broker.settled``): the console's shutdown never hangs on them.
     """
 
     def __init__(self, link: DaemonLink) -> None:
@@ -202,6 +204,7 @@ class LiveFeed:
 
     async def _poll(self) -> None:
         while True:
+            _stop_if_asked()
             if self._watchers == 0:
                 self._wake.clear()
                 await self._wake.wait()
@@ -258,6 +261,7 @@ class LiveFeed:
                 log.info("state follower waits for the daemon", error=exc.message[:200])
             except Exception as exc:  # noqa: BLE001 - retried, never fatal
                 log.error("state follower failed; retrying", error=repr(exc)[:200])
+            _stop_if_asked()
             await asyncio.sleep(3)
 
     async def _follow_once(self) -> None:
@@ -270,23 +274,46 @@ class LiveFeed:
         trusted = {key_id(key): key}
         topics = self._link.topics
         identifier = f"floatkey-console-{secrets.token_hex(8)}"
-        async with connect(self._link.broker, identifier=identifier, base=self._link.base) as c:
-            await c.subscribe(topics.state, qos=1)
-            await c.subscribe(topics.events, qos=1)
-            async for message in c.messages:
-                topic = message.topic.value
-                if topic not in {topics.state, topics.events}:
-                    continue  # amqtt also hands a new session other retained topics
-                try:
-                    body = open_envelope(bytes(message.payload), topic, trusted)
-                    if topic == topics.state:
-                        protocol.decode(body, protocol.State)
-                    else:
-                        protocol.decode(body, protocol.Event)
-                except (EnvelopeError, msgspec.DecodeError):
-                    log.warning("unverifiable broadcast ignored", topic=topic)
-                    continue
-                self._wake.set()  # the poller asks at once
+        client = connect(self._link.broker, identifier=identifier, base=self._link.base)
+        await connected(client)  # completed and closed if the console stops meanwhile
+        try:
+            # settled: a cancellation (the console stopping) must not be lost in them.
+            await settled(client.subscribe(topics.state, qos=1))
+            await settled(client.subscribe(topics.events, qos=1))
+            await self._wake_on_broadcasts(client, trusted)
+        finally:
+            await client.__aexit__(None, None, None)
+
+    async def _wake_on_broadcasts(
+        self, client: aiomqtt.Client, trusted: dict[str, Ed25519PublicKey]
+    ) -> None:
+        """Wake the poller at every verified ``state`` or ``event``."""
+        topics = self._link.topics
+        async for message in client.messages:
+            topic = message.topic.value
+            if topic not in {topics.state, topics.events}:
+                continue  # amqtt also hands a new session other retained topics
+            try:
+                body = open_envelope(bytes(message.payload), topic, trusted)
+                if topic == topics.state:
+                    protocol.decode(body, protocol.State)
+                else:
+                    protocol.decode(body, protocol.Event)
+            except (EnvelopeError, msgspec.DecodeError):
+                log.warning("unverifiable broadcast ignored", topic=topic)
+                continue
+            self._wake.set()  # the poller asks at once
+
+
+def _stop_if_asked() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request got lost.
+
+    On Python 3.11 aiomqtt's acknowledgement waits can swallow a cancellation (CPython
+    gh-86296); the task still counts it (``cancelling()``).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _comparable(status: protocol.StatusReport | None) -> object:

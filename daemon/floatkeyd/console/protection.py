@@ -1,4 +1,4 @@
-"""HTTP plumbing for the console: security headers, a bound on request bodies, SSE.
+"""The console's protections on every request: security headers and a bound on bodies.
 
 Pure ASGI middleware (not ``BaseHTTPMiddleware``, which would buffer the live streams).
 """
@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_SECURITY_POLICY", "BodyLimit", "SecurityHeaders", "sse_event"]
+__all__ = ["CONTENT_SECURITY_POLICY", "BodyLimit", "SecurityHeaders"]
 
 #: Scripts, styles and images from the console itself only; no inline script or style.
 CONTENT_SECURITY_POLICY: Final = (
@@ -101,9 +101,3 @@ class _BodyTooLarge(Exception):
 async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
     response = PlainTextResponse("The request is too large.", status_code=413)
     await response(scope, receive, send)
-
-
-def sse_event(event: str, data: str) -> str:
-    """One Server-Sent Event: each line of ``data`` on its own ``data:`` line."""
-    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
-    return f"event: {event}\n{lines}\n"
