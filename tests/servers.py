@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-def _missing(message: str) -> None:
+def missing_tool(message: str) -> None:
     if os.environ.get("FLOATKEY_REQUIRE_BROKER") == "1":
         pytest.fail(message + "; FLOATKEY_REQUIRE_BROKER=1 forbids skipping")
     pytest.skip(message)
@@ -75,7 +75,7 @@ def required_tool(name: str) -> str:
     """The path of a tool the tests need; skip without it, or fail in CI."""
     found = shutil.which(name)
     if found is None:
-        _missing(f"{name} is not installed (scripts/test installs it with apt-get)")
+        missing_tool(f"{name} is not installed (scripts/test installs it with apt-get)")
     assert found is not None
     return found
 
@@ -85,7 +85,7 @@ def mosquitto_binary() -> str:
     try:
         return testbed.mosquitto_binary()
     except ToolMissing as exc:
-        _missing(str(exc))
+        missing_tool(str(exc))
         raise
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import REPO, DaemonProcess, free_port, write_daemon_config
+from servers import REPO, DaemonProcess, missing_tool, free_port, required_tool, write_daemon_config
 
 COMMANDS = ["floatkeyd", "floatkeyctl", "floatkey-agent", "floatkey-vendor"]
 INSTALL_SERVER = REPO / "scripts" / "install-server"
@@ -187,7 +187,7 @@ def installed(dists, tmp_path_factory) -> Installed:
     """``install-server --root`` with the session's wheel, on a root seeded from this host:
     its users and groups, and the systemd units and /bin/kill that verify looks for."""
     if os.geteuid() != 0:
-        pytest.skip("install-server runs as root")
+        missing_tool("install-server runs as root, and these tests with it")
     root = tmp_path_factory.mktemp("server-root")
     (root / "etc").mkdir()
     for name in ("passwd", "group"):
@@ -282,9 +282,9 @@ def test_the_installed_venv_names_its_final_paths(installed, dists):
     succeeded(run(venv / "bin/python", "-c", imports, timeout=60))
 
 
-@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verifies_the_installed_units(installed):
     root = installed.root
+    required_tool("systemd-analyze")
     assert ANALYZE is not None
     units = ("floatkeyd.service", "floatkey-agent@flowdesigner.service", "floatkey-console.service")
     for unit in units:

@@ -16,7 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
-from servers import _missing, command, required_tool
+from servers import missing_tool, command, required_tool
 
 WIDTH, HEIGHT = 640, 480
 
@@ -167,7 +167,7 @@ def require_tk() -> None:
         [command("python"), "-c", "import tkinter"], capture_output=True, check=False
     )
     if found.returncode != 0:
-        _missing("the project's Python has no tkinter (scripts/test installs python3-tk)")
+        missing_tool("the project's Python has no tkinter (scripts/test installs python3-tk)")
 
 
 def keep(path: Path) -> None:
