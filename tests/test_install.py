@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import REPO, DaemonProcess, missing_tool, free_port, required_tool, write_daemon_config
+from servers import REPO, DaemonProcess, free_port, missing_tool, required_tool, write_daemon_config
 
 COMMANDS = ["floatkeyd", "floatkeyctl", "floatkey-agent", "floatkey-vendor"]
 INSTALL_SERVER = REPO / "scripts" / "install-server"

@@ -16,7 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
-from servers import missing_tool, command, required_tool
+from servers import command, missing_tool, required_tool
 
 WIDTH, HEIGHT = 640, 480
 
