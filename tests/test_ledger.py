@@ -6,7 +6,7 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from floatkeyd.ledger import Denied, Granted, Lease, SeatLedger, SeatLimits
+from floatkeyd.ledger import Denied, Granted, Lease, Queued, SeatLedger, SeatLimits, Waiter
 
 LEASE_MS = 60_000
 LIMITS = SeatLimits(per_login=2)
@@ -140,48 +140,138 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.book = SeatLedger("licensed", 3, 1, LEASE_MS, limits=LIMITS)
+        self.book = self.fresh("licensed", 3, 1)
         self.now = 0
         self.tokens: dict[str, str] = {}
+        self.queue_tokens: dict[str, str] = {}
+        # Every grant to a waiter, in order, with the queue as it was just before.
+        self.order_checked = 0
+
+    @staticmethod
+    def fresh(mode: str, seats: int, generation: int) -> SeatLedger:
+        return SeatLedger(
+            mode,  # type: ignore[arg-type]
+            seats,
+            generation,
+            LEASE_MS,
+            limits=LIMITS,
+            queue_max=4,
+            queue_max_wait_ms=3 * LEASE_MS,
+            idle_ms=LEASE_MS // 2,
+            idle_warning_ms=LEASE_MS // 4,
+        )
+
+    def drain(self, before: list[str]) -> None:
+        """Grants to waiters went in queue order, passing over only waiters at their cap."""
+        promoted = [w.client for w, _ in self.book.take_promoted()]
+        self.book.take_unqueued()
+        assert promoted == [c for c in before if c in promoted]  # first in, first out
+        if not promoted:
+            return
+        logins = [lease.login for lease in self.book.leases.values() if lease.licensed]
+        for client in before[: before.index(promoted[-1])]:
+            waiter = self.book.queue.get(client)
+            if waiter is not None:  # passed over: its login held all it may
+                assert logins.count(waiter.login) >= LIMITS.per_login
 
     clients = st.sampled_from([f"c{i}" for i in range(8)])
 
-    @rule(client=clients, login=st.sampled_from(["l1", "l2"]))
-    def request(self, client: str, login: str) -> None:
-        result = self.book.request(client, self.now, login=login)
+    @rule(
+        client=clients,
+        login=st.sampled_from(["l1", "l2"]),
+        wait=st.booleans(),
+        active=st.booleans(),
+    )
+    def request(self, client: str, login: str, wait: bool, active: bool) -> None:
+        before = list(self.book.queue)
+        result = self.book.request(
+            client, self.now, login=login, wait=wait, active_at=self.now if active else None
+        )
         if isinstance(result, Granted):
             self.tokens[client] = result.lease.token
+        elif isinstance(result, Queued):
+            self.queue_tokens[client] = result.waiter.token
+            assert result.ahead == list(self.book.queue).index(client)
+            if result.fresh:
+                assert list(self.book.queue)[-1] == client  # a newcomer joins at the end
+            else:
+                assert [c for c in before if c in self.book.queue] == list(self.book.queue)
+        self.drain(before)
 
-    @rule(client=clients)
-    def renew(self, client: str) -> None:
-        self.book.renew(client, self.tokens.get(client, "none"), self.now)
+    @rule(client=clients, queued=st.booleans(), active=st.booleans())
+    def renew(self, client: str, queued: bool, active: bool) -> None:
+        tokens = self.queue_tokens if queued else self.tokens
+        self.book.renew(client, tokens.get(client, "none"), self.now, self.now if active else None)
 
     @rule(client=clients, with_token=st.booleans())
     def release(self, client: str, with_token: bool) -> None:
-        self.book.release(client, self.tokens.get(client) if with_token else None)
+        before = list(self.book.queue)
+        self.book.release(client, self.tokens.get(client) if with_token else None, self.now)
+        self.drain(before)
+
+    @rule(client=clients, with_token=st.booleans())
+    def cancel(self, client: str, with_token: bool) -> None:
+        before = list(self.book.queue)
+        self.book.cancel(client, self.queue_tokens.get(client) if with_token else None)
+        assert [c for c in before if c != client] == list(self.book.queue)
 
     @rule(client=clients)
     def will(self, client: str) -> None:
+        self.book.cancel(client)
         self.book.orphan(client, self.now, 5000)
 
     @rule(ms=st.integers(0, 2 * LEASE_MS))
     def time_passes(self, ms: int) -> None:
         self.now += ms
+        before = list(self.book.queue)
         self.book.expire(self.now)
+        self.drain(before)
+        before = list(self.book.queue)
+        warned, reclaimed = self.book.idle(self.now)
+        assert all(lease.warned_at == self.now for lease in warned)
+        assert not {lease.client for lease in reclaimed} & set(self.book.leases)
+        self.drain(before)
 
     @rule(seats=st.integers(1, 5), mode=st.sampled_from(["licensed", "expired", "unlicensed"]))
     def new_license(self, seats: int, mode: str) -> None:
+        queued = set(self.book.queue)
         self.book.change_license(mode, seats, self.book.generation + 1)  # type: ignore[arg-type]
+        assert self.book.queue == {}
+        assert {u.waiter.client for u in self.book.take_unqueued()} == queued
 
     @rule()
     def restart(self) -> None:
         leases = [*self.book.leases.values(), *self.book.revoked.values()]
-        book = SeatLedger(
-            self.book.mode, self.book.seats, self.book.generation, LEASE_MS, limits=LIMITS
-        )
+        waiters = sorted(self.book.queue.values(), key=lambda w: w.seq)
+        book = self.fresh(self.book.mode, self.book.seats, self.book.generation)
         for lease in leases:
             book.restore(Lease(**{f: getattr(lease, f) for f in Lease.__dataclass_fields__}))
+        for waiter in waiters:
+            book.restore_waiter(
+                Waiter(**{f: getattr(waiter, f) for f in Waiter.__dataclass_fields__})
+            )
+        assert list(book.queue) == [w.client for w in waiters]
         self.book = book
+
+    @invariant()
+    def no_waiter_starves_while_a_seat_is_free(self) -> None:
+        book = self.book
+        if book.mode != "licensed":
+            assert book.queue == {}
+            return
+        if book.in_use < book.seats:
+            logins = [lease.login for lease in book.leases.values() if lease.licensed]
+            for waiter in book.queue.values():
+                # Only a waiter whose login is at its cap may wait beside a free seat.
+                assert logins.count(waiter.login) >= LIMITS.per_login
+
+    @invariant()
+    def a_client_waits_or_holds_never_both(self) -> None:
+        assert not set(self.book.queue) & set(self.book.leases)
+        assert len(self.book.queue) <= 4
+        assert all(w.generation == self.book.generation for w in self.book.queue.values())
+        seqs = [w.seq for w in self.book.queue.values()]
+        assert seqs == sorted(seqs)  # first in, first out
 
     @invariant()
     def never_more_licensed_leases_than_seats(self) -> None:
@@ -210,6 +300,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def nothing_outlives_its_lease(self) -> None:
         every = [*self.book.leases.values(), *self.book.revoked.values()]
         assert all(lease.expires_at > self.now for lease in every)
+        assert all(w.expires_at > self.now for w in self.book.queue.values())
 
 
 LedgerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
@@ -240,3 +331,136 @@ def test_limits_cap_licensed_seats_per_login_host_and_user():
     # A new license starts every count again.
     book.change_license("licensed", 10, 2)
     assert isinstance(book.request("a", 0, login="l1", host="h1", user="u1"), Granted)
+
+
+def queue_ledger(seats: int = 1, queue_max: int = 3) -> SeatLedger:
+    return SeatLedger("licensed", seats, 1, LEASE_MS, queue_max=queue_max)
+
+
+def test_a_waiter_is_queued_then_granted_when_a_seat_frees():
+    book = queue_ledger(1)
+    a = book.request("a", 0)
+    assert isinstance(a, Granted)
+    b = book.request("b", 1, wait=True, nonce="nb")
+    c = book.request("c", 2, wait=True, nonce="nc")
+    assert isinstance(b, Queued)
+    assert isinstance(c, Queued)
+    assert (b.ahead, c.ahead, c.seats, c.in_use) == (0, 1, 1, 1)
+    assert list(book.queue) == ["b", "c"]
+    book.release("a", a.lease.token, 10)
+    promoted = book.take_promoted()
+    assert [(w.client, w.nonce) for w, _ in promoted] == [("b", "nb")]
+    assert promoted[0][1] is book.leases["b"]
+    assert list(book.queue) == ["c"]
+    assert book.ahead("c") == 0
+
+
+def test_without_asking_to_wait_nothing_changes():
+    book = queue_ledger(1)
+    book.request("a", 0)
+    denied = book.request("b", 0)
+    assert isinstance(denied, Denied)
+    assert denied.reason == "seats_exhausted"
+    assert book.queue == {}
+
+
+def test_a_full_queue_denies_with_a_sentence():
+    book = queue_ledger(1, queue_max=1)
+    book.request("a", 0)
+    assert isinstance(book.request("b", 0, wait=True), Queued)
+    denied = book.request("c", 0, wait=True)
+    assert isinstance(denied, Denied)
+    assert denied.reason == "queue_full"
+    assert "1 clients already wait" in denied.message
+
+
+def test_asking_again_keeps_the_place_under_a_new_token():
+    book = queue_ledger(1)
+    book.request("a", 0)
+    first = book.request("b", 0, wait=True)
+    book.request("c", 0, wait=True)
+    again = book.request("b", 5, wait=True)
+    assert isinstance(first, Queued)
+    assert isinstance(again, Queued)
+    assert not again.fresh
+    assert again.ahead == 0
+    assert again.waiter.token != first.waiter.token
+    assert again.waiter.since == 0
+
+
+def test_waiters_renew_leave_and_time_out():
+    book = queue_ledger(1)
+    book.queue_max_wait_ms = 5 * LEASE_MS
+    book.request("a", 0)
+    b = book.request("b", 0, wait=True)
+    c = book.request("c", 0, wait=True)
+    assert isinstance(b, Queued)
+    assert isinstance(c, Queued)
+    assert book.renew("b", b.waiter.token, LEASE_MS // 2) is b.waiter
+    assert book.cancel("c", "wrong") is None
+    assert book.cancel("c", c.waiter.token) is c.waiter
+    book.request("a", LEASE_MS // 2)  # a renews by asking again; b renews
+    book.renew("b", b.waiter.token, LEASE_MS)
+    book.expire(LEASE_MS + 1)
+    assert list(book.queue) == ["b"]
+    book.expire(2 * LEASE_MS)  # b did not renew again
+    assert book.queue == {}
+    assert [(u.waiter.client, u.reason) for u in book.take_unqueued()] == [("b", "expiry")]
+
+
+def test_a_waiter_that_waits_too_long_is_told_queue_timeout():
+    book = queue_ledger(1)
+    book.queue_max_wait_ms = 1000
+    book.request("a", 0)
+    b = book.request("b", 0, wait=True)
+    assert isinstance(b, Queued)
+    assert book.next_expiry() == 1000
+    book.expire(1000)
+    assert [(u.waiter.client, u.reason) for u in book.take_unqueued()] == [("b", "queue_timeout")]
+
+
+def test_a_new_license_clears_the_queue():
+    book = queue_ledger(1)
+    book.request("a", 0)
+    book.request("b", 0, wait=True)
+    book.change_license("licensed", 5, 2)
+    assert book.queue == {}
+    assert [(u.waiter.client, u.reason) for u in book.take_unqueued()] == [("b", "license_changed")]
+
+
+def test_an_idle_seat_is_warned_then_reclaimed_and_goes_to_a_waiter():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    a = book.request("a", 0, active_at=0)
+    assert isinstance(a, Granted)
+    book.request("b", 0, wait=True)
+    assert book.next_idle() == 6000
+    assert book.idle(5999) == ([], [])
+    warned, reclaimed = book.idle(6000)
+    assert [lease.client for lease in warned] == ["a"]
+    assert book.reclaim_at(a.lease) == 10_000
+    assert book.idle(7000) == ([], [])  # warned once
+    warned, reclaimed = book.idle(10_000)
+    assert [lease.client for lease in reclaimed] == ["a"]
+    assert [w.client for w, _ in book.take_promoted()] == ["b"]
+
+
+def test_activity_after_the_warning_keeps_the_seat():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    a = book.request("a", 0, active_at=0)
+    assert isinstance(a, Granted)
+    book.idle(6000)
+    assert a.lease.warned_at == 6000
+    book.renew("a", a.lease.token, 6500, active_at=6400)
+    assert a.lease.warned_at is None
+    assert book.idle(10_000) == ([], [])
+    assert book.next_idle() == 6400 + 6000
+
+
+def test_agents_that_do_not_report_activity_are_never_idle():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    book.request("a", 0)
+    assert book.next_idle() is None
+    assert book.idle(10**9) == ([], [])

@@ -7,6 +7,16 @@ A lease belongs to one generation of the license. Activating a new license revok
 every lease of the old one: revoked leases hold no seat, and wait in ``revoked`` until
 their agent releases them (or they expire), so an administrator can watch the old
 clients go.
+
+A client that asks to wait when every seat is taken is queued (``queue``, first in
+first out). A queue entry has a lease of its own, renewed like a seat. Whatever frees a
+seat (a release, a will, an expiry, an idle reclaim, more seats) grants it to the first
+waiter at once; the grants are collected in :meth:`SeatLedger.take_promoted` for the
+daemon to send. So the ledger keeps, after every call: while a seat is free, nobody
+who may take it waits.
+
+Leases of agents that report activity (``active_at`` not ``None``) may be reclaimed
+when idle (:meth:`SeatLedger.idle`): warned first, then revoked.
 """
 
 from __future__ import annotations
@@ -17,7 +27,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Denied", "Granted", "Lease", "LedgerMode", "SeatLedger", "SeatLimits"]
+__all__ = [
+    "Denied",
+    "Granted",
+    "Lease",
+    "LedgerMode",
+    "Queued",
+    "SeatLedger",
+    "SeatLimits",
+    "Unqueued",
+    "Waiter",
+]
 
 LedgerMode = Literal["unlicensed", "licensed", "expired"]
 
@@ -38,6 +58,49 @@ class Lease:
     pid: int = 0
     revoked: bool = False
     login: str = ""
+    #: When its agent was last active (Unix ms, daemon clock); ``None``: the agent does
+    #: not report activity, and its seat is never reclaimed as idle.
+    active_at: int | None = None
+    #: When the idle warning was sent (``None``: not warned since the last activity).
+    warned_at: int | None = None
+
+
+@dataclass(slots=True)
+class Waiter:
+    """A client waiting for a seat: ``token`` is its queue lease, ``nonce`` its request's."""
+
+    client: str
+    token: str
+    nonce: str
+    generation: int
+    since: int
+    expires_at: int
+    seq: int
+    app: str = ""
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    login: str = ""
+    reports_activity: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Every seat is taken: the client waits, ``ahead`` others before it."""
+
+    waiter: Waiter
+    ahead: int
+    seats: int
+    in_use: int
+    fresh: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unqueued:
+    """A waiter that left the queue without a seat, and why."""
+
+    waiter: Waiter
+    reason: Literal["cancel", "will", "expiry", "queue_timeout", "license_changed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +115,7 @@ class Granted:
 class Denied:
     """No seat, with the reason code and the sentence the client application shows."""
 
-    reason: Literal["seats_exhausted", "expired", "limit_reached"]
+    reason: Literal["seats_exhausted", "expired", "limit_reached", "queue_full"]
     message: str
     seats: int
     in_use: int
@@ -83,6 +146,18 @@ class SeatLedger:
     limits: SeatLimits = field(default_factory=SeatLimits)
     leases: dict[str, Lease] = field(default_factory=dict)
     revoked: dict[str, Lease] = field(default_factory=dict)
+    #: The waiters, first in first out (a dict keeps insertion order).
+    queue: dict[str, Waiter] = field(default_factory=dict)
+    #: The most waiters at once (0: no queue), and the longest wait (0: no limit).
+    queue_max: int = 0
+    queue_max_wait_ms: int = 0
+    #: Idle reclaim: a seat idle this long is revoked (0: never), warned this much before.
+    idle_ms: int = 0
+    idle_warning_ms: int = 0
+    _promoted: list[tuple[Waiter, Lease]] = field(default_factory=list)
+    _unqueued: list[Unqueued] = field(default_factory=list)
+    _seq: int = 0
+    _now: int = 0
     _licensed_in_use: int = 0
     # Licensed seats held now, by login, host and user: for the limits.
     _held: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -156,16 +231,21 @@ class SeatLedger:
         host: str = "",
         pid: int = 0,
         login: str = "",
-    ) -> Granted | Denied:
-        """Grant a seat, or say why not.
+        wait: bool = False,
+        nonce: str = "",
+        active_at: int | None = None,
+    ) -> Granted | Denied | Queued:
+        """Grant a seat, queue the client (``wait``, every seat taken), or say why not.
 
         A client that asks again while it holds a seat gets the same seat under a new
         token, never the old one: whoever asks on a client id may not be who asked
         first (an id can be taken over on the broker), so a lease's secret is only ever
         sent once. The old token stops working; a genuine agent told ``seat.lost`` asks
-        again.
+        again. A waiter that asks again keeps its place, under a new token too.
         """
+        self._now = max(self._now, now)
         held = self.leases.get(client)
+        queued = self.queue.pop(client, None)
         licensed = self.mode == "licensed"  # a held lease is of this generation and mode
         if held is not None:
             if held.licensed:
@@ -186,6 +266,11 @@ class SeatLedger:
         elif licensed and (over := self._over_limit(login, host, user)) is not None:
             return over
         elif licensed and self._licensed_in_use >= self.seats:
+            if wait and self.queue_max > 0:
+                return self._enqueue(
+                    client, now, queued, nonce=nonce, app=app, user=user, host=host, pid=pid,
+                    login=login, reports_activity=active_at is not None,
+                )  # fmt: skip
             return Denied(
                 "seats_exhausted",
                 f"All {self.seats} seats are in use. Close the application on another "
@@ -205,27 +290,160 @@ class SeatLedger:
             host=host,
             pid=pid,
             login=login,
+            active_at=active_at,
         )
         # A restarted client may still have a revoked lease from before the unlock.
         self.revoked.pop(client, None)
         self._add(lease)
         return Granted(lease, fresh=held is None)
 
-    def renew(self, client: str, token: str, now: int) -> Lease | None:
-        """Extend a lease; ``None`` when the daemon does not hold it (it must ask again)."""
+    def _enqueue(  # noqa: PLR0913 - the request's fields
+        self,
+        client: str,
+        now: int,
+        queued: Waiter | None,
+        *,
+        nonce: str,
+        app: str,
+        user: str,
+        host: str,
+        pid: int,
+        login: str,
+        reports_activity: bool,
+    ) -> Queued | Denied:
+        if queued is None and len(self.queue) >= self.queue_max:
+            return Denied(
+                "queue_full",
+                f"All {self.seats} seats are in use and {len(self.queue)} clients already "
+                "wait for one, the most this server lets wait. Try again later, or ask your "
+                "administrator for more seats.",
+                self.seats,
+                self._licensed_in_use,
+            )
+        if queued is None:
+            self._seq += 1
+        waiter = Waiter(
+            client=client,
+            token=secrets.token_urlsafe(16),
+            nonce=nonce,
+            generation=self.generation,
+            since=queued.since if queued else now,
+            expires_at=now + self.lease_ms,
+            seq=queued.seq if queued else self._seq,
+            app=app,
+            user=user,
+            host=host,
+            pid=pid,
+            login=login,
+            reports_activity=reports_activity,
+        )
+        self.queue[client] = waiter
+        if queued is not None:  # back to its place
+            order = sorted(self.queue.values(), key=lambda w: w.seq)
+            self.queue = {w.client: w for w in order}
+        return Queued(
+            waiter, self.ahead(client), self.seats, self._licensed_in_use, fresh=queued is None
+        )
+
+    def ahead(self, client: str) -> int:
+        """How many waiters are before ``client`` in the queue."""
+        for ahead, name in enumerate(self.queue):
+            if name == client:
+                return ahead
+        return 0
+
+    def restore_waiter(self, waiter: Waiter) -> None:
+        """Put back a queue entry read from the database at start (in ``seq`` order)."""
+        if waiter.generation != self.generation or self.mode != "licensed":
+            return
+        self.queue[waiter.client] = waiter
+        self._seq = max(self._seq, waiter.seq)
+
+    def cancel(self, client: str, token: str | None = None) -> Waiter | None:
+        """Take ``client`` out of the queue (with a token, only that entry)."""
+        waiter = self.queue.get(client)
+        if waiter is None or (
+            token is not None and not secrets.compare_digest(waiter.token, token)
+        ):
+            return None
+        del self.queue[client]
+        return waiter
+
+    def promote(self, now: int) -> None:
+        """Grant free seats to the first waiters who may take them (limits permitting)."""
+        self._now = max(self._now, now)
+        while self.mode == "licensed" and self.queue and self._licensed_in_use < self.seats:
+            chosen = next(
+                (w for w in self.queue.values() if not self._over_limit(w.login, w.host, w.user)),
+                None,
+            )
+            if chosen is None:
+                return
+            del self.queue[chosen.client]
+            lease = Lease(
+                client=chosen.client,
+                token=secrets.token_urlsafe(16),
+                generation=self.generation,
+                licensed=True,
+                since=now,
+                expires_at=now + self.lease_ms,
+                app=chosen.app,
+                user=chosen.user,
+                host=chosen.host,
+                pid=chosen.pid,
+                login=chosen.login,
+                active_at=now if chosen.reports_activity else None,
+            )
+            self.revoked.pop(chosen.client, None)
+            self._add(lease)
+            self._promoted.append((chosen, lease))
+
+    def take_promoted(self) -> list[tuple[Waiter, Lease]]:
+        """The waiters granted a seat since the last call, in order, with their leases."""
+        promoted, self._promoted = self._promoted, []
+        return promoted
+
+    def take_unqueued(self) -> list[Unqueued]:
+        """Waiters that left the queue without a seat since the last call (to be told)."""
+        unqueued, self._unqueued = self._unqueued, []
+        return unqueued
+
+    def renew(
+        self, client: str, token: str, now: int, active_at: int | None = None
+    ) -> Lease | Waiter | None:
+        """Extend a lease or a queue entry; ``None`` when unknown (the agent asks again).
+
+        ``active_at``: the agent's last activity, which ends an idle warning unless it is
+        itself within the warning's time.
+        """
+        self._now = max(self._now, now)
+        waiter = self.queue.get(client)
+        if waiter is not None and secrets.compare_digest(waiter.token, token):
+            waiter.expires_at = now + self.lease_ms
+            return waiter
         lease = self.leases.get(client)
         if lease is None or not secrets.compare_digest(lease.token, token):
             return None
         lease.expires_at = now + self.lease_ms
         heapq.heappush(self._expiry, (lease.expires_at, client, token))
+        if active_at is not None and lease.active_at is not None:
+            lease.active_at = max(lease.active_at, min(active_at, now))
+            if lease.warned_at is not None and now < self._warn_at(lease):
+                lease.warned_at = None
         return lease
 
-    def release(self, client: str, token: str | None = None) -> Lease | None:
-        """Free ``client``'s seat (current or revoked). With a token, only that lease."""
+    def release(
+        self, client: str, token: str | None = None, now: int | None = None
+    ) -> Lease | None:
+        """Free ``client``'s seat (current or revoked). With a token, only that lease.
+
+        The seat goes to the first waiter at once (at ``now``, or the latest time seen).
+        """
         lease = self.leases.get(client) or self.revoked.get(client)
         if lease is None or (token is not None and not secrets.compare_digest(lease.token, token)):
             return None
         self._drop(lease)
+        self.promote(self._now if now is None else now)
         return lease
 
     def orphan(self, client: str, now: int, grace_ms: int) -> Lease | None:
@@ -254,10 +472,17 @@ class SeatLedger:
         for lease in every:
             lease.expires_at += delta_ms
             heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
+        for waiter in self.queue.values():
+            waiter.expires_at += delta_ms
         return every
 
     def expire(self, now: int) -> list[Lease]:
-        """Drop and return every lease whose time is up."""
+        """Drop and return every lease whose time is up; drop waiters whose time is up.
+
+        The waiters go to :meth:`take_unqueued` (``expiry``: not renewed;
+        ``queue_timeout``: waited ``queue_max_wait_ms``); freed seats to the next waiters.
+        """
+        self._now = max(self._now, now)
         gone: list[Lease] = []
         while self._expiry and self._expiry[0][0] <= now:
             expires_at, client, token = heapq.heappop(self._expiry)
@@ -265,17 +490,79 @@ class SeatLedger:
             if lease is not None and lease.token == token and lease.expires_at == expires_at:
                 self._drop(lease)
                 gone.append(lease)
+        for waiter in list(self.queue.values()):
+            if waiter.expires_at <= now:
+                del self.queue[waiter.client]
+                self._unqueued.append(Unqueued(waiter, "expiry"))
+            elif self.queue_max_wait_ms and waiter.since + self.queue_max_wait_ms <= now:
+                del self.queue[waiter.client]
+                self._unqueued.append(Unqueued(waiter, "queue_timeout"))
+        self.promote(now)
         return gone
 
     def next_expiry(self) -> int | None:
-        """When the next lease may expire (Unix ms), to sleep until then."""
+        """When the next lease or queue entry may expire (Unix ms), to sleep until then."""
+        ends = [w.expires_at for w in self.queue.values()]
+        if self.queue_max_wait_ms:
+            ends += [w.since + self.queue_max_wait_ms for w in self.queue.values()]
         while self._expiry:
             expires_at, client, token = self._expiry[0]
             lease = self.leases.get(client) or self.revoked.get(client)
             if lease is not None and lease.token == token and lease.expires_at == expires_at:
-                return expires_at
+                ends.append(expires_at)
+                break
             heapq.heappop(self._expiry)
-        return None
+        return min(ends, default=None)
+
+    # --- idle seats -------------------------------------------------------------------
+
+    def _warn_at(self, lease: Lease) -> int:
+        assert lease.active_at is not None
+        return lease.active_at + self.idle_ms - self.idle_warning_ms
+
+    def _idle_leases(self) -> list[Lease]:
+        if not self.idle_ms:
+            return []
+        return [
+            lease
+            for lease in self.leases.values()
+            if lease.licensed and lease.active_at is not None
+        ]
+
+    def idle(self, now: int) -> tuple[list[Lease], list[Lease]]:
+        """Warn the seats idle for ``idle_ms - idle_warning_ms``; reclaim those idle ``idle_ms``.
+
+        Returns ``(warned, reclaimed)``; a reclaimed seat goes to the next waiter.
+        """
+        self._now = max(self._now, now)
+        warned: list[Lease] = []
+        reclaimed: list[Lease] = []
+        for lease in self._idle_leases():
+            assert lease.active_at is not None
+            if now >= lease.active_at + self.idle_ms:
+                self._drop(lease)
+                reclaimed.append(lease)
+            elif lease.warned_at is None and now >= self._warn_at(lease):
+                lease.warned_at = now
+                warned.append(lease)
+        if reclaimed:
+            self.promote(now)
+        return warned, reclaimed
+
+    def reclaim_at(self, lease: Lease) -> int:
+        """When an idle ``lease`` will be reclaimed (Unix ms)."""
+        assert lease.active_at is not None
+        return lease.active_at + self.idle_ms
+
+    def next_idle(self) -> int | None:
+        """When :meth:`idle` next has something to do (Unix ms), or ``None``."""
+        return min(
+            (
+                self.reclaim_at(lease) if lease.warned_at is not None else self._warn_at(lease)
+                for lease in self._idle_leases()
+            ),
+            default=None,
+        )
 
     def awaiting_release(self, generation: int) -> int:
         """Revoked leases of ``generation`` still held by their agents.
@@ -294,5 +581,8 @@ class SeatLedger:
         self.leases.clear()
         self._licensed_in_use = 0
         self._held.clear()
+        # The waiters ask again under the new license (told through take_unqueued).
+        self._unqueued += [Unqueued(w, "license_changed") for w in self.queue.values()]
+        self.queue.clear()
         self.mode, self.seats, self.generation = mode, seats, generation
         return revoked
