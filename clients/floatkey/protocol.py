@@ -34,10 +34,14 @@ __all__ = [
     "Event",
     "Identity",
     "LicenseInfo",
+    "QueueRow",
     "SealedKey",
+    "SeatCancel",
     "SeatDenied",
     "SeatGranted",
+    "SeatIdleWarning",
     "SeatLost",
+    "SeatQueued",
     "SeatRelease",
     "SeatRenew",
     "SeatRenewed",
@@ -77,6 +81,8 @@ RequestId = ClientId
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Label = Annotated[str, msgspec.Meta(max_length=256)]
 Pid = Annotated[int, msgspec.Meta(ge=0, le=2**32)]
+#: How long ago the agent's application was last active (ms; a year at most).
+IdleMs = Annotated[int, msgspec.Meta(ge=0, le=366 * 86_400_000)]
 
 Status = Literal["unlicensed", "licensed", "expired"]
 EventName = Literal["license.activated", "license.expired", "license.expiring"]
@@ -158,10 +164,23 @@ class SeatRequest(_Body, tag="seat.request"):
     user: Label = ""
     host: Label = ""
     pid: Pid = 0
+    #: Wait in the queue when every seat is taken (``seat.queued``), instead of a denial.
+    wait: bool = False
+    #: Only from agents that report activity: how long ago the application was last
+    #: active. Such a seat may be reclaimed when idle (``[seats] idle_timeout``).
+    idle_ms: IdleMs | None = None
 
 
 class SeatRenew(_Body, tag="seat.renew"):
-    """Extend a lease before it expires."""
+    """Extend a lease (or a queue entry's lease) before it expires."""
+
+    client: ClientId
+    lease: Token
+    idle_ms: IdleMs | None = None
+
+
+class SeatCancel(_Body, tag="seat.cancel"):
+    """Stop waiting: leave the queue (``lease``: the queue entry's, from ``seat.queued``)."""
 
     client: ClientId
     lease: Token
@@ -190,13 +209,49 @@ class SeatGranted(_Body, tag="seat.granted"):
 
 
 class SeatDenied(_Body, tag="seat.denied"):
-    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``limit_reached``."""
+    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``limit_reached``.
+
+    Only to an agent that asked to wait: ``queue_full``, ``queue_timeout``, and
+    ``license_changed`` (the queue was cleared by a new license: ask again).
+    """
 
     nonce: str
-    reason: Literal["seats_exhausted", "expired", "limit_reached"]
+    reason: Literal[
+        "seats_exhausted",
+        "expired",
+        "limit_reached",
+        "queue_full",
+        "queue_timeout",
+        "license_changed",
+    ]
     message: str
     seats: int
     in_use: int
+
+
+class SeatQueued(_Body, tag="seat.queued"):
+    """Every seat is taken; the request waits at ``position`` (1: next), ``ahead`` before it.
+
+    Sent when queued, when the position changes, and as the answer to a renewal of the
+    queue entry's ``lease``. The grant, when it comes, is a ``seat.granted`` for ``nonce``.
+    """
+
+    nonce: str
+    lease: str
+    position: int
+    ahead: int
+    seats: int
+    in_use: int
+    expires_at: int
+    renew_after_s: float
+
+
+class SeatIdleWarning(_Body, tag="seat.idle_warning"):
+    """The seat has been idle: it is reclaimed at ``reclaim_at`` (Unix ms) unless used."""
+
+    lease: str
+    reclaim_at: int
+    message: str
 
 
 class SeatRenewed(_Body, tag="seat.renewed"):
@@ -221,7 +276,9 @@ class SeatRevoked(_Body, tag="seat.revoked"):
     message: str
 
 
-DaemonToClient = SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked
+DaemonToClient = (
+    SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked | SeatQueued | SeatIdleWarning
+)
 
 
 # --- admin <-> daemon (both signed) --------------------------------------------------
@@ -367,6 +424,19 @@ class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     revoked: bool
 
 
+class QueueRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One client waiting for a seat, for ``floatkeyctl clients`` (``position`` 1: next)."""
+
+    position: int
+    client: str
+    login: str
+    app: str
+    user: str
+    host: str
+    pid: int
+    since: int
+
+
 class DenialRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A recent seat denial, for ``floatkeyctl clients``."""
 
@@ -468,6 +538,8 @@ class AdminResult(_Body, tag="admin.result"):
     clients: list[ClientRow] | None = None
     #: With ``clients``: the latest seat denials, newest last.
     denials: list[DenialRow] | None = None
+    #: With ``clients``: the clients waiting for a seat, first in line first.
+    queue: list[QueueRow] | None = None
     #: With ``admin.audit``: a page of rows, oldest first; or the verdict of a walk.
     audit: list[AuditRow] | None = None
     verdict: AuditVerdict | None = None
@@ -570,7 +642,7 @@ class Topics:
         """The daemon's answer to one admin command, for the client ``reply_to`` only."""
         return f"{self.root}/admin/reply/{reply_to}/{request_id}"
 
-    def seat(self, client_id: str, action: Literal["request", "renew", "release"]) -> str:
+    def seat(self, client_id: str, action: Literal["request", "renew", "release", "cancel"]) -> str:
         """An agent's seat topic: ``seats/{login}/{client_id}/{action}``.
 
         The broker login is in the topic so that the broker's ACL can vouch for it
@@ -602,7 +674,7 @@ class Topics:
         if (
             not LOGIN.fullmatch(login)
             or not CLIENT_ID.fullmatch(client_id)
-            or action not in {"request", "renew", "release"}
+            or action not in {"request", "renew", "release", "cancel"}
         ):
             return None
         return login, client_id, action

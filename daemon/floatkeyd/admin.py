@@ -261,6 +261,7 @@ class AdminDesk:
                 ok=True,
                 clients=self._seats.client_rows(),
                 denials=list(self._seats.denials),
+                queue=self._seats.queue_rows(),
             )
         if isinstance(command, AdminRelease):
             return await self._release(command, kid)

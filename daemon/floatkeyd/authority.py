@@ -30,7 +30,7 @@ from floatkeyd.store import AuditEntry, StoredLicense
 from floatkeyd.usage import license_changed
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -116,6 +116,9 @@ class LicenseAuthority:
         self._state_payload = b""
         #: Set on every change, for the expiry timer to look at the new deadline.
         self.changed = asyncio.Event()
+        #: Called after every license change, once the ledger has switched (the seat
+        #: desk tells the waiters the change took out of the queue).
+        self.on_change: list[Callable[[], None]] = []
 
     @classmethod
     async def open(  # noqa: PLR0913 - see __init__
@@ -397,6 +400,8 @@ class LicenseAuthority:
         told = len(self._ledger.change_license(status, self.seats, generation))
         self._state_payload = self._seal()
         self.changed.set()
+        for listener in self.on_change:
+            listener()
         return told
 
     def _seal(self) -> bytes:

@@ -261,8 +261,34 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     will_grace_seconds: int = 5
     max_payload: int = 64 * 1024
     max_requests_per_client: int = 20
+    #: The most clients that may wait for a seat (0: no queue: every request that finds
+    #: the seats taken is denied, as for agents that never ask to wait).
+    queue_max: int = 100
+    #: The longest a client may wait, in seconds (0: no limit); then ``queue_timeout``.
+    queue_max_wait_seconds: int = 0
+    #: A seat idle this many seconds is reclaimed (0: never), for agents that report
+    #: activity; ``idle_warning`` seconds before, the agent is warned.
+    idle_timeout: float = 0
+    idle_warning: float = 0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    def _check_queue_and_idle(self) -> None:
+        if not 0 <= self.queue_max <= 100_000:
+            raise msgspec.ValidationError("queue_max must be between 0 (no queue) and 100000")
+        if not 0 <= self.queue_max_wait_seconds <= 30 * 86_400:
+            raise msgspec.ValidationError(
+                "queue_max_wait_seconds must be between 0 (no limit) and 2592000 (30 days)"
+            )
+        if not 0 <= self.idle_timeout <= 30 * 86_400:
+            raise msgspec.ValidationError(
+                "idle_timeout must be between 0 (seats are never reclaimed) and 2592000 seconds"
+            )
+        if self.idle_timeout and not 0 <= self.idle_warning < self.idle_timeout:
+            raise msgspec.ValidationError(
+                "idle_warning must be at least 0 and less than idle_timeout (it is how long "
+                "before the reclaim the user is warned)"
+            )
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.server):
@@ -279,6 +305,7 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise msgspec.ValidationError("max_payload must be between 1024 and 16777216")
         if not 1 <= self.max_requests_per_client <= 10_000:
             raise msgspec.ValidationError("max_requests_per_client must be between 1 and 10000")
+        self._check_queue_and_idle()
         for field, text in [
             ("vendor_public_key", self.vendor_public_key),
             *(("admin_keys", k) for k in self.admin_keys),

@@ -8,7 +8,13 @@ step that fails):
 
 - :meth:`SeatDesk.expire_step` sleeps until the next lease runs out, then frees it;
 - :meth:`SeatDesk.flush_step` writes staged lease changes, one transaction per burst,
-  with the usage events staged since (denials too, which change no lease).
+  with the usage events staged since (denials too, which change no lease);
+- :meth:`SeatDesk.idle_step` warns idle seats and reclaims them (``idle_timeout``);
+- :meth:`SeatDesk.queue_step` tells waiters their new place in the queue (at most
+  twice a second each).
+
+A seat that frees goes to the first waiter at once, in the same step that freed it
+(:meth:`SeatDesk._settle`): no loop or poll stands between a release and the grant.
 
 While the broker is unreachable nobody can renew, so no lease expires then, and the
 time it was away is given back to every lease when it returns.
@@ -30,9 +36,13 @@ from floatkey import protocol
 from floatkey.protocol import (
     ClientRow,
     DenialRow,
+    QueueRow,
+    SeatCancel,
     SeatDenied,
     SeatGranted,
+    SeatIdleWarning,
     SeatLost,
+    SeatQueued,
     SeatRelease,
     SeatRenew,
     SeatRenewed,
@@ -40,7 +50,7 @@ from floatkey.protocol import (
     SeatRevoked,
 )
 from floatkeyd import usage
-from floatkeyd.ledger import Denied, SeatLimits
+from floatkeyd.ledger import Denied, Queued, SeatLimits, Waiter
 from floatkeyd.store import AuditEntry
 from floatkeyd.usage import DENIAL_ROWS_PER_MINUTE, DenialFilter, Who
 
@@ -62,6 +72,20 @@ _FLUSH_DELAY = 0.05
 _DENIALS_KEPT = 100
 _LOST_KEPT = 10_000  # clients told seat.lost, to record their next grant as regained
 _STORE_RETRY_S = 1.0  # after a failed database write (disk full, locked)
+_POSITION_EVERY_S = 0.5  # position updates to one waiter, at most this often
+
+_BODY_OF: dict[str, type[SeatRequest | SeatRenew | SeatRelease | SeatCancel]] = {
+    "request": SeatRequest,
+    "renew": SeatRenew,
+    "cancel": SeatCancel,
+    "release": SeatRelease,
+}
+_UNQUEUED_MESSAGES = {
+    "queue_timeout": "You waited {minutes} minutes for a seat, the longest this server lets "
+    "a client wait. Try again later, or ask your administrator for more seats.",
+    "license_changed": "A new license was activated while you waited; asking again under it.",
+    "expiry": "Your place in the queue lapsed (it was not renewed); ask again.",
+}
 
 
 def seat_limits(limits: Limits) -> SeatLimits:
@@ -122,20 +146,21 @@ class SeatDesk:
         # whose will came (their lease's end is "released by its will").
         self._lost: OrderedDict[str, None] = OrderedDict()
         self._willed: set[str] = set()
+        # The queue: the place each waiter was last told, and whether places moved.
+        self._told_ahead: dict[str, int] = {}
+        self._queue_moved = asyncio.Event()
+        self._idle_moved = asyncio.Event()
+        self._queue_wait_ms = config.queue_max_wait_seconds * 1000
+        authority.on_change.append(self._license_changed)
 
     # --- inbound ------------------------------------------------------------------
 
     def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/{action}``; dropped if bad."""
         topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
-        body: SeatRequest | SeatRenew | SeatRelease
+        body: SeatRequest | SeatRenew | SeatRelease | SeatCancel
         try:
-            if action == "request":
-                body = protocol.decode(payload, SeatRequest)
-            elif action == "renew":
-                body = protocol.decode(payload, SeatRenew)
-            else:
-                body = protocol.decode(payload, SeatRelease)
+            body = protocol.decode(payload, _BODY_OF.get(action, SeatRelease))
         except msgspec.DecodeError as exc:
             self._drops("bad_body", topic, error=exc)
             return
@@ -155,6 +180,8 @@ class SeatDesk:
             self._request(body, login, now)
         elif isinstance(body, SeatRenew):
             self._renew(body, now)
+        elif isinstance(body, SeatCancel):
+            self._cancel(body, now)
         elif body.lease is None:
             self._will(client_id, now)
         else:
@@ -162,8 +189,11 @@ class SeatDesk:
 
     def _same_login(self, client_id: str, login: str) -> bool:
         lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)
+        waiter = self.ledger.queue.get(client_id)
         # Leases from before logins were recorded carry none.
-        return lease is None or lease.login in {"", login}
+        return (lease is None or lease.login in {"", login}) and (
+            waiter is None or waiter.login == login
+        )
 
     def _rate_limited(self, client_id: str) -> bool:
         window = int(time.monotonic())
@@ -174,6 +204,7 @@ class SeatDesk:
 
     def _request(self, body: SeatRequest, login: str, now: int) -> None:
         held = self.ledger.leases.get(body.client)
+        was_waiting = self.ledger.queue.get(body.client)
         decision = self.ledger.request(
             body.client,
             now,
@@ -182,7 +213,19 @@ class SeatDesk:
             host=body.host[:256],
             pid=body.pid,
             login=login,
+            wait=body.wait,
+            nonce=body.nonce,
+            active_at=None if body.idle_ms is None else now - body.idle_ms,
         )
+        if was_waiting is not None and body.client not in self.ledger.queue:
+            # It asked again without waiting: out of the queue, whatever the answer.
+            self._store.stage_unqueue(body.client)
+            self._usage.stage(usage.unqueued(was_waiting, now, "cancel"))
+            self._told_ahead.pop(body.client, None)
+            self._queue_moved.set()
+        if isinstance(decision, Queued):
+            self._queued(decision, now)
+            return
         if isinstance(decision, Denied):
             self.denied[decision.reason] += 1
             log.info(
@@ -216,15 +259,21 @@ class SeatDesk:
                 ),
             )
             return
-        lease = decision.lease
+        self._grant(decision.lease, body.nonce, held, now, fresh=decision.fresh)
+        if decision.lease.active_at is not None:
+            self._idle_moved.set()
+
+    def _grant(
+        self, lease: Lease, nonce: str, held: Lease | None, now: int, *, fresh: bool
+    ) -> None:
         self._stage(lease)
         self.granted["licensed" if lease.licensed else "unlicensed"] += 1
-        self._record_grant(lease, held, now, fresh=decision.fresh)
-        if decision.fresh:
+        self._record_grant(lease, held, now, fresh=fresh)
+        if fresh:
             log.info(
                 "seat granted",
-                client=body.client,
-                login=login,
+                client=lease.client,
+                login=lease.login,
                 app=lease.app,
                 user=lease.user,
                 host=lease.host,
@@ -233,9 +282,9 @@ class SeatDesk:
                 in_use=self.ledger.in_use,
             )
         self._reply(
-            body.client,
+            lease.client,
             SeatGranted(
-                nonce=body.nonce,
+                nonce=nonce,
                 lease=lease.token,
                 generation=lease.generation,
                 licensed=lease.licensed,
@@ -244,6 +293,108 @@ class SeatDesk:
                 renew_after_s=self._lease_s / 3,
             ),
         )
+
+    # --- the queue ----------------------------------------------------------------
+
+    def _queued(self, decision: Queued, now: int) -> None:
+        waiter = decision.waiter
+        self._store.stage_waiter(waiter)
+        self._staged.set()
+        self._expiry_moved.set()  # its queue lease (and maximum wait) runs out too
+        if decision.fresh:
+            self._usage.stage(usage.queued(waiter, now))
+            log.info(
+                "client queued",
+                client=waiter.client,
+                login=waiter.login,
+                app=waiter.app,
+                position=decision.ahead + 1,
+                in_use=decision.in_use,
+                seats=decision.seats,
+            )
+        self._tell_place(waiter, decision.ahead)
+
+    def _tell_place(self, waiter: Waiter, ahead: int) -> None:
+        self._told_ahead[waiter.client] = ahead
+        self._reply(
+            waiter.client,
+            SeatQueued(
+                nonce=waiter.nonce,
+                lease=waiter.token,
+                position=ahead + 1,
+                ahead=ahead,
+                seats=self.ledger.seats,
+                in_use=self.ledger.in_use,
+                expires_at=waiter.expires_at,
+                renew_after_s=self._lease_s / 3,
+            ),
+        )
+
+    def _cancel(self, body: SeatCancel, now: int) -> None:
+        waiter = self.ledger.cancel(body.client, body.lease)
+        if waiter is not None:
+            self._unqueued(waiter, now, "cancel")
+
+    def _unqueued(self, waiter: Waiter, now: int, reason: str) -> None:
+        """``waiter`` left the queue without a seat: stored, recorded, places moved."""
+        self._store.stage_unqueue(waiter.client)
+        self._staged.set()
+        self._usage.stage(usage.unqueued(waiter, now, reason))
+        self._told_ahead.pop(waiter.client, None)
+        self._queue_moved.set()
+        log.info("client left the queue", client=waiter.client, reason=reason)
+
+    def _settle(self, now: int) -> None:
+        """Send the grants the ledger gave waiters, and tell those it dropped why.
+
+        Called in the same step as whatever freed a seat, so the grant goes out with
+        no delay but the broker's.
+        """
+        for waiter, lease in self.ledger.take_promoted():
+            self._store.stage_unqueue(waiter.client)
+            self._usage.stage(usage.unqueued(waiter, now, "granted"))
+            self._told_ahead.pop(waiter.client, None)
+            self._grant(lease, waiter.nonce, None, now, fresh=True)
+            self._queue_moved.set()
+            if lease.active_at is not None:
+                self._idle_moved.set()
+        for gone in self.ledger.take_unqueued():
+            self._unqueued(gone.waiter, now, gone.reason)
+            if gone.reason == "queue_timeout":
+                denial = protocol.SeatDenied(
+                    nonce=gone.waiter.nonce,
+                    reason="queue_timeout",
+                    message=_UNQUEUED_MESSAGES["queue_timeout"].format(
+                        minutes=round(self._queue_wait_ms / 60_000)
+                    ),
+                    seats=self.ledger.seats,
+                    in_use=self.ledger.in_use,
+                )
+            elif gone.reason == "license_changed":
+                denial = protocol.SeatDenied(
+                    nonce=gone.waiter.nonce,
+                    reason="license_changed",
+                    message=_UNQUEUED_MESSAGES["license_changed"],
+                    seats=self.ledger.seats,
+                    in_use=self.ledger.in_use,
+                )
+            else:
+                continue  # an entry not renewed: its agent is gone
+            self.denied[gone.reason] += 1
+            self._reply(gone.waiter.client, denial)
+
+    def _license_changed(self) -> None:
+        """A new license cleared the queue: each waiter is told, and asks again."""
+        self._settle(self._clock.now())
+
+    async def queue_step(self) -> None:
+        """Tell each waiter whose place changed its new place (bounded in rate)."""
+        await self._queue_moved.wait()
+        await asyncio.sleep(_POSITION_EVERY_S)
+        self._queue_moved.clear()
+        for ahead, waiter in enumerate(list(self.ledger.queue.values())):
+            if self._told_ahead.get(waiter.client) != ahead:
+                self._tell_place(waiter, ahead)
 
     def _record_denial(self, body: SeatRequest, login: str, reason: str, now: int) -> None:
         """A denial becomes a usage event, unless it repeats one (DenialFilter)."""
@@ -289,7 +440,13 @@ class SeatDesk:
             self._usage.stage(usage.granted(lease, now))
 
     def _renew(self, body: SeatRenew, now: int) -> None:
-        lease = self.ledger.renew(body.client, body.lease, now)
+        active_at = None if body.idle_ms is None else now - body.idle_ms
+        lease = self.ledger.renew(body.client, body.lease, now, active_at)
+        if isinstance(lease, Waiter):
+            self._store.stage_waiter(lease)
+            self._staged.set()
+            self._tell_place(lease, self.ledger.ahead(body.client))
+            return
         if lease is None:
             message = "The license server no longer holds this seat; ask again."
             self._lost[body.client] = None
@@ -299,12 +456,18 @@ class SeatDesk:
             self._reply(body.client, SeatLost(lease=body.lease, message=message))
             return
         self._willed.discard(body.client)  # back within the will's grace
+        if lease.active_at is not None:
+            self._idle_moved.set()
         self._stage(lease)
         self._reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
 
     def _will(self, client_id: str, now: int) -> None:
         # The MQTT will cannot know the lease; the agent may only have been cut off by a
         # broker restart (which sends every will), so the seat is kept for a short grace.
+        # A waiter leaves the queue at once: the one behind it moves up.
+        waiter = self.ledger.cancel(client_id)
+        if waiter is not None:
+            self._unqueued(waiter, now, "will")
         freed = self.ledger.orphan(client_id, now, self._will_grace_ms)
         self._expiry_moved.set()
         if client_id in self.ledger.leases:
@@ -315,7 +478,7 @@ class SeatDesk:
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
     def _release(self, body: SeatRelease, now: int) -> None:
-        released = self.ledger.release(body.client, body.lease)
+        released = self.ledger.release(body.client, body.lease, now)
         if released is None:
             return
         self._store.stage_release(body.client)
@@ -329,6 +492,7 @@ class SeatDesk:
             generation=released.generation,
             revoked=released.revoked,
         )
+        self._settle(now)
 
     def _reply(self, client_id: str, body: msgspec.Struct) -> None:
         topic = self._topics.client(client_id)
@@ -341,6 +505,9 @@ class SeatDesk:
     def set_limits(self, limits: Limits) -> None:
         """New caps per login, host and user (a reload); seats already held are kept."""
         self.ledger.limits = seat_limits(limits)
+        now = self._clock.now()
+        self.ledger.promote(now)  # a waiter held back by a cap may go now
+        self._settle(now)
         log.info(
             "seat limits",
             per_login=limits.seats_per_login,
@@ -365,10 +532,11 @@ class SeatDesk:
         revoked = usage.revoked(lease, now, "admin") if counted else None
         await self._store.release_lease(client_id, audit, now, revoked)
         self._staged.set()  # the delete the store staged again goes out with the next flush
-        released = self.ledger.release(client_id, lease.token)
+        released = self.ledger.release(client_id, lease.token, now)
         self._willed.discard(client_id)
         if released is None:
             return True  # its agent released it meanwhile
+        self._settle(now)
         self._reply(
             client_id,
             SeatRevoked(
@@ -423,6 +591,7 @@ class SeatDesk:
                     await self._expiry_moved.wait()
             return
         expired = self.ledger.expire(now)
+        self._settle(now)
         self.leases_expired += len(expired)
         for lease in expired:
             self._store.stage_release(lease.client)
@@ -438,6 +607,49 @@ class SeatDesk:
             )
         if expired:
             self._staged.set()
+
+    async def idle_step(self) -> None:
+        """Wait for the next idle warning or reclaim (``idle_timeout``), then do it."""
+        await self._broker_back.wait()
+        self._idle_moved.clear()
+        nxt = self.ledger.next_idle()
+        now = self._clock.now()
+        if nxt is None or nxt > now:
+            delay = self._lease_s if nxt is None else min((nxt - now) / 1000, self._lease_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay + 0.01):
+                    await self._idle_moved.wait()
+            return
+        warned, reclaimed = self.ledger.idle(now)
+        for lease in warned:
+            reclaim_at = self.ledger.reclaim_at(lease)
+            minutes = max(round((reclaim_at - now) / 60_000), 1)
+            seconds = max(round((reclaim_at - now) / 1000), 1)
+            left = f"{minutes} minutes" if seconds >= 120 else f"{seconds} seconds"
+            self._reply(
+                lease.client,
+                SeatIdleWarning(
+                    lease=lease.token,
+                    reclaim_at=reclaim_at,
+                    message=f"Your seat will be released in {left} unless you continue working.",
+                ),
+            )
+            log.info("idle seat warned", client=lease.client, reclaim_at=reclaim_at)
+        for lease in reclaimed:
+            self._store.stage_release(lease.client)
+            self._staged.set()
+            self._usage.stage(usage.revoked(lease, now, "idle"))
+            self._reply(
+                lease.client,
+                SeatRevoked(
+                    lease=lease.token,
+                    reason="idle",
+                    message="This seat was idle too long and was given back to the license "
+                    "server; the application must stop.",
+                ),
+            )
+            log.info("idle seat reclaimed", client=lease.client, app=lease.app, user=lease.user)
+        self._settle(now)
 
     async def flush_step(self) -> None:
         """Write the staged lease changes of one burst in one transaction.
@@ -477,4 +689,20 @@ class SeatDesk:
                 revoked=lease.revoked,
             )
             for lease in sorted(leases, key=lambda lease: lease.since)
+        ]
+
+    def queue_rows(self) -> list[QueueRow]:
+        """The clients waiting for a seat, first in line first."""
+        return [
+            QueueRow(
+                position=ahead + 1,
+                client=w.client,
+                login=w.login,
+                app=w.app,
+                user=w.user,
+                host=w.host,
+                pid=w.pid,
+                since=w.since,
+            )
+            for ahead, w in enumerate(self.ledger.queue.values())
         ]

@@ -191,6 +191,8 @@ class Daemon:
         steps = {
             "lease-expiry": self.seats.expire_step,
             "lease-flush": self.seats.flush_step,
+            "idle-seats": self.seats.idle_step,
+            "queue-places": self.seats.queue_step,
             "usage-fold": self.usage.fold_step,
             "license-expiry": self.authority.expiry_step,
             "expiry-warning": self.expiring.step,
@@ -296,9 +298,15 @@ async def open_daemon(
             stored.generation,
             config.lease_seconds * 1000,
             limits=seat_limits(config.limits),
+            queue_max=config.queue_max,
+            queue_max_wait_ms=config.queue_max_wait_seconds * 1000,
+            idle_ms=round(config.idle_timeout * 1000),
+            idle_warning_ms=round(config.idle_warning * 1000),
         )
         for lease in stored.leases:
             ledger.restore(lease)
+        for waiter in stored.queue:
+            ledger.restore_waiter(waiter)
         retained = Retained(topics=loaded.topics, kid=signer.kid, link=link, drops=drops)
         authority = await LicenseAuthority.open(
             server=config.server,
@@ -369,6 +377,7 @@ async def open_daemon(
             revision=authority.revision,
             leases=len(ledger.leases),
             awaiting_release=len(ledger.revoked),
+            queued=len(ledger.queue),
         )
         yield Daemon(
             loaded=loaded,

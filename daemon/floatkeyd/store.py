@@ -18,14 +18,14 @@ import contextlib
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import aiosqlite
 
 from floatkeyd.auditlog import AuditLog, chain_existing_rows
 from floatkeyd.errors import StoreError
-from floatkeyd.ledger import Lease
+from floatkeyd.ledger import Lease, Waiter
 from floatkeyd.usagelog import UsageLog, start_usage
 
 if TYPE_CHECKING:
@@ -157,6 +157,23 @@ _MIGRATIONS: tuple[str, ...] = (
         state TEXT NOT NULL
     ) STRICT;
     """,
+    """
+    CREATE TABLE queue (
+        client TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        since INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        app TEXT NOT NULL,
+        user TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        login TEXT NOT NULL,
+        reports_activity INTEGER NOT NULL
+    ) STRICT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _CHAIN_SCHEMA = 3  # the migration that starts the audit chain
@@ -188,6 +205,8 @@ class StoredState:
     license: StoredLicense | None
     leases: list[Lease]
     admin_keys: list[str]
+    #: The clients waiting for a seat, first in line first.
+    queue: list[Waiter] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +242,30 @@ def _lease_row(lease: Lease) -> tuple[object, ...]:
     )
 
 
+_QUEUE_COLUMNS = (
+    "client, token, nonce, generation, since, expires_at, seq, app, user, host, pid, login, "
+    "reports_activity"
+)
+
+
+def _waiter_row(w: Waiter) -> tuple[object, ...]:
+    return (
+        w.client,
+        w.token,
+        w.nonce,
+        w.generation,
+        w.since,
+        w.expires_at,
+        w.seq,
+        w.app,
+        w.user,
+        w.host,
+        w.pid,
+        w.login,
+        int(w.reports_activity),
+    )
+
+
 class Store:
     """The daemon's database. ``store = await Store.open(path)``; ``await store.close()``.
 
@@ -232,6 +275,7 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, signer: Signer | None, path: Path) -> None:
         self._db = db
         self._staged: dict[str, Lease | None] = {}
+        self._staged_queue: dict[str, Waiter | None] = {}
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
         #: Transactions that failed since start (disk full, locked), for the metrics.
@@ -369,7 +413,29 @@ class Store:
                 )
                 async for r in cursor
             ]
+        async with self._db.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM queue ORDER BY seq"  # noqa: S608 - a constant
+        ) as cursor:
+            queue = [
+                Waiter(
+                    client=r[0],
+                    token=r[1],
+                    nonce=r[2],
+                    generation=r[3],
+                    since=r[4],
+                    expires_at=r[5],
+                    seq=r[6],
+                    app=r[7],
+                    user=r[8],
+                    host=r[9],
+                    pid=r[10],
+                    login=r[11],
+                    reports_activity=bool(r[12]),
+                )
+                async for r in cursor
+            ]
         return StoredState(
+            queue=queue,
             generation=int(meta["generation"]),
             revision=int(meta["revision"]),
             status=meta["status"],  # type: ignore[arg-type]
@@ -462,6 +528,7 @@ class Store:
             await self._db.execute(
                 "UPDATE leases SET revoked = 1 WHERE generation < ?", (generation,)
             )
+            await self._db.execute("DELETE FROM queue")  # waiters ask again
             await self._set_meta(
                 status=status, generation=generation, revision=revision, latest_time_ms=now
             )
@@ -540,14 +607,23 @@ class Store:
         """Remember to delete ``client``'s lease."""
         self._staged[client] = None
 
+    def stage_waiter(self, waiter: Waiter) -> None:
+        """Remember to write ``waiter`` (queued, or its queue lease renewed)."""
+        self._staged_queue[waiter.client] = waiter
+
+    def stage_unqueue(self, client: str) -> None:
+        """Remember to delete ``client``'s queue entry."""
+        self._staged_queue[client] = None
+
     async def flush_leases(self) -> int:
-        """Write every staged lease change and usage event in one transaction.
+        """Write every staged lease and queue change and usage event in one transaction.
 
         Returns how many lease changes.
         """
-        if not self._staged and not self.usage_log.pending:
+        if not self._staged and not self._staged_queue and not self.usage_log.pending:
             return 0
         staged, self._staged = self._staged, {}
+        queue, self._staged_queue = self._staged_queue, {}
         events = self.usage_log.take_staged()
         upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
         deletes = [(client,) for client, lease in staged.items() if lease is None]
@@ -559,10 +635,20 @@ class Store:
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+                await self._db.executemany(
+                    f"INSERT OR REPLACE INTO queue ({_QUEUE_COLUMNS}) "  # noqa: S608 - a constant
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [_waiter_row(w) for w in queue.values() if w is not None],
+                )
+                await self._db.executemany(
+                    "DELETE FROM queue WHERE client = ?",
+                    [(client,) for client, w in queue.items() if w is None],
+                )
                 await self.usage_log.insert(events)
         except BaseException:
             # Not written: stage them again, under anything staged since (newer).
             self._staged = staged | self._staged
+            self._staged_queue = queue | self._staged_queue
             self.usage_log.restage(events)
             raise
         return len(staged)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
-    from floatkeyd.ledger import Lease
+    from floatkeyd.ledger import Lease, Waiter
 
 __all__ = [
     "DIMS",
@@ -71,7 +71,16 @@ DENIAL_REPEAT_MS = 60_000
 #: At most this many denial rows a minute; beyond, denials are only logged as a count.
 DENIAL_ROWS_PER_MINUTE = 6_000
 
-Kind = Literal["granted", "renewed_after_loss", "released", "revoked", "denied", "license"]
+Kind = Literal[
+    "granted",
+    "renewed_after_loss",
+    "released",
+    "revoked",
+    "denied",
+    "license",
+    "queued",
+    "unqueued",
+]
 Dim = Literal["", "app", "user", "host"]
 #: Every grouping: "" is all seats together.
 DIMS: tuple[Dim, ...] = ("", "app", "user", "host")
@@ -114,7 +123,8 @@ class UsageEvent:
     generation: int = 0
     #: ``license`` only: the seats of the new license (0 unlicensed or expired).
     seats: int = 0
-    #: How many decisions this row stands for (1; more only for a count of denials).
+    #: How many decisions this row stands for (1; more only for a count of denials);
+    #: ``unqueued``: how long the client waited (ms).
     n: int = 1
 
     @property
@@ -184,6 +194,40 @@ def denied(  # noqa: PLR0913 - the request's fields and the decision
         host=who.host,
         reason=reason,
         generation=generation,
+    )
+
+
+def queued(waiter: Waiter, at: int) -> UsageEvent:
+    """A client started waiting for a seat (``seat.queued``)."""
+    return UsageEvent(
+        at=at,
+        kind="queued",
+        client=waiter.client,
+        login=waiter.login,
+        app=waiter.app,
+        user=waiter.user,
+        host=waiter.host,
+        generation=waiter.generation,
+    )
+
+
+def unqueued(waiter: Waiter, at: int, reason: str) -> UsageEvent:
+    """A client stopped waiting; ``n`` is how long it waited (ms).
+
+    ``reason``: ``granted``, ``cancel``, ``will``, ``expiry``, ``queue_timeout`` or
+    ``license_changed``.
+    """
+    return UsageEvent(
+        at=at,
+        kind="unqueued",
+        client=waiter.client,
+        login=waiter.login,
+        app=waiter.app,
+        user=waiter.user,
+        host=waiter.host,
+        reason=reason,
+        generation=waiter.generation,
+        n=max(at - waiter.since, 0),
     )
 
 

@@ -1,0 +1,239 @@
+"""The queue and idle reclaim in the daemon, in-process (an in-memory link, a settable clock).
+
+With the daemon's loops not running (``serve=False``), a grant that shows up right after
+the release was handled came on the release itself: nothing polls.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from floatkey import protocol
+from floatkey.envelope import open_envelope
+from inprocess import MemoryLink, Wall, ask, product_key, running, trusted, unlock_command
+from inprocess import write_config as base_config
+
+
+@pytest.fixture
+def link():
+    return MemoryLink()
+
+
+@pytest.fixture
+def wall():
+    return Wall()
+
+
+def write_config(tmp_path, extra=""):
+    return base_config(tmp_path, f"queue_max = 3\n{extra}")
+
+
+async def send(daemon, client, body, action):
+    await daemon.handle(daemon.topics.seat(client, action), protocol.encode(body))
+
+
+async def request(daemon, client, *, wait=False, idle_ms=None):
+    body = protocol.SeatRequest(
+        client=client, nonce="n-" + client, app="app", pid=1, wait=wait, idle_ms=idle_ms
+    )
+    await send(daemon, client, body, "request")
+
+
+def replies(daemon, link, client):
+    topic = daemon.topics.client(client)
+    return [
+        protocol.decode_to_client(open_envelope(payload, topic, trusted(daemon)))
+        for to, payload in link.sent
+        if to == topic
+    ]
+
+
+def last(daemon, link, client):
+    return replies(daemon, link, client)[-1]
+
+
+async def two_seats_four_waiting(daemon, link):
+    assert (await ask(daemon, link, unlock_command(product_key(seats=2), "u1"))).ok
+    for client in ("a", "b", "c", "d"):
+        await request(daemon, client, wait=True)
+
+
+async def test_two_run_two_wait_in_order_and_a_release_lets_the_first_in_at_once(
+    tmp_path, link, wall
+):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        a = last(daemon, link, "a")
+        assert isinstance(a, protocol.SeatGranted)
+        c, d = last(daemon, link, "c"), last(daemon, link, "d")
+        assert isinstance(c, protocol.SeatQueued)
+        assert isinstance(d, protocol.SeatQueued)
+        assert (c.position, c.ahead, c.seats, c.in_use) == (1, 0, 2, 2)
+        assert (d.position, d.ahead) == (2, 1)
+        sent = len(link.sent)
+        await send(daemon, "a", protocol.SeatRelease(client="a", lease=a.lease), "release")
+        # The very next message the daemon sent is c's grant, for c's request.
+        grant = protocol.decode_to_client(
+            open_envelope(link.sent[sent][1], daemon.topics.client("c"), trusted(daemon))
+        )
+        assert isinstance(grant, protocol.SeatGranted)
+        assert grant.nonce == "n-c"
+        assert grant.features == ["dataflow"]
+        # d is told its new place (by the rate-bounded queue loop).
+        await daemon.seats.queue_step()
+        moved = last(daemon, link, "d")
+        assert isinstance(moved, protocol.SeatQueued)
+        assert (moved.position, moved.ahead) == (1, 0)
+        clients = await ask(daemon, link, protocol.AdminClients(request_id="c1"))
+        assert [(row.position, row.client, row.app) for row in clients.queue] == [(1, "d", "app")]
+
+
+async def test_a_waiter_gone_through_its_will_leaves_and_the_one_behind_moves_up(
+    tmp_path, link, wall
+):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        await send(daemon, "c", protocol.SeatRelease(client="c"), "release")  # c's will
+        assert list(daemon.seats.ledger.queue) == ["d"]
+        await daemon.seats.queue_step()
+        assert last(daemon, link, "d").position == 1
+
+
+async def test_a_waiter_may_cancel_and_renew_its_place(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        c = last(daemon, link, "c")
+        wall.ms += 10_000
+        await send(daemon, "c", protocol.SeatRenew(client="c", lease=c.lease), "renew")
+        renewed = last(daemon, link, "c")
+        assert isinstance(renewed, protocol.SeatQueued)
+        assert renewed.expires_at == wall.ms + 30_000
+        await send(daemon, "c", protocol.SeatCancel(client="c", lease="wrong"), "cancel")
+        assert "c" in daemon.seats.ledger.queue
+        await send(daemon, "c", protocol.SeatCancel(client="c", lease=c.lease), "cancel")
+        assert list(daemon.seats.ledger.queue) == ["d"]
+
+
+async def test_the_queue_survives_a_restart(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        await daemon.seats.flush_step()
+    async with running(config, link, wall, serve=False) as daemon:
+        assert list(daemon.seats.ledger.queue) == ["c", "d"]
+        a = next(r for r in replies(daemon, link, "a") if isinstance(r, protocol.SeatGranted))
+        await send(daemon, "a", protocol.SeatRelease(client="a", lease=a.lease), "release")
+        grant = last(daemon, link, "c")
+        assert isinstance(grant, protocol.SeatGranted)
+        assert grant.nonce == "n-c"
+
+
+async def test_a_new_license_clears_the_queue_and_tells_each_waiter(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        assert (await ask(daemon, link, unlock_command(product_key(seats=5), "u2"))).ok
+        assert daemon.seats.ledger.queue == {}
+        for client in ("c", "d"):
+            told = last(daemon, link, client)
+            assert isinstance(told, protocol.SeatDenied)
+            assert told.reason == "license_changed"
+            assert "asking again" in told.message
+
+
+async def test_a_full_queue_and_a_long_wait_are_denied_with_sentences(tmp_path, link, wall):
+    config = write_config(tmp_path, "queue_max_wait_seconds = 60")
+    async with running(config, link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        await request(daemon, "e", wait=True)
+        await request(daemon, "f", wait=True)
+        full = last(daemon, link, "f")
+        assert isinstance(full, protocol.SeatDenied)
+        assert full.reason == "queue_full"
+        assert full.message.startswith("All 2 seats are in use and 3 clients already wait")
+        for _ in range(2):  # renewed, so only the maximum wait ends them
+            wall.ms += 20_000
+            for client in ("c", "d", "e"):
+                lease = last(daemon, link, client).lease
+                renew = protocol.SeatRenew(client=client, lease=lease)
+                await send(daemon, client, renew, "renew")
+        wall.ms += 20_001
+        await daemon.seats.expire_step()
+        timed_out = last(daemon, link, "c")
+        assert isinstance(timed_out, protocol.SeatDenied)
+        assert timed_out.reason == "queue_timeout"
+        assert timed_out.message.startswith("You waited 1 minutes for a seat")
+
+
+async def test_old_agents_that_never_ask_to_wait_see_no_change(tmp_path, link, wall):
+    async with running(write_config(tmp_path, "idle_timeout = 5\n"), link, wall, serve=False) as d:
+        assert (await ask(d, link, unlock_command(product_key(seats=1), "u1"))).ok
+        # Encoded as an old agent does: no wait, no idle_ms fields at all.
+        old = b'{"type":"seat.request","client":"old","nonce":"n1","app":"x","pid":1}'
+        await d.handle(d.topics.seat("old", "request"), old)
+        await d.handle(d.topics.seat("old2", "request"), old.replace(b'"old"', b'"old2"'))
+        denied = last(d, link, "old2")
+        assert isinstance(denied, protocol.SeatDenied)
+        assert denied.reason == "seats_exhausted"
+        assert d.seats.ledger.queue == {}
+        # Never idle: it does not report activity.
+        wall.ms += 3_600_000
+        assert d.seats.ledger.idle(wall.ms) == ([], [])
+        assert [type(r) for r in replies(d, link, "old")] == [protocol.SeatGranted]
+
+
+async def test_an_idle_seat_is_warned_then_revoked_and_goes_to_a_waiter(tmp_path, link, wall):
+    config = write_config(tmp_path, "idle_timeout = 600\nidle_warning = 300\n")
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(seats=1), "u1"))).ok
+        await request(daemon, "idle", idle_ms=0)
+        await request(daemon, "next", wait=True)
+        wall.ms += 300_000
+        await daemon.seats.idle_step()
+        warning = last(daemon, link, "idle")
+        assert isinstance(warning, protocol.SeatIdleWarning)
+        assert warning.reclaim_at == wall.ms + 300_000
+        assert warning.message == (
+            "Your seat will be released in 5 minutes unless you continue working."
+        )
+        wall.ms += 300_000
+        await daemon.seats.idle_step()
+        revoked = last(daemon, link, "idle")
+        assert isinstance(revoked, protocol.SeatRevoked)
+        assert revoked.reason == "idle"
+        grant = last(daemon, link, "next")
+        assert isinstance(grant, protocol.SeatGranted)
+
+
+async def test_activity_after_the_warning_keeps_the_seat(tmp_path, link, wall):
+    config = write_config(tmp_path, "idle_timeout = 600\nidle_warning = 100\n")
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(seats=1), "u1"))).ok
+        await request(daemon, "busy", idle_ms=0)
+        grant = last(daemon, link, "busy")
+        wall.ms += 500_000
+        await daemon.seats.idle_step()
+        warning = last(daemon, link, "busy")
+        assert isinstance(warning, protocol.SeatIdleWarning)
+        assert "100 seconds" in warning.message
+        renew = protocol.SeatRenew(client="busy", lease=grant.lease, idle_ms=1000)
+        await send(daemon, "busy", renew, "renew")
+        assert daemon.seats.ledger.leases["busy"].warned_at is None
+        wall.ms += 150_000  # past the warning's reclaim time: kept, and not warned again
+        assert daemon.seats.ledger.idle(wall.ms) == ([], [])
+        assert isinstance(last(daemon, link, "busy"), protocol.SeatRenewed)
+        assert "busy" in daemon.seats.ledger.leases
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("queue_max = -1", "queue_max must be between 0"),
+        ("idle_timeout = 60\nidle_warning = 60", "idle_warning must be at least 0 and less"),
+    ],
+)
+def test_config_mistakes_are_named(tmp_path, extra, words):
+    from floatkey.errors import ConfigError  # noqa: PLC0415
+    from floatkeyd.config import load_config  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(base_config(tmp_path, extra))
