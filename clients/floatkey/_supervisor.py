@@ -38,6 +38,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import structlog
@@ -46,6 +47,7 @@ from floatkey.agent import Agent, ExpiryWarning, LicenseView, ShutdownReason
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError, NoAnswer, ServerKeyChanged
 from floatkey.logs import configure_logging
+from floatkey.protocol import SeatIdleWarning  # noqa: TC001 - a listener annotation
 from floatkey.version import version_line
 
 EXIT_NO_SEAT = 69
@@ -91,6 +93,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--app", help="application name shown to administrators")
     run.add_argument("--client-id", help="MQTT client id (default: app-host-pid-random)")
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="when every seat is taken, wait in the server's queue and start the program "
+        "once a seat is granted (agent.toml: wait_for_seat)",
+    )
+    run.add_argument(
+        "--activity-file",
+        type=Path,
+        help="a file the program touches on user input: its modification time is the "
+        "program's last activity, so the server may reclaim an idle seat after warning",
+    )
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     return parser
 
@@ -338,9 +352,22 @@ def _forward(child: asyncio.subprocess.Process, signum: int) -> None:
 
 async def _run(args: argparse.Namespace, program: list[str]) -> int:
     loaded = load_agent_config(args.config)
-    agent = Agent(loaded, app=args.app, client_id=args.client_id)
+    agent = Agent(
+        loaded,
+        app=args.app,
+        client_id=args.client_id,
+        wait_for_seat=True if args.wait else None,
+        track_activity=True if args.activity_file else None,
+    )
     try:
         async with agent:
+            if agent.queued is not None:
+                print(
+                    f"floatkey-agent: all {agent.queued.seats} seats are in use; waiting in "
+                    f"line, position {agent.queued.position}.",
+                    file=sys.stderr,
+                )
+                await agent.wait_for_grant()
             if not agent.has_seat:
                 denial = agent.denial
                 print(
@@ -353,6 +380,8 @@ async def _run(args: argparse.Namespace, program: list[str]) -> int:
                     "without features until a product key is entered.",
                     file=sys.stderr,
                 )
+            if args.activity_file is not None:
+                _follow_activity(agent, args.activity_file)
             with tempfile.TemporaryDirectory(prefix="floatkey-agent-") as workdir:
                 return await supervise(agent, program, Path(workdir))
     except NoAnswer as exc:
@@ -361,6 +390,32 @@ async def _run(args: argparse.Namespace, program: list[str]) -> int:
     except ServerKeyChanged as exc:
         print(f"floatkey-agent: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _follow_activity(agent: Agent, path: Path) -> None:
+    """The program's activity is the modification time of ``path`` (it touches the file).
+
+    Read at every renewal and on an idle warning: no polling loop of its own. The warning
+    is printed to standard error, where a supervised program's user may see it.
+    """
+    touched = [0.0]
+
+    def check(_seat: object = None) -> None:
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime > touched[0]:
+            touched[0] = mtime
+            agent.touch(ago=time.time() - mtime)
+
+    def warn(warning: SeatIdleWarning) -> None:
+        check()
+        if agent.idle_warned:
+            print(f"floatkey-agent: {warning.message}", file=sys.stderr)
+
+    agent.on_lease_change(check)
+    agent.on_idle_warning(warn)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,9 +58,12 @@ from floatkey.notices import (
 from floatkey.outage import OutageLog
 from floatkey.pinning import KnownServers
 from floatkey.protocol import (
+    SeatCancel,
     SeatDenied,
     SeatGranted,
+    SeatIdleWarning,
     SeatLost,
+    SeatQueued,
     SeatRelease,
     SeatRenew,
     SeatRenewed,
@@ -115,12 +118,14 @@ class Agent:
     shutdown hooks if a stop was requested, releases the seat and disconnects.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - the options an application may set; its state
         self,
         loaded: LoadedAgentConfig,
         *,
         app: str | None = None,
         client_id: str | None = None,
+        wait_for_seat: bool | None = None,
+        track_activity: bool | None = None,
     ) -> None:
         self._loaded = loaded
         self.config = loaded.config
@@ -131,6 +136,17 @@ class Agent:
             msg = f"client id {self.client_id!r} may use only letters, digits and . _ : -"
             raise ValueError(msg)
         self.shutdown_requested = ShutdownSignal()
+        #: Wait in the server's queue when every seat is taken (``seat.queued``).
+        self.wait_for_seat = self.config.wait_for_seat if wait_for_seat is None else wait_for_seat
+        #: Report activity (:meth:`touch`): the server may then reclaim the seat when idle.
+        self.track_activity = (
+            self.config.track_activity if track_activity is None else track_activity
+        )
+        #: While waiting for a seat: the server's latest word on the place in the queue.
+        self.queued: SeatQueued | None = None
+        self._last_active = time.monotonic()
+        self._idle_warned = False
+        self._idle_listeners: list[Callable[[SeatIdleWarning], None]] = []
         self.drops: Counter[str] = Counter()
         #: Exceptions raised by ``on_license_change`` and ``on_lease_change`` listeners,
         #: by listener name.
@@ -270,6 +286,54 @@ class Agent:
         """
         self._lease_listeners.append(listener)
 
+    def on_idle_warning(self, listener: Callable[[SeatIdleWarning], None]) -> None:
+        """Call ``listener`` when the server warns that the idle seat will be reclaimed.
+
+        The warning's ``message`` is a sentence to show ("Your seat will be released in 5
+        minutes unless you continue working."); :meth:`touch` before ``reclaim_at``
+        keeps the seat. Only with ``track_activity``.
+        """
+        self._idle_listeners.append(listener)
+
+    def touch(self, ago: float = 0.0) -> None:
+        """The user did something (``ago`` seconds ago): the seat is in use. Cheap.
+
+        Call it on user input. Costs no message, except after an idle warning: then the
+        server is told at once.
+        """
+        self._last_active = max(self._last_active, time.monotonic() - max(ago, 0.0))
+        if self._idle_warned:
+            self._idle_warned = False
+            grant = self._grant
+            if grant is not None and self._tasks is not None and not self._closing:
+                self._tasks.create_task(
+                    self._send(self._renewal(grant), "renew"),
+                    name=f"agent-touch-{self.client_id}",
+                )
+
+    @property
+    def idle_warned(self) -> bool:
+        """Whether the server warned that the idle seat will be reclaimed (until a touch)."""
+        return self._idle_warned
+
+    async def wait_for_grant(self) -> bool:
+        """While queued, wait until a seat is granted (``True``) or the wait ends (``False``).
+
+        The wait ends with :attr:`denial` set (``queue_full``, ``queue_timeout``).
+        """
+        while not self.has_seat and self.queued is not None:
+            self._seat_changed.clear()
+            await self._seat_changed.wait()
+        return self.has_seat
+
+    def _idle_ms(self) -> int | None:
+        if not self.track_activity:
+            return None
+        return min(round((time.monotonic() - self._last_active) * 1000), 366 * 86_400_000)
+
+    def _renewal(self, grant: SeatGranted) -> SeatRenew:
+        return SeatRenew(client=self.client_id, lease=grant.lease, idle_ms=self._idle_ms())
+
     def on_license_expiring(self, listener: Callable[[ExpiryWarning], None]) -> None:
         """Call ``listener`` when the license server warns that its license expires soon.
 
@@ -395,6 +459,13 @@ class Agent:
 
     async def release(self) -> None:
         """Give the seat back now (idempotent)."""
+        if self._grant is None and self.queued is not None and self._client is not None:
+            cancel = SeatCancel(client=self.client_id, lease=self.queued.lease)
+            self.queued = None
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await self._client.publish(
+                    self.topics.seat(self.client_id, "cancel"), protocol.encode(cancel), timeout=2
+                )
         if self._released or self._grant is None:
             self._released = True
             return
@@ -487,7 +558,7 @@ class Agent:
             return
         if self._grant is not None:
             # Back after a reconnect: check the daemon still holds our lease.
-            await self._send(SeatRenew(client=self.client_id, lease=self._grant.lease), "renew")
+            await self._send(self._renewal(self._grant), "renew")
         else:
             await self._request_seat()
 
@@ -501,6 +572,8 @@ class Agent:
                 user=_user(),
                 host=socket.gethostname(),
                 pid=os.getpid(),
+                wait=self.wait_for_seat,
+                idle_ms=self._idle_ms(),
             ),
             "request",
         )
@@ -520,7 +593,17 @@ class Agent:
         while not self._closing:
             self._seat_changed.clear()
             held = self._last_grant
-            if held is None or self._released:
+            queued = self.queued
+            if self._grant is None and queued is not None and not self._released:
+                # Waiting: the queue entry has a lease of its own, renewed like a seat.
+                if (
+                    not await self._seat_changes_within(
+                        queued.renew_after_s * random.uniform(0.8, 1.0)  # noqa: S311
+                    )
+                    and self._connected.is_set()
+                ):
+                    await self._send(SeatRenew(client=self.client_id, lease=queued.lease), "renew")
+            elif held is None or self._released:
                 await self._seat_changed.wait()  # nothing to keep before the first grant
             elif self._grant is not None:
                 # Jittered, so agents started together do not renew together forever.
@@ -531,7 +614,7 @@ class Agent:
                     and self._connected.is_set()
                     and not self.shutdown_requested.is_set()  # the lease outlasts the hooks
                 ):
-                    await self._send(SeatRenew(client=self.client_id, lease=grant.lease), "renew")
+                    await self._send(self._renewal(grant), "renew")
             elif self._lost_at is None or self.shutdown_requested.is_set():
                 await self._seat_changed.wait()
             else:
@@ -731,7 +814,10 @@ class Agent:
         listener: Callable[[_Told], None],
         value: _Told,
         failure: Literal[
-            "license listener failed", "lease listener failed", "expiry listener failed"
+            "license listener failed",
+            "lease listener failed",
+            "expiry listener failed",
+            "idle listener failed",
         ],
     ) -> None:
         try:
@@ -795,7 +881,7 @@ class Agent:
             self._tell_listener(listener, warning, "expiry listener failed")
 
     def _take_reply(self, reply: protocol.DaemonToClient) -> None:
-        if isinstance(reply, SeatGranted | SeatDenied):
+        if isinstance(reply, SeatGranted | SeatDenied | SeatQueued):
             self._take_answer(reply)
             return
         grant = self._grant
@@ -817,14 +903,50 @@ class Agent:
                 self._spawn_request()
         elif isinstance(reply, SeatRevoked):
             self.request_shutdown("seat.revoked", reply.message, grant.generation)
+        elif isinstance(reply, SeatIdleWarning):
+            self._take_idle_warning(grant, reply)
 
-    def _take_answer(self, reply: SeatGranted | SeatDenied) -> None:
+    def _take_idle_warning(self, grant: SeatGranted, warning: SeatIdleWarning) -> None:
+        """Active since the last renewal: tell the server now; otherwise warn the user."""
+        if time.monotonic() - self._last_active < grant.renew_after_s:
+            if self._tasks is not None and not self._closing:
+                self._tasks.create_task(
+                    self._send(self._renewal(grant), "renew"),
+                    name=f"agent-active-{self.client_id}",
+                )
+            return
+        self._idle_warned = True
+        log.warning("idle seat warning", client=self.client_id, message=warning.message)
+        for listener in self._idle_listeners:
+            self._tell_listener(listener, warning, "idle listener failed")
+
+    def _take_answer(self, reply: SeatGranted | SeatDenied | SeatQueued) -> None:
         """The answer to our latest request (an older nonce is a stale or replayed one)."""
         if reply.nonce != self._nonce:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
         self._contact(answer=True)
+        if isinstance(reply, SeatQueued):
+            if self.queued is None or self.queued.position != reply.position:
+                log.info(
+                    "waiting for a seat",
+                    client=self.client_id,
+                    position=reply.position,
+                    seats=reply.seats,
+                    in_use=reply.in_use,
+                )
+            self.queued = reply
+            self._seat_changed.set()
+            self._answered.set()
+            return
+        self.queued = None
+        if isinstance(reply, SeatDenied) and reply.reason == "license_changed":
+            # The queue was cleared by a new license: ask again under it.
+            log.info("queue cleared by a new license; asking again", client=self.client_id)
+            self._spawn_request()
+            return
         if isinstance(reply, SeatGranted):
+            self._last_active = time.monotonic()
             held = self._last_grant
             self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
             self._lease_ends = time.monotonic() + _lease_length(

@@ -39,6 +39,11 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # SIGTERM to SIGKILL for floatkey-agent's application; less than hook_timeout.
     shutdown_grace: float = 10.0
     hook_timeout: float = 15.0
+    # When every seat is taken, wait in the license server's queue instead of giving up.
+    wait_for_seat: bool = False
+    # Report the application's activity (Agent.touch, or floatkey-agent --activity-file),
+    # so that the server may reclaim the seat when idle, after warning.
+    track_activity: bool = False
 
     def __post_init__(self) -> None:
         if self.broker.username is not None and not LOGIN.fullmatch(self.broker.username):
