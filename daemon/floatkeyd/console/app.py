@@ -690,39 +690,24 @@ async def _unlock(request: Request) -> Response:  # noqa: C901, PLR0911, PLR0912
         )
     if not answer.ok:
         log.info("unlock refused", user=viewer.user.name, reason=answer.reason, key=redact(key))
-        sentence = answer.message
+        # The refusal goes by the field it concerns; a refused key is not shown again.
+        sentence, shown_key, form_error = answer.message, key, ""
         if answer.reason in _KEY_REASONS:
-            errors["key"] = sentence
-            return _unlock_again(
-                request,
-                console,
-                viewer,
-                name=name,
-                organization=organization,
-                key="",
-                errors=errors,
-            )
-        if answer.reason in _NAME_REASONS:
+            errors["key"], shown_key = sentence, ""
+        elif answer.reason in _NAME_REASONS:
             for field_name in _mismatched_fields(key, name, organization):
                 errors[field_name] = sentence
-            return _unlock_again(
-                request,
-                console,
-                viewer,
-                name=name,
-                organization=organization,
-                key=key,
-                errors=errors,
-            )
+        else:
+            form_error = sentence
         return _unlock_again(
             request,
             console,
             viewer,
             name=name,
             organization=organization,
-            key=key,
-            errors={},
-            form_error=sentence,
+            key=shown_key,
+            errors=errors,
+            form_error=form_error,
         )
     if kept is not None:
         console.kept.pop(kept_token, None)
