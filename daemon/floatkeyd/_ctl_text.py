@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ClientRow,
         DenialRow,
         LicenseInfo,
+        QueueRow,
         StatusReport,
         UsageReport,
         UsageSummary,
@@ -90,14 +91,23 @@ def in_days(days: int) -> str:
     return f"in {days} day{'s' if days != 1 else ''}"
 
 
-def clients_text(clients: list[ClientRow], denials: list[DenialRow]) -> str:
-    """``floatkeyctl clients``: the clients, then the latest denials."""
+def clients_text(
+    clients: list[ClientRow], denials: list[DenialRow], queue: list[QueueRow] | None = None
+) -> str:
+    """``floatkeyctl clients``: the clients, those waiting for a seat, the latest denials."""
     parts = []
     if not clients:
         parts.append("No clients are connected.")
     else:
         header = ("CLIENT", "LOGIN", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)")
         parts.append(columns((*header, "LEASE EXPIRES (UTC)"), [_client_row(c) for c in clients]))
+    if queue:
+        header = ("POSITION", "CLIENT", "LOGIN", "APP", "USER", "HOST", "WAITING SINCE (UTC)")
+        rows = [
+            (str(q.position), q.client, q.login, q.app, q.user, q.host, when(q.since))
+            for q in queue
+        ]
+        parts.append("\nWaiting for a seat:\n" + columns(header, rows))
     if denials:
         header = ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON")
         rows = [(when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason) for d in denials]

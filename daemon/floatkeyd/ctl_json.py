@@ -48,6 +48,7 @@ __all__ = [
     "Usage",
     "UsageBucket",
     "UsageSummary",
+    "Waiting",
     "audit_of",
     "change_of",
     "clients_of",
@@ -155,11 +156,26 @@ class Denial(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class Waiting(msgspec.Struct, kw_only=True):
+    """A client waiting for a seat (``position`` 1: the next to be granted)."""
+
+    position: int
+    client: str
+    login: str
+    app: str
+    user: str
+    host: str
+    pid: int
+    since: dt.datetime
+
+
 class Clients(Output, kw_only=True):
     """``floatkeyctl clients``."""
 
     clients: list[Client]
     denials: list[Denial]
+    #: The clients waiting for a seat, first in line first.
+    queue: list[Waiting]
 
 
 class Released(Output, kw_only=True):
@@ -354,7 +370,11 @@ def seat_of(row: protocol.ClientRow) -> Literal["licensed", "unlicensed", "revok
     return "licensed" if row.licensed else "unlicensed"
 
 
-def clients_of(rows: list[protocol.ClientRow], denials: list[protocol.DenialRow]) -> Clients:
+def clients_of(
+    rows: list[protocol.ClientRow],
+    denials: list[protocol.DenialRow],
+    queue: list[protocol.QueueRow],
+) -> Clients:
     """``clients`` from the daemon's rows."""
     return Clients(
         clients=[
@@ -382,6 +402,19 @@ def clients_of(rows: list[protocol.ClientRow], denials: list[protocol.DenialRow]
                 reason=d.reason,
             )
             for d in denials
+        ],
+        queue=[
+            Waiting(
+                position=q.position,
+                client=q.client,
+                login=q.login,
+                app=q.app,
+                user=q.user,
+                host=q.host,
+                pid=q.pid,
+                since=from_ms(q.since),
+            )
+            for q in queue
         ],
     )
 
