@@ -248,6 +248,22 @@ def usage_sentence(summary: UsageSummary, bucket: str) -> str:
     )
 
 
+def queue_sentence(summary: UsageSummary) -> str:
+    """How long clients waited in the seat queue, or "" when none did."""
+    waits = summary.waits
+    if not waits:
+        return ""
+    return (
+        f"Clients waited for a seat {waits} time{'s' if waits != 1 else ''}: "
+        f"{_wait(summary.queued_ms)} in all, the longest {_wait(summary.queued_longest_ms)}."
+    )
+
+
+def _wait(ms: int) -> str:
+    """A time in the queue: seconds under a minute (where a wait usually ends)."""
+    return f"{max(round(ms / 1000), 1)}s" if ms < 60_000 else _duration(ms)
+
+
 def usage_text(report: UsageReport, sentence: str) -> str:
     """``floatkeyctl usage``: a table of the buckets, then the sentence."""
     span = f"{when(report.since)[:16]} to {when(report.until)[:16]} UTC"
@@ -281,6 +297,8 @@ def usage_text(report: UsageReport, sentence: str) -> str:
         ]
         rows.append(row)
     parts = [head + ":", "", columns(header, rows), "", sentence]
+    if queued := queue_sentence(report.summary):
+        parts.append(queued)
     if report.groups_omitted:
         parts.append(
             f"({report.groups_omitted} less used {report.group_by}s are left out; ask for "

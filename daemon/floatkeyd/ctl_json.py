@@ -280,6 +280,10 @@ class UsageBucket(msgspec.Struct, kw_only=True):
     seats: int | None
     at_limit_s: float | None
     limit_hits: int | None
+    #: Waits in the seat queue that ended in the bucket, their total and the longest.
+    waits: int
+    queued_s: float
+    queued_longest_s: float
 
 
 class UsageSummary(msgspec.Struct, kw_only=True):
@@ -295,6 +299,9 @@ class UsageSummary(msgspec.Struct, kw_only=True):
     denials: dict[str, int]
     would_serve: int
     users: int | None
+    waits: int
+    queued_s: float
+    queued_longest_s: float
     sentence: str
 
 
@@ -484,6 +491,9 @@ def usage_of(report: protocol.UsageReport, sentence: str) -> Usage:
                 seats=b.seats if b.group is None else None,
                 at_limit_s=b.at_limit_ms / 1000 if b.group is None else None,
                 limit_hits=b.limit_hits if b.group is None else None,
+                waits=b.waits,
+                queued_s=b.queued_ms / 1000,
+                queued_longest_s=b.queued_longest_ms / 1000,
             )
             for b in report.buckets
         ],
@@ -498,6 +508,9 @@ def usage_of(report: protocol.UsageReport, sentence: str) -> Usage:
             denials=summary.denials,
             would_serve=summary.would_serve,
             users=summary.users,
+            waits=summary.waits,
+            queued_s=summary.queued_ms / 1000,
+            queued_longest_s=summary.queued_longest_ms / 1000,
             sentence=sentence,
         ),
         groups_omitted=report.groups_omitted,
