@@ -14,7 +14,7 @@ import platform
 import sys
 
 from bench.harness import Results
-from bench.scenarios import checkout, flood, scale, storm, unlock
+from bench.scenarios import checkout, flood, queue_wake, scale, storm, unlock
 
 
 async def run(args: argparse.Namespace) -> Results:
@@ -39,6 +39,8 @@ async def run_once(args: argparse.Namespace) -> Results:
             part = await unlock(args.broker, agents=args.agents or 1000, procs=args.procs)
         elif name == "flood":
             part = await flood(args.broker, agents=args.agents or 50)
+        elif name == "queue_wake":
+            part = await queue_wake(args.broker, seats=(args.agents or 100) // 2)
         else:
             part = await scale(args.broker, leases=args.leases)
         combined.rows += part.rows
@@ -53,11 +55,13 @@ def main() -> int:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="checkout, storm, unlock, scale, flood (default: all five)",
+        help="checkout, storm, unlock, scale, flood, queue_wake (default: all six)",
     )
     parser.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
     parser.add_argument(
-        "--agents", type=int, help="agents (default: 100 checkout, 50 flood, 1000 others)"
+        "--agents",
+        type=int,
+        help="agents (default: 100 checkout and queue_wake, 50 flood, 1000 others)",
     )
     parser.add_argument("--rounds", type=int, default=20, help="checkout rounds per agent")
     parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
@@ -69,7 +73,7 @@ def main() -> int:
         help="run everything N times; the final table shows medians",
     )
     args = parser.parse_args()
-    every = ["checkout", "storm", "unlock", "scale", "flood"]
+    every = ["checkout", "storm", "unlock", "scale", "flood", "queue_wake"]
     unknown = set(args.scenarios) - set(every)
     if unknown:
         parser.error(f"unknown scenario {sorted(unknown)}; choose from {', '.join(every)}")

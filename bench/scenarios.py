@@ -8,6 +8,7 @@ and exactness checks (which the test suite's small-N smoke run asserts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,9 @@ from bench.harness import (
     split,
 )
 from floatkey import protocol
+from floatkey.agent import Agent
 from floatkey.broker import BrokerOptions, connect
+from floatkey.config import load_agent_config
 from floatkey.envelope import open_envelope
 from floatkey.signing import key_id
 from floatkeyd.admin_client import AdminSession
@@ -534,10 +537,88 @@ async def flood(broker: str, agents: int = 50) -> Results:
     return results
 
 
+async def queue_wake(broker: str, seats: int = 50) -> Results:
+    """S seats held, S agents queued; each release wakes the next in line. Vs an echo.
+
+    The time from a holder's release to the head of the queue's grant: a release to the
+    daemon and a grant from it, two hops through the broker, like one plain MQTT request
+    and response (the baseline, one client, ``seats`` round trips one after the other).
+    """
+    results = Results(broker)
+    env = Environment(broker)
+    granted: dict[str, float] = {}
+    woken: dict[str, asyncio.Event] = {}
+    order: list[str] = []
+    latencies: list[float] = []
+    try:
+        env.start_daemon()
+        await env.unlock(issue_key(seats=seats))
+        config = load_agent_config(env.agent_config())
+
+        def agent(name: str) -> Agent:
+            made = Agent(config, app="bench", client_id=name, wait_for_seat=True)
+
+            def took(_seat: object) -> None:
+                if name not in granted:
+                    granted[name] = time.perf_counter()
+                    order.append(name)
+                    woken.setdefault(name, asyncio.Event()).set()
+
+            made.on_lease_change(took)
+            return made
+
+        async with contextlib.AsyncExitStack() as stack:
+            holders = [await stack.enter_async_context(agent(f"qh{i}")) for i in range(seats)]
+            # One after the other, so that the order of the line is known.
+            waiters = [await stack.enter_async_context(agent(f"qw{i}")) for i in range(seats)]
+            queued = all(w.queued is not None and not w.has_seat for w in waiters)
+            for holder, waiter in zip(holders, waiters, strict=True):
+                started = time.perf_counter()
+                await holder.release()
+                async with asyncio.timeout(30):
+                    await woken.setdefault(waiter.client_id, asyncio.Event()).wait()
+                latencies.append(granted[waiter.client_id] - started)
+
+        echo = {
+            "broker": env.broker_spec(),
+            "root": f"floatkey/echo{time.time_ns()}",
+            "prefix": "eqw",
+            "request_size": REQUEST_SIZE,
+            "reply_size": REPLY_SIZE,
+            "rounds": seats,
+        }
+        responder = env.worker("echo-responder", {**echo, "prefix": "eqr"})
+        await responder.expect("ready")
+        baseline = await _run_workers(env, "echo-clients", echo, 1, 1)
+        responder.stop()
+        base_lat = [x for r in baseline for x in r["latencies"]]  # type: ignore[attr-defined]
+    finally:
+        env.close()
+    p50, b50 = percentile(latencies, 0.5) * 1000, percentile(base_lat, 0.5) * 1000
+    results.rows.append(
+        Row(
+            "queue_wake",
+            "release to the next in line's grant p50",
+            p50,
+            b50,
+            "ms",
+            "≤ 2.0×",
+            p50 <= 2 * b50,
+            lambda f, b: b is not None and f <= 2 * b,
+        )
+    )
+    waiter_names = [f"qw{i}" for i in range(seats)]
+    results.checks[f"queue_wake: {seats} held, {seats} queued, woken in their order"] = (
+        queued and order == [f"qh{i}" for i in range(seats)] + waiter_names
+    )
+    return results
+
+
 SCENARIOS = {
     "checkout": checkout,
     "storm": storm,
     "unlock": unlock,
     "scale": scale,
     "flood": flood,
+    "queue_wake": queue_wake,
 }

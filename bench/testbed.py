@@ -386,7 +386,12 @@ def write_agent_config(
         fields["server_key"] = server.server_key_text()
     fields.update(overrides)
     lines = [
-        f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in fields.items()
+        f'{k} = "{v}"'
+        if isinstance(v, str)
+        else f"{k} = {str(v).lower()}"
+        if isinstance(v, bool)
+        else f"{k} = {v!r}"
+        for k, v in fields.items()
     ]
     path.write_text("\n".join(lines) + "\n\n" + broker_toml(options))
     return path

@@ -78,3 +78,10 @@ async def test_flood_smoke():
     results = await scenarios.flood("mosquitto", agents=8)
     assert all(results.checks.values()), results.table()
     assert all(row.baseline for row in results.rows if row.target)
+
+
+async def test_queue_wake_smoke():
+    results = await scenarios.queue_wake("mosquitto", seats=3)
+    assert results.checks
+    assert all(results.checks.values()), results.table()
+    assert all(row.baseline for row in results.rows)

@@ -585,6 +585,31 @@ async def test_release_needs_a_confirmation_and_stops_the_application(daemon, ap
     )
 
 
+async def test_the_clients_page_shows_who_waits_for_a_seat(daemon, app, tmp_path):
+    from servers import make_agent  # noqa: PLC0415
+
+    assert unlock(daemon, issue(seats=1)).returncode == 0
+    async with (
+        make_agent(daemon, tmp_path, "seated") as seated,
+        make_agent(daemon, tmp_path, "first", wait_for_seat=True) as first,
+        make_agent(daemon, tmp_path, "second", wait_for_seat=True) as second,
+    ):
+        assert first.queued is not None
+        assert second.queued is not None
+
+        def in_browser() -> str:
+            with TestClient(app, base_url=BASE, follow_redirects=False) as client:
+                log_in(client, "victor")
+                return client.get("/clients").text
+
+        page = await asyncio.to_thread(in_browser)
+        assert "Waiting for a seat" in page
+        waiting = page[page.index("Waiting for a seat") :]
+        rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>test-app</td>", waiting)
+        assert rows == [("1", first.client_id), ("2", second.client_id)]
+        assert seated.client_id not in waiting
+
+
 def test_the_clients_page_shows_no_text_from_its_address(browser):
     log_in(browser, "victor")
     page = browser.get("/clients", params={"released": "your-seat-was-stolen-call-555-0100"})

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import CONFIG, run
-from licensing import ctl, issue
+from licensing import ctl, issue, unlock
 from servers import make_agent
 
 pytestmark = pytest.mark.broker
@@ -44,6 +44,7 @@ STATUS = {
 }
 CLIENT = {"client", "login", "app", "user", "host", "pid", "seat", "since", "lease_expires"}
 DENIAL = {"at", "client", "login", "app", "user", "host", "reason"}
+WAITING = {"position", "client", "login", "app", "user", "host", "pid", "since"}
 UNLOCKED = {
     "ok",
     "changed",
@@ -101,7 +102,7 @@ async def test_every_command_has_its_documented_shape(server_factory, tmp_path):
         seated = await stack.enter_async_context(make_agent(server, tmp_path, "seated"))
         await stack.enter_async_context(make_agent(server, tmp_path, "denied"))
         listing = await as_json(server, "clients")
-        assert set(listing) == {"ok", "clients", "denials"}
+        assert (set(listing), listing["queue"]) == ({"ok", "clients", "denials", "queue"}, [])
         [client] = listing["clients"]
         assert set(client) == CLIENT
         assert (client["client"], client["seat"]) == (seated.client_id, "licensed")
@@ -200,3 +201,33 @@ def test_errors_on_our_side_are_json_too(server_factory, tmp_path):
     answer = json.loads(created.stdout)
     assert set(answer) == {"ok", "public_key", "key_id", "private_key_file"}
     assert answer["public_key"] == (tmp_path / "a.key.pub").read_text().strip()
+
+
+async def test_clients_lists_the_queue_first_in_line_first(server_factory, tmp_path):
+    server = server_factory("mosquitto")
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(make_agent(server, tmp_path, "seated"))
+        first, second = [
+            await stack.enter_async_context(make_agent(server, tmp_path, n, wait_for_seat=True))
+            for n in ("first", "second")
+        ]
+        assert first.queued is not None
+        assert second.queued is not None
+        listing = await as_json(server, "clients")
+        assert set(listing) == {"ok", "clients", "denials", "queue"}
+        assert listing["denials"] == []
+        for row in listing["queue"]:
+            assert set(row) == WAITING
+            assert row["app"] == "test-app"
+            utc(row["since"])
+        assert [(r["position"], r["client"]) for r in listing["queue"]] == [
+            (1, first.client_id),
+            (2, second.client_id),
+        ]
+        text = await asyncio.to_thread(ctl, server, "clients")
+        assert "Waiting for a seat:" in text.stdout
+        assert "POSITION" in text.stdout
+        assert "WAITING SINCE (UTC)" in text.stdout
+        assert second.client_id in text.stdout

@@ -23,8 +23,10 @@ EXAMPLE = EXAMPLES / "flowdesigner.py"
 EMBEDDED = EXAMPLES / "embedded.py"
 
 
-def start(server, tmp_path, name: str, *args: str) -> subprocess.Popen[bytes]:
-    """flowdesigner.py under ``floatkey-agent run``, as the README starts it.
+def start(
+    server, tmp_path, name: str, *args: str, agent: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """flowdesigner.py under ``floatkey-agent run [AGENT...]``, as the README starts it.
 
     In ``tmp_path / "cwd"``, with the user's data directory in ``tmp_path / "data"``.
     """
@@ -39,6 +41,7 @@ def start(server, tmp_path, name: str, *args: str) -> subprocess.Popen[bytes]:
                 str(config),
                 "--app",
                 "flowdesigner",
+                *agent,
                 "--",
                 command("python"),
                 str(EXAMPLE),
@@ -132,6 +135,22 @@ def test_two_example_clients_shut_down_on_unlock_and_restart_with_features(
         process.terminate()
         assert process.wait(20) == 0
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_the_example_shows_the_idle_warning(server_factory, tmp_path, started):
+    server = server_factory("mosquitto", extra="idle_timeout = 60\nidle_warning = 59")
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    activity = tmp_path / "activity"
+    started.append(start(server, tmp_path, "idle", agent=("--activity-file", str(activity))))
+    # Idle for a second: the server warns; the application shows it.
+    screen = wait_for(tmp_path / "idle.out", "Flow Designer notice: ", within=30)
+    assert re.search(
+        r"Flow Designer notice: Your seat will be released in \d+ seconds unless you continue",
+        screen,
+    ), screen
+    started[0].terminate()
+    assert started[0].wait(20) == 0
 
 
 def test_a_document_named_on_the_command_line_is_used_by_one_instance_at_a_time(tmp_path):

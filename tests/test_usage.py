@@ -207,6 +207,7 @@ def comparable(answer: usage.Answer) -> list[tuple[object, ...]]:
             sorted(r.fig.denials.items()),
             r.fig.waiting_peak,
             r.fig.demand_peak,
+            (r.fig.waits, r.fig.wait_ms, r.fig.wait_longest_ms),
         )
         for r in answer.rows
     ]
@@ -248,6 +249,45 @@ def test_the_summary_counts_the_demand_that_went_unserved():
     assert summary.users == 3
     # d stopped asking: two minutes after its denial it no longer counts.
     assert answer.rows[0].fig.waiting_peak == 2
+
+
+def test_time_queued_is_counted_where_each_wait_ends():
+    # Three waits end in the first hour (2 min, 30 s, 5 min), one in the second (10 min).
+    def wait(minute: int, client: int, ms: int, reason: str = "granted") -> UsageEvent:
+        return UsageEvent(
+            at=T0 + minute * 60_000,
+            kind="unqueued",
+            client=f"c{client}",
+            reason=reason,
+            generation=1,
+            n=ms,
+            **who(client)._asdict(),
+        )
+
+    run = Run()
+    run.events += [
+        usage.license_changed(T0, generation=1, seats=3, status="licensed"),
+        wait(10, 0, 120_000),
+        wait(20, 1, 30_000, "cancel"),
+        wait(30, 3, 300_000, "will"),
+        wait(70, 2, 600_000),
+    ]
+    run.truth.append((T0 + 70 * 60_000, Counter(), Counter(), 3))
+    answer = raw_answer(run, "hour", "app")
+    whole = [
+        (r.fig.waits, r.fig.wait_ms, r.fig.wait_longest_ms) for r in answer.rows if r.group is None
+    ]
+    assert whole == [(3, 450_000, 300_000), (1, 600_000, 600_000), (0, 0, 0)]
+    # Clients 0 and 3 are both "cad": two waits, in the first hour.
+    cad = [(r.start, r.fig.waits, r.fig.wait_ms) for r in answer.rows if r.group == "cad"]
+    assert cad == [(T0, 2, 420_000)]
+    summary = answer.summary
+    assert (summary.waits, summary.wait_ms, summary.wait_longest_ms) == (4, 1_050_000, 600_000)
+    # The hourly aggregates keep them.
+    checkpoint, rows, rest = fold(run, 2)
+    folded = usage.answer(question(run, "day"), checkpoint, rows, rest)
+    assert (folded.summary.waits, folded.summary.wait_ms) == (4, 1_050_000)
+    assert folded.summary.wait_longest_ms == 600_000
 
 
 def test_buckets_follow_the_utc_calendar():
@@ -301,3 +341,16 @@ def test_the_largest_answer_fits_one_mqtt_message():
     )
     # The signed envelope carries the body in base64 (4/3), plus about 200 bytes.
     assert len(body) * 4 / 3 + 400 < 256 * 1024  # the shipped Mosquitto's max_packet_size
+
+
+def test_floatkeyctl_says_how_long_clients_waited_for_a_seat():
+    from floatkey.protocol import UsageSummary  # noqa: PLC0415
+    from floatkeyd._ctl_text import queue_sentence  # noqa: PLC0415
+
+    fields = {"peak": 1, "peak_at": T0, "peak_seats": 1, "seats": 1, "limit_hits": 1}
+    fields |= {"at_limit_ms": 0, "grants": 3, "denials": {}, "would_serve": 1, "users": 2}
+    assert queue_sentence(UsageSummary(**fields)) == ""
+    summary = UsageSummary(**fields, waits=2, queued_ms=95_200, queued_longest_ms=50_000)
+    assert queue_sentence(summary) == (
+        "Clients waited for a seat 2 times: 2m in all, the longest 50s."
+    )

@@ -41,6 +41,9 @@ BUCKET = {
     "seats",
     "at_limit_s",
     "limit_hits",
+    "waits",
+    "queued_s",
+    "queued_longest_s",
 }
 SUMMARY = {
     "peak",
@@ -53,6 +56,9 @@ SUMMARY = {
     "denials",
     "would_serve",
     "users",
+    "waits",
+    "queued_s",
+    "queued_longest_s",
     "sentence",
 }
 

@@ -8,8 +8,11 @@ Start it through the agent, which holds the seat and hands over the license:
 
 It shows its File menu with each catalogue feature enabled or disabled by the license,
 "edits" a document, and when the agent asks it to stop (SIGTERM: a new license was
-activated) it saves the document first. ``flowdesigner_tk.py`` beside it is the same
-application in a window; this one is for machines without a display.
+activated) it saves the document first. Started with ``floatkey-agent run
+--activity-file FILE``, it prints the server's warning that an idle seat will be
+reclaimed (``Flow Designer notice: Your seat will be released in ...``).
+``flowdesigner_tk.py`` beside it is the same application in a window; this one is for
+machines without a display.
 
 The document is the user's, kept across restarts: ``--document PATH`` (or
 ``FLOWDESIGNER_DOCUMENT``), otherwise ``document-N.json`` in the user's data directory
@@ -72,6 +75,8 @@ EXIT_CONFIG = 78
 EXIT_UNSAVED = 1
 #: How often the example "edits" its document.
 EDIT_INTERVAL_S = 0.2
+#: Every this many edits (a second), it looks for an idle warning in the license file.
+IDLE_CHECK_EVERY = 5
 _MAX_SLOTS = 1000
 UNLICENSED_SESSION = "verified, an unlicensed session"
 
@@ -161,6 +166,23 @@ def stop_reason() -> tuple[str, str] | None:
     if not isinstance(reason, dict):
         return None
     return str(reason.get("reason", "")), str(reason.get("message", ""))
+
+
+def idle_warning() -> str | None:
+    """The license server's warning that the idle seat will be reclaimed, or ``None``.
+
+    The agent writes it into the license file while it stands (``--activity-file``).
+    """
+    license_file = os.environ.get("FLOATKEY_LICENSE_FILE")
+    if not license_file:
+        return None
+    try:
+        warning = json.loads(Path(license_file).read_text()).get("idle_warning")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(warning, dict):
+        return None
+    return str(warning.get("message", "")) or None
 
 
 # --- the document -----------------------------------------------------------------------
@@ -320,9 +342,14 @@ def main() -> int:
     print(file_menu(license_.features), flush=True)
 
     edits = document.edits
+    shown: str | None = None
     while not stop.received:
         edits += 1
         time.sleep(EDIT_INTERVAL_S)
+        if edits % IDLE_CHECK_EVERY == 0 and (warning := idle_warning()) != shown:
+            shown = warning
+            if warning is not None:
+                print(f"Flow Designer notice: {warning}", flush=True)
     reason = stop_reason()
     try:
         document.save(edits, license_.features, client_id)

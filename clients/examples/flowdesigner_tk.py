@@ -18,7 +18,8 @@ It takes the options of the terminal version (``flowdesigner.py``, whose license
 and document handling it uses): ``--agent-config`` and ``--document``. Once drawn, it
 prints a ``Flow Designer window: {...}`` line with the File menu's entry states as Tk
 reports them, for scripts (and the tests) to read; ``Flow Designer notice: ...`` when
-it shows a notice.
+it shows a notice. A warning that the idle seat will be reclaimed (``floatkey-agent run
+--activity-file``) is shown in the same yellow bar while it stands.
 
 Exit status: 0 when it closed or stopped as asked and saved, 1 when it could not save,
 78 without a display, without Tk, or when its document is open in another instance.
@@ -37,11 +38,13 @@ from flowdesigner import (
     EDIT_INTERVAL_S,
     EXIT_CONFIG,
     EXIT_UNSAVED,
+    IDLE_CHECK_EVERY,
     Document,
     DocumentBusy,
     License,
     StopSignals,
     add_arguments,
+    idle_warning,
     read_license,
     stop_reason,
 )
@@ -120,7 +123,8 @@ class FlowDesignerWindow:
         menubar.add_cascade(label="File", menu=self.file_menu, underline=0)
         root.configure(menu=menubar)
 
-        # Shown only when the application is asked to stop.
+        # Shown when the application is asked to stop, or its idle seat is to be reclaimed.
+        self._idle_shown: str | None = None
         bold = tkfont.nametofont("TkDefaultFont").copy()
         bold.configure(weight="bold")
         self.notice = tk.Label(root, text="", background="#fff3b0", font=bold, pady=8)
@@ -200,7 +204,25 @@ class FlowDesignerWindow:
             return
         self.edits += 1
         self._show_document()
+        if self.edits % IDLE_CHECK_EVERY == 0:
+            self._show_idle_warning(idle_warning())
         self.root.after(int(EDIT_INTERVAL_S * 1000), self.tick)
+
+    def _show_idle_warning(self, warning: str | None) -> None:
+        """The server's idle warning in the notice bar while it stands; gone after."""
+        if warning == self._idle_shown:
+            return
+        self._idle_shown = warning
+        if warning is None:
+            self.notice.pack_forget()
+            return
+        self._show_notice(warning)
+        print(f"Flow Designer notice: {warning}", flush=True)
+
+    def _show_notice(self, text: str) -> None:
+        self.notice.configure(text=text)
+        if self.notice not in self.root.pack_slaves():
+            self.notice.pack(side="top", fill="x", before=self.root.pack_slaves()[0])
 
     def close(self, reason: tuple[str, str] | None) -> None:
         """Show why (if the agent said), save the work, and close the window.
@@ -216,8 +238,7 @@ class FlowDesignerWindow:
         if reason is not None:
             code, message = reason
             text = RESTART_NOTICE if code == "license.activated" else message
-            self.notice.configure(text=text)
-            self.notice.pack(side="top", fill="x", before=self.root.pack_slaves()[0])
+            self._show_notice(text)
         # Saved before the notice lingers: the agent kills what outlives its grace.
         if self.save():
             print(f"Saved {self.edits} edits to {self.document.path}; closing.", flush=True)

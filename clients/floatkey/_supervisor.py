@@ -5,18 +5,20 @@
     floatkey-agent run [--config FILE] [--app NAME] -- COMMAND [ARGS...]
 
 The agent asks for a seat, then starts COMMAND with the license in its environment
-(``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a JSON
-file (``FLOATKEY_LICENSE_FILE``) it keeps current: rewritten at every license change and
-every renewal of the seat, with the daemon's signed grant and renewal in it, which the
-application can verify (:func:`floatkey.verify_license_file`), and the server's warning
-that the license expires soon (``expiring``; also logged). When the application must stop (a new
-license, expiry, revocation, a seat lost with none free, the server silent past the
-offline grace) it sends COMMAND SIGTERM, then SIGKILL after the shutdown grace, releases
-the seat and exits with :data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service``
-restarts. If the agent itself is killed (even with SIGKILL), Linux sends COMMAND SIGTERM
-(through util-linux ``setpriv --pdeathsig``): an application never outlives the agent
-that holds its seat. Off a terminal COMMAND runs in its own process group, which the
-agent ends when it exits, so the application's own children do not outlive it either.
+(``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a
+JSON file (``FLOATKEY_LICENSE_FILE``) it keeps current: rewritten at every license
+change and every renewal of the seat, with the daemon's signed grant and renewal in it,
+which the application can verify (:func:`floatkey.verify_license_file`), and the
+server's warning that the license expires soon (``expiring``; also logged), and, with
+``--activity-file``, its warning that the idle seat will be reclaimed
+(``idle_warning``). When the application must stop (a new license, expiry, revocation, a
+seat lost with none free, the server silent past the offline grace) it sends COMMAND
+SIGTERM, then SIGKILL after the shutdown grace, releases the seat and exits with
+:data:`EXIT_RESTART`, which ``systemd/floatkey-agent@.service`` restarts. If the agent
+itself is killed (even with SIGKILL), Linux sends COMMAND SIGTERM (through util-linux
+``setpriv --pdeathsig``): an application never outlives the agent that holds its seat.
+Off a terminal COMMAND runs in its own process group, which the agent ends when it
+exits, so the application's own children do not outlive it either.
 
 Exit status: COMMAND's own when it exits by itself (128+N when killed by signal N);
 75 restart requested (a new license, expiry, a lost seat, the server silent too long);
@@ -124,7 +126,9 @@ def license_environment(agent: Agent, license_file: Path) -> dict[str, str]:
     }
 
 
-def _license_document(agent: Agent, view: LicenseView) -> dict[str, object]:
+def _license_document(
+    agent: Agent, view: LicenseView, idle: SeatIdleWarning | None = None
+) -> dict[str, object]:
     reason = agent.shutdown_requested.reason
     seat = agent.signed_seat
     return {
@@ -144,6 +148,11 @@ def _license_document(agent: Agent, view: LicenseView) -> dict[str, object]:
             "expires": agent.expiring.expires,
             "message": agent.expiring.message,
         },
+        # The server's warning that the idle seat is reclaimed at reclaim_at (Unix ms)
+        # unless the user works on, or null (again null once the activity is reported).
+        "idle_warning": None
+        if idle is None or not agent.idle_warned
+        else {"reclaim_at": idle.reclaim_at, "message": idle.message},
         "shutdown_requested": None
         if reason is None
         else {
@@ -171,9 +180,14 @@ def _keep_license_file(agent: Agent, path: Path) -> None:
     At every renewal because a verifier refuses a file whose lease has ended. Raises
     ``OSError`` when the first write fails; later failures are logged by the agent.
     """
+    idle: list[SeatIdleWarning | None] = [None]
 
     def rewrite(_change: object) -> None:
-        _write_license_file(path, _license_document(agent, agent.license))
+        _write_license_file(path, _license_document(agent, agent.license, idle[0]))
+
+    def warn_idle(warning: SeatIdleWarning) -> None:
+        idle[0] = warning
+        rewrite(warning)
 
     def warn(warning: ExpiryWarning) -> None:
         log.warning(
@@ -188,6 +202,7 @@ def _keep_license_file(agent: Agent, path: Path) -> None:
     agent.on_license_change(rewrite)
     agent.on_lease_change(rewrite)
     agent.on_license_expiring(warn)
+    agent.on_idle_warning(warn_idle)
 
 
 def _parent_death_signal() -> list[str]:

@@ -145,6 +145,8 @@ class Agent:
         #: While waiting for a seat: the server's latest word on the place in the queue.
         self.queued: SeatQueued | None = None
         self._last_active = time.monotonic()
+        # The last activity the server was told of (in the latest request or renewal).
+        self._reported_active = self._last_active
         self._idle_warned = False
         self._idle_listeners: list[Callable[[SeatIdleWarning], None]] = []
         self.drops: Counter[str] = Counter()
@@ -329,6 +331,7 @@ class Agent:
     def _idle_ms(self) -> int | None:
         if not self.track_activity:
             return None
+        self._reported_active = self._last_active
         return min(round((time.monotonic() - self._last_active) * 1000), 366 * 86_400_000)
 
     def _renewal(self, grant: SeatGranted) -> SeatRenew:
@@ -907,8 +910,12 @@ class Agent:
             self._take_idle_warning(grant, reply)
 
     def _take_idle_warning(self, grant: SeatGranted, warning: SeatIdleWarning) -> None:
-        """Active since the last renewal: tell the server now; otherwise warn the user."""
-        if time.monotonic() - self._last_active < grant.renew_after_s:
+        """Active since the last renewal: tell the server now; otherwise warn the user.
+
+        Compared with what the last renewal reported, not with the renewal interval: an
+        idle timeout shorter than the interval would otherwise never warn anyone.
+        """
+        if self._last_active > self._reported_active:
             if self._tasks is not None and not self._closing:
                 self._tasks.create_task(
                     self._send(self._renewal(grant), "renew"),
@@ -946,7 +953,8 @@ class Agent:
             self._spawn_request()
             return
         if isinstance(reply, SeatGranted):
-            self._last_active = time.monotonic()
+            # The server counts a grant as activity, as the agent does.
+            self._last_active = self._reported_active = time.monotonic()
             held = self._last_grant
             self._grant, self._last_grant, self._lost_at, self.denial = reply, reply, None, None
             self._lease_ends = time.monotonic() + _lease_length(

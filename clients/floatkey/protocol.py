@@ -494,6 +494,10 @@ class UsageBucket(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     seats: int = 0
     at_limit_ms: int = 0
     limit_hits: int = 0
+    #: Waits in the seat queue that ended in the bucket, their total and the longest (ms).
+    waits: int = 0
+    queued_ms: int = 0
+    queued_longest_ms: int = 0
 
 
 class UsageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -511,6 +515,10 @@ class UsageSummary(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: The most seats held plus denials outstanding at any one moment.
     would_serve: int
     users: int | None
+    #: Waits in the seat queue that ended in the period, their total and the longest (ms).
+    waits: int = 0
+    queued_ms: int = 0
+    queued_longest_ms: int = 0
 
 
 class UsageReport(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -515,9 +515,13 @@ async def _clients(args: argparse.Namespace) -> int:
     if not result.ok or result.clients is None:
         return _refused(args, result)
     if args.json:
-        print(ctl_json.dump(ctl_json.clients_of(result.clients, result.denials or [])))
+        print(
+            ctl_json.dump(
+                ctl_json.clients_of(result.clients, result.denials or [], result.queue or [])
+            )
+        )
         return EXIT_OK
-    print(clients_text(result.clients, result.denials or []))
+    print(clients_text(result.clients, result.denials or [], result.queue or []))
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ClientRow,
         DenialRow,
         LicenseInfo,
+        QueueRow,
         StatusReport,
         UsageReport,
         UsageSummary,
@@ -90,14 +91,23 @@ def in_days(days: int) -> str:
     return f"in {days} day{'s' if days != 1 else ''}"
 
 
-def clients_text(clients: list[ClientRow], denials: list[DenialRow]) -> str:
-    """``floatkeyctl clients``: the clients, then the latest denials."""
+def clients_text(
+    clients: list[ClientRow], denials: list[DenialRow], queue: list[QueueRow] | None = None
+) -> str:
+    """``floatkeyctl clients``: the clients, those waiting for a seat, the latest denials."""
     parts = []
     if not clients:
         parts.append("No clients are connected.")
     else:
         header = ("CLIENT", "LOGIN", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)")
         parts.append(columns((*header, "LEASE EXPIRES (UTC)"), [_client_row(c) for c in clients]))
+    if queue:
+        header = ("POSITION", "CLIENT", "LOGIN", "APP", "USER", "HOST", "WAITING SINCE (UTC)")
+        rows = [
+            (str(q.position), q.client, q.login, q.app, q.user, q.host, when(q.since))
+            for q in queue
+        ]
+        parts.append("\nWaiting for a seat:\n" + columns(header, rows))
     if denials:
         header = ("WHEN (UTC)", "CLIENT", "LOGIN", "APP", "USER", "HOST", "REASON")
         rows = [(when(d.at), d.client, d.login, d.app, d.user, d.host, d.reason) for d in denials]
@@ -238,6 +248,22 @@ def usage_sentence(summary: UsageSummary, bucket: str) -> str:
     )
 
 
+def queue_sentence(summary: UsageSummary) -> str:
+    """How long clients waited in the seat queue, or "" when none did."""
+    waits = summary.waits
+    if not waits:
+        return ""
+    return (
+        f"Clients waited for a seat {waits} time{'s' if waits != 1 else ''}: "
+        f"{_wait(summary.queued_ms)} in all, the longest {_wait(summary.queued_longest_ms)}."
+    )
+
+
+def _wait(ms: int) -> str:
+    """A time in the queue: seconds under a minute (where a wait usually ends)."""
+    return f"{max(round(ms / 1000), 1)}s" if ms < 60_000 else _duration(ms)
+
+
 def usage_text(report: UsageReport, sentence: str) -> str:
     """``floatkeyctl usage``: a table of the buckets, then the sentence."""
     span = f"{when(report.since)[:16]} to {when(report.until)[:16]} UTC"
@@ -271,6 +297,8 @@ def usage_text(report: UsageReport, sentence: str) -> str:
         ]
         rows.append(row)
     parts = [head + ":", "", columns(header, rows), "", sentence]
+    if queued := queue_sentence(report.summary):
+        parts.append(queued)
     if report.groups_omitted:
         parts.append(
             f"({report.groups_omitted} less used {report.group_by}s are left out; ask for "

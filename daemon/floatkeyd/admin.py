@@ -501,6 +501,9 @@ def _usage_report(answer: Answer, command: AdminUsage) -> UsageReport:
                 seats=fig.seats_end if whole else 0,
                 at_limit_ms=fig.limit_ms if whole else 0,
                 limit_hits=fig.limit_hits if whole else 0,
+                waits=fig.waits,
+                queued_ms=fig.wait_ms,
+                queued_longest_ms=fig.wait_longest_ms,
             )
         )
     summary = answer.summary
@@ -521,6 +524,9 @@ def _usage_report(answer: Answer, command: AdminUsage) -> UsageReport:
             denials=dict(sorted(summary.denials.items())),
             would_serve=summary.demand_peak,
             users=summary.users,
+            waits=summary.waits,
+            queued_ms=summary.wait_ms,
+            queued_longest_ms=summary.wait_longest_ms,
         ),
         groups_omitted=answer.groups_omitted,
     )

@@ -48,6 +48,7 @@ __all__ = [
     "Usage",
     "UsageBucket",
     "UsageSummary",
+    "Waiting",
     "audit_of",
     "change_of",
     "clients_of",
@@ -155,11 +156,26 @@ class Denial(msgspec.Struct, kw_only=True):
     reason: str
 
 
+class Waiting(msgspec.Struct, kw_only=True):
+    """A client waiting for a seat (``position`` 1: the next to be granted)."""
+
+    position: int
+    client: str
+    login: str
+    app: str
+    user: str
+    host: str
+    pid: int
+    since: dt.datetime
+
+
 class Clients(Output, kw_only=True):
     """``floatkeyctl clients``."""
 
     clients: list[Client]
     denials: list[Denial]
+    #: The clients waiting for a seat, first in line first.
+    queue: list[Waiting]
 
 
 class Released(Output, kw_only=True):
@@ -264,6 +280,10 @@ class UsageBucket(msgspec.Struct, kw_only=True):
     seats: int | None
     at_limit_s: float | None
     limit_hits: int | None
+    #: Waits in the seat queue that ended in the bucket, their total and the longest.
+    waits: int
+    queued_s: float
+    queued_longest_s: float
 
 
 class UsageSummary(msgspec.Struct, kw_only=True):
@@ -279,6 +299,9 @@ class UsageSummary(msgspec.Struct, kw_only=True):
     denials: dict[str, int]
     would_serve: int
     users: int | None
+    waits: int
+    queued_s: float
+    queued_longest_s: float
     sentence: str
 
 
@@ -354,7 +377,11 @@ def seat_of(row: protocol.ClientRow) -> Literal["licensed", "unlicensed", "revok
     return "licensed" if row.licensed else "unlicensed"
 
 
-def clients_of(rows: list[protocol.ClientRow], denials: list[protocol.DenialRow]) -> Clients:
+def clients_of(
+    rows: list[protocol.ClientRow],
+    denials: list[protocol.DenialRow],
+    queue: list[protocol.QueueRow],
+) -> Clients:
     """``clients`` from the daemon's rows."""
     return Clients(
         clients=[
@@ -382,6 +409,19 @@ def clients_of(rows: list[protocol.ClientRow], denials: list[protocol.DenialRow]
                 reason=d.reason,
             )
             for d in denials
+        ],
+        queue=[
+            Waiting(
+                position=q.position,
+                client=q.client,
+                login=q.login,
+                app=q.app,
+                user=q.user,
+                host=q.host,
+                pid=q.pid,
+                since=from_ms(q.since),
+            )
+            for q in queue
         ],
     )
 
@@ -451,6 +491,9 @@ def usage_of(report: protocol.UsageReport, sentence: str) -> Usage:
                 seats=b.seats if b.group is None else None,
                 at_limit_s=b.at_limit_ms / 1000 if b.group is None else None,
                 limit_hits=b.limit_hits if b.group is None else None,
+                waits=b.waits,
+                queued_s=b.queued_ms / 1000,
+                queued_longest_s=b.queued_longest_ms / 1000,
             )
             for b in report.buckets
         ],
@@ -465,6 +508,9 @@ def usage_of(report: protocol.UsageReport, sentence: str) -> Usage:
             denials=summary.denials,
             would_serve=summary.would_serve,
             users=summary.users,
+            waits=summary.waits,
+            queued_s=summary.queued_ms / 1000,
+            queued_longest_s=summary.queued_longest_ms / 1000,
             sentence=sentence,
         ),
         groups_omitted=report.groups_omitted,

@@ -174,6 +174,12 @@ _MIGRATIONS: tuple[str, ...] = (
         reports_activity INTEGER NOT NULL
     ) STRICT;
     """,
+    # 6: the time spent in the seat queue, per hour (docs/USAGE.md).
+    """
+    ALTER TABLE usage_hours ADD COLUMN waits INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_hours ADD COLUMN wait_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_hours ADD COLUMN wait_longest_ms INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _CHAIN_SCHEMA = 3  # the migration that starts the audit chain

@@ -341,6 +341,11 @@ class Figures:
     demand_peak: int = 0
     seats_start: int = 0
     seats_end: int = 0
+    #: Waits in the seat queue that ended in the period (granted or not), their total
+    #: and the longest (from the ``unqueued`` events: ``n`` is the wait in ms).
+    waits: int = 0
+    wait_ms: int = 0
+    wait_longest_ms: int = 0
     users: set[str] | None = None
     #: Something happened to this group in the period (else it held ``held_start`` all along).
     touched: bool = False
@@ -394,6 +399,9 @@ def combine(first: Figures, then: Figures) -> Figures:
         demand_peak=max(first.demand_peak, then.demand_peak),
         seats_start=first.seats_start,
         seats_end=then.seats_end,
+        waits=first.waits + then.waits,
+        wait_ms=first.wait_ms + then.wait_ms,
+        wait_longest_ms=max(first.wait_longest_ms, then.wait_longest_ms),
         users=users,
         touched=first.touched or then.touched,
     )
@@ -529,6 +537,19 @@ class Replay:
                 self._count(held, -1, event.at)
         elif event.kind == "denied":
             self._denied(event)
+        elif event.kind == "unqueued":
+            self._unqueued(event)
+
+    def _unqueued(self, event: UsageEvent) -> None:
+        """A wait in the queue ended: counted where it ends, with its length."""
+        for dim in self._dims:
+            running = self._group((dim, event.who.name(dim)))
+            if running is not None:
+                fig = running.fig
+                fig.waits += 1
+                fig.wait_ms += event.n
+                fig.wait_longest_ms = max(fig.wait_longest_ms, event.n)
+                fig.touched = True
 
     def _license(self, event: UsageEvent) -> None:
         state = self.state
@@ -755,6 +776,10 @@ class Summary:
     denials: dict[str, int]
     demand_peak: int
     users: int | None
+    #: Waits in the seat queue that ended in the period, their total and the longest (ms).
+    waits: int = 0
+    wait_ms: int = 0
+    wait_longest_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -956,4 +981,7 @@ def _summary(rows: list[Row], checkpoint: Checkpoint) -> Summary:
         denials=dict(denials),
         demand_peak=max((row.fig.demand_peak for row in totals), default=0),
         users=len(users) if users is not None and totals else None,
+        waits=sum(row.fig.waits for row in totals),
+        wait_ms=sum(row.fig.wait_ms for row in totals),
+        wait_longest_ms=max((row.fig.wait_longest_ms for row in totals), default=0),
     )

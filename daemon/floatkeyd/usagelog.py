@@ -59,7 +59,8 @@ log = structlog.get_logger("floatkeyd")
 _EVENT_COLUMNS = "seq, at, kind, reason, client, login, app, user, host, generation, seats, n"
 _HOUR_COLUMNS = (
     "hour, dim, name, held_start, held_end, peak, peak_at, peak_seats, seat_ms, limit_ms, "
-    "limit_hits, grants, denials, waiting_peak, demand_peak, seats_start, seats_end"
+    "limit_hits, grants, denials, waiting_peak, demand_peak, seats_start, seats_end, "
+    "waits, wait_ms, wait_longest_ms"
 )
 #: How often the fold loop looks for hours to fold (and writes denials left waiting).
 _FOLD_EVERY_S = 60.0
@@ -209,7 +210,7 @@ class UsageLog:
         (figures,) = replay.run([event for _, event in numbered], [start, end])
         await self._db.executemany(
             f"INSERT OR REPLACE INTO usage_hours ({_HOUR_COLUMNS}) "  # noqa: S608 - constants
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [_hour_row(dim, name, fig) for (dim, name), fig in figures.items() if fig.touched],
         )
         last_seq = max((seq for seq, _ in numbered), default=checkpoint.last_seq)
@@ -324,12 +325,16 @@ def _hour_row(dim: str, name: str, fig: Figures) -> tuple[object, ...]:
         fig.demand_peak,
         fig.seats_start,
         fig.seats_end,
+        fig.waits,
+        fig.wait_ms,
+        fig.wait_longest_ms,
     )
 
 
 def _hour_of(row: Any) -> HourRow:  # noqa: ANN401 - a database row
     (hour, dim, name, held_start, held_end, peak, peak_at, peak_seats, seat_ms, limit_ms) = row[:10]
-    (limit_hits, grants, denials, waiting_peak, demand_peak, seats_start, seats_end) = row[10:]
+    (limit_hits, grants, denials, waiting_peak, demand_peak, seats_start, seats_end) = row[10:17]
+    waits, wait_ms, wait_longest_ms = row[17:20]
     start = int(hour)
     fig = Figures(
         start=start,
@@ -348,6 +353,9 @@ def _hour_of(row: Any) -> HourRow:  # noqa: ANN401 - a database row
         demand_peak=int(demand_peak),
         seats_start=int(seats_start),
         seats_end=int(seats_end),
+        waits=int(waits),
+        wait_ms=int(wait_ms),
+        wait_longest_ms=int(wait_longest_ms),
         touched=True,
     )
     return HourRow(dim=dim, name=str(name), fig=fig)

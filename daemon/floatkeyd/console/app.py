@@ -868,6 +868,7 @@ async def _clients(request: Request) -> Response:
         error = f"The license server refused the console ({answer.reason}): {answer.message}"
     rows = answer.clients or [] if not isinstance(answer, str) else []
     denials = answer.denials or [] if not isinstance(answer, str) else []
+    queue = answer.queue or [] if not isinstance(answer, str) else []
     # Set by this session's own release, never taken from the address: a link cannot
     # put words on this page.
     released = request.session.pop("released", "")
@@ -879,6 +880,7 @@ async def _clients(request: Request) -> Response:
         {
             "clients": rows,
             "denials": list(reversed(denials))[:20],
+            "queue": queue,
             "error": error,
             "released": released,
         },
