@@ -237,3 +237,111 @@ def test_config_mistakes_are_named(tmp_path, extra, words):
 
     with pytest.raises(ConfigError, match=words):
         load_config(base_config(tmp_path, extra))
+
+
+# --- the agent's side, with its connection faked (what it sends is recorded) ----------
+
+
+def bare_agent(tmp_path, sent):
+    """An Agent that waits for seats, not connected: ``_send`` appends to ``sent``."""
+    import asyncio  # noqa: PLC0415
+
+    from floatkey.agent import Agent  # noqa: PLC0415
+    from floatkey.config import load_agent_config  # noqa: PLC0415
+
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\nconnect_timeout = 0.2\n')
+    agent = Agent(load_agent_config(path), app="app", client_id="me", wait_for_seat=True)
+
+    async def fake_send(body, action):
+        sent.append((action, body))
+
+    agent._send = fake_send
+    agent._client = object()  # "connected": replies may lead to requests
+    agent._connected.set()
+    agent._seat_changed = asyncio.Event()
+    return agent
+
+
+async def until(check, within=10.0):
+    import asyncio  # noqa: PLC0415
+
+    for _ in range(int(within / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+def a_grant(nonce, lease="L1", ms=100):
+    now = protocol.now_ms()
+    return protocol.SeatGranted(
+        nonce=nonce,
+        lease=lease,
+        generation=1,
+        licensed=True,
+        features=[],
+        expires_at=now + ms,
+        renew_after_s=ms / 3000,
+        ts=now,
+    )
+
+
+async def test_a_waiting_agent_that_loses_its_seat_stops_when_none_is_free(tmp_path):
+    import asyncio  # noqa: PLC0415
+
+    sent = []
+    agent = bare_agent(tmp_path, sent)
+    async with asyncio.TaskGroup() as tasks:
+        agent._tasks = tasks
+        agent._take_reply(a_grant(agent._nonce))
+        assert agent.has_seat
+        keeper = tasks.create_task(agent._keep_seat())
+        agent._take_reply(protocol.SeatLost(lease="L1", message="forgotten"))
+        await until(lambda: any(action == "request" for action, _ in sent))
+        again = next(body for action, body in sent if action == "request")
+        assert not again.wait  # a seat held once is not waited for: none free, it stops
+        agent._take_reply(
+            protocol.SeatDenied(
+                nonce=again.nonce,
+                reason="seats_exhausted",
+                message="All 1 seats are in use.",
+                seats=1,
+                in_use=1,
+            )
+        )
+        reason = await asyncio.wait_for(agent.shutdown_requested.wait(), 10)
+        assert reason.code == "seat.lost"
+        agent._closing = True
+        keeper.cancel()
+
+
+async def test_an_agent_whose_queue_entry_was_dropped_asks_again(tmp_path):
+    import asyncio  # noqa: PLC0415
+
+    sent = []
+    agent = bare_agent(tmp_path, sent)
+    async with asyncio.TaskGroup() as tasks:
+        agent._tasks = tasks
+        await agent._request_seat()
+        first = sent[-1][1]
+        assert first.wait
+        agent._take_reply(
+            protocol.SeatQueued(
+                nonce=first.nonce,
+                lease="Q1",
+                position=1,
+                ahead=0,
+                seats=1,
+                in_use=1,
+                expires_at=protocol.now_ms() + 30_000,
+                renew_after_s=10,
+            )
+        )
+        assert agent.queued is not None
+        agent._take_reply(protocol.SeatLost(lease="Q1", message="no such entry"))
+        assert agent.queued is None
+        assert agent.drops["stale_reply"] == 0
+        await until(lambda: len(sent) == 2)
+        assert sent[-1][0] == "request"
+        assert sent[-1][1].wait  # never held a seat: it may wait again

@@ -575,7 +575,9 @@ class Agent:
                 user=_user(),
                 host=socket.gethostname(),
                 pid=os.getpid(),
-                wait=self.wait_for_seat,
+                # Only for a first seat: an application that has run with a seat and lost
+                # it may not run on while it waits (the lost-seat deadline stops it).
+                wait=self.wait_for_seat and self._last_grant is None,
                 idle_ms=self._idle_ms(),
             ),
             "request",
@@ -888,6 +890,16 @@ class Agent:
             self._take_answer(reply)
             return
         grant = self._grant
+        queued = self.queued
+        if grant is None and isinstance(reply, SeatLost) and queued and reply.lease == queued.lease:
+            # The daemon dropped our queue entry (a restart, a lapse): ask again.
+            self._contact(answer=True)
+            self.queued = None
+            self._seat_changed.set()
+            log.warning("place in the queue lost", client=self.client_id, message=reply.message)
+            if self._client is not None and not self._released:
+                self._spawn_request()
+            return
         if grant is None or reply.lease != grant.lease:
             self._drop("stale_reply", self.topics.client(self.client_id))
             return
