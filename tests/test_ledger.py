@@ -201,7 +201,11 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(client=clients, queued=st.booleans(), active=st.booleans())
     def renew(self, client: str, queued: bool, active: bool) -> None:
         tokens = self.queue_tokens if queued else self.tokens
-        self.book.renew(client, tokens.get(client, "none"), self.now, self.now if active else None)
+        kept = self.book.renew(
+            client, tokens.get(client, "none"), self.now, self.now if active else None
+        )
+        if active and isinstance(kept, Lease):
+            assert kept.active_at == self.now  # the activity is tracked (after a restart too)
 
     @rule(client=clients, with_token=st.booleans())
     def release(self, client: str, with_token: bool) -> None:
@@ -229,6 +233,11 @@ class LedgerMachine(RuleBasedStateMachine):
         before = list(self.book.queue)
         warned, reclaimed = self.book.idle(self.now)
         assert all(lease.warned_at == self.now for lease in warned)
+        # Never reclaimed unwarned, nor sooner than the warning's time after it.
+        assert all(
+            lease.warned_at is not None and self.now >= lease.warned_at + self.book.idle_warning_ms
+            for lease in reclaimed
+        )
         assert not {lease.client for lease in reclaimed} & set(self.book.leases)
         self.drain(before)
 
@@ -245,7 +254,9 @@ class LedgerMachine(RuleBasedStateMachine):
         waiters = sorted(self.book.queue.values(), key=lambda w: w.seq)
         book = self.fresh(self.book.mode, self.book.seats, self.book.generation)
         for lease in leases:
-            book.restore(Lease(**{f: getattr(lease, f) for f in Lease.__dataclass_fields__}))
+            # What the leases table keeps: no activity times.
+            kept = {f: getattr(lease, f) for f in Lease.__dataclass_fields__}
+            book.restore(Lease(**{**kept, "active_at": None, "warned_at": None}))
         for waiter in waiters:
             book.restore_waiter(
                 Waiter(**{f: getattr(waiter, f) for f in Waiter.__dataclass_fields__})
@@ -464,3 +475,52 @@ def test_agents_that_do_not_report_activity_are_never_idle():
     book.request("a", 0)
     assert book.next_idle() is None
     assert book.idle(10**9) == ([], [])
+
+
+def test_a_seat_checked_late_is_warned_first_and_reclaimed_only_after_the_warning():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    a = book.request("a", 0, active_at=0)
+    assert isinstance(a, Granted)
+    warned, reclaimed = book.idle(50_000)  # long past idle_ms: warned, not reclaimed
+    assert ([lease.client for lease in warned], reclaimed) == (["a"], [])
+    assert book.reclaim_at(a.lease) == book.next_idle() == 54_000
+    assert book.idle(53_999) == ([], [])
+    assert [lease.client for lease in book.idle(54_000)[1]] == ["a"]
+
+
+def test_without_warning_time_a_seat_is_warned_then_reclaimed_at_the_next_check():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 0
+    book.request("a", 0, active_at=0)
+    warned, reclaimed = book.idle(10_000)
+    assert ([lease.client for lease in warned], reclaimed) == (["a"], [])
+    assert [lease.client for lease in book.idle(10_000)[1]] == ["a"]
+
+
+def test_a_broker_outage_given_back_is_not_idleness():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    a = book.request("a", 0, active_at=0)
+    assert isinstance(a, Granted)
+    book.idle(6000)
+    book.extend_all(20_000)
+    assert (a.lease.active_at, a.lease.warned_at) == (20_000, 26_000)
+    assert book.idle(29_999) == ([], [])
+    assert book.reclaim_at(a.lease) == 30_000
+
+
+def test_activity_is_tracked_again_after_a_restart():
+    book = queue_ledger(1)
+    book.idle_ms, book.idle_warning_ms = 10_000, 4000
+    a = book.request("a", 0, active_at=0)
+    assert isinstance(a, Granted)
+    # Restored from the leases table, which keeps no activity times.
+    restored = queue_ledger(1)
+    restored.idle_ms, restored.idle_warning_ms = 10_000, 4000
+    restored.restore(Lease(**{**{f: getattr(a.lease, f) for f in Lease.__dataclass_fields__},
+                             "active_at": None, "warned_at": None}))  # fmt: skip
+    lease = restored.renew("a", a.lease.token, 5000, active_at=4000)
+    assert isinstance(lease, Lease)
+    assert lease.active_at == 4000
+    assert restored.next_idle() == 4000 + 6000

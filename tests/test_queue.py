@@ -165,7 +165,8 @@ async def test_a_full_queue_and_a_long_wait_are_denied_with_sentences(tmp_path, 
 
 
 async def test_old_agents_that_never_ask_to_wait_see_no_change(tmp_path, link, wall):
-    async with running(write_config(tmp_path, "idle_timeout = 5\n"), link, wall, serve=False) as d:
+    config = write_config(tmp_path, "idle_timeout = 60\nidle_warning = 30\n")
+    async with running(config, link, wall, serve=False) as d:
         assert (await ask(d, link, unlock_command(product_key(seats=1), "u1"))).ok
         # Encoded as an old agent does: no wait, no idle_ms fields at all.
         old = b'{"type":"seat.request","client":"old","nonce":"n1","app":"x","pid":1}'
@@ -229,6 +230,8 @@ async def test_activity_after_the_warning_keeps_the_seat(tmp_path, link, wall):
     [
         ("queue_max = -1", "queue_max must be between 0"),
         ("idle_timeout = 60\nidle_warning = 60", "idle_warning must be at least 0 and less"),
+        ("idle_timeout = 19\nidle_warning = 10", r"idle_timeout \(19 s\) must be at least two"),
+        ("idle_timeout = 60\nidle_warning = 9", r"idle_warning \(9 s\) must be at least one"),
     ],
 )
 def test_config_mistakes_are_named(tmp_path, extra, words):

@@ -267,7 +267,9 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: The longest a client may wait, in seconds (0: no limit); then ``queue_timeout``.
     queue_max_wait_seconds: int = 0
     #: A seat idle this many seconds is reclaimed (0: never), for agents that report
-    #: activity; ``idle_warning`` seconds before, the agent is warned.
+    #: activity; ``idle_warning`` seconds before, the agent is warned (always: a seat is
+    #: reclaimed no earlier than ``idle_warning`` after its warning). At least two and
+    #: one renewal intervals (``lease_seconds / 3``) respectively.
     idle_timeout: float = 0
     idle_warning: float = 0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -288,6 +290,19 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise msgspec.ValidationError(
                 "idle_warning must be at least 0 and less than idle_timeout (it is how long "
                 "before the reclaim the user is warned)"
+            )
+        renewal = self.lease_seconds / 3  # agents report their activity when they renew
+        if self.idle_timeout and self.idle_timeout < 2 * renewal:
+            raise msgspec.ValidationError(
+                f"idle_timeout ({self.idle_timeout:g} s) must be at least two renewal "
+                f"intervals ({2 * renewal:g} s: agents renew every lease_seconds/3 and report "
+                "their activity then); raise idle_timeout or lower lease_seconds"
+            )
+        if self.idle_timeout and self.idle_warning < renewal:
+            raise msgspec.ValidationError(
+                f"idle_warning ({self.idle_warning:g} s) must be at least one renewal "
+                f"interval ({renewal:g} s, lease_seconds/3), or a user who comes back after "
+                "the warning cannot reach the server in time; raise idle_warning"
             )
 
     def __post_init__(self) -> None:

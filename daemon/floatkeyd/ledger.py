@@ -16,7 +16,8 @@ daemon to send. So the ledger keeps, after every call: while a seat is free, nob
 who may take it waits.
 
 Leases of agents that report activity (``active_at`` not ``None``) may be reclaimed
-when idle (:meth:`SeatLedger.idle`): warned first, then revoked.
+when idle (:meth:`SeatLedger.idle`): always warned first, then revoked no earlier than
+``idle_warning_ms`` after the warning.
 """
 
 from __future__ import annotations
@@ -426,8 +427,9 @@ class SeatLedger:
             return None
         lease.expires_at = now + self.lease_ms
         heapq.heappush(self._expiry, (lease.expires_at, client, token))
-        if active_at is not None and lease.active_at is not None:
-            lease.active_at = max(lease.active_at, min(active_at, now))
+        if active_at is not None:
+            # Set even when unknown: the leases table does not keep it across a restart.
+            lease.active_at = max(lease.active_at or 0, min(active_at, now))
             if lease.warned_at is not None and now < self._warn_at(lease):
                 lease.warned_at = None
         return lease
@@ -471,6 +473,11 @@ class SeatLedger:
         every = [*self.leases.values(), *self.revoked.values()]
         for lease in every:
             lease.expires_at += delta_ms
+            # Nobody could report activity meanwhile: the outage is not idleness.
+            if lease.active_at is not None:
+                lease.active_at += delta_ms
+            if lease.warned_at is not None:
+                lease.warned_at += delta_ms
             heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
         for waiter in self.queue.values():
             waiter.expires_at += delta_ms
@@ -538,21 +545,30 @@ class SeatLedger:
         warned: list[Lease] = []
         reclaimed: list[Lease] = []
         for lease in self._idle_leases():
-            assert lease.active_at is not None
-            if now >= lease.active_at + self.idle_ms:
+            if lease.warned_at is None:
+                # Never reclaimed unwarned, even when this check comes late: warned now,
+                # reclaimed no earlier than idle_warning_ms from now.
+                if now >= self._warn_at(lease):
+                    lease.warned_at = now
+                    warned.append(lease)
+            elif now >= self.reclaim_at(lease):
                 self._drop(lease)
                 reclaimed.append(lease)
-            elif lease.warned_at is None and now >= self._warn_at(lease):
-                lease.warned_at = now
-                warned.append(lease)
         if reclaimed:
             self.promote(now)
         return warned, reclaimed
 
     def reclaim_at(self, lease: Lease) -> int:
-        """When an idle ``lease`` will be reclaimed (Unix ms)."""
+        """When an idle ``lease`` will be reclaimed (Unix ms).
+
+        ``idle_ms`` after its last activity, and never less than ``idle_warning_ms``
+        after its warning (with no warning time: at the check after the warning).
+        """
         assert lease.active_at is not None
-        return lease.active_at + self.idle_ms
+        end = lease.active_at + self.idle_ms
+        if lease.warned_at is not None:
+            end = max(end, lease.warned_at + self.idle_warning_ms)
+        return end
 
     def next_idle(self) -> int | None:
         """When :meth:`idle` next has something to do (Unix ms), or ``None``."""
