@@ -348,3 +348,47 @@ async def test_an_agent_whose_queue_entry_was_dropped_asks_again(tmp_path):
         await until(lambda: len(sent) == 2)
         assert sent[-1][0] == "request"
         assert sent[-1][1].wait  # never held a seat: it may wait again
+
+
+async def test_the_activity_file_is_read_just_before_each_renewal(tmp_path):
+    import time  # noqa: PLC0415
+
+    from floatkey._supervisor import _follow_activity  # noqa: PLC0415
+
+    sent = []
+    agent = bare_agent(tmp_path, sent)
+    agent.track_activity = True
+    agent._last_active = time.monotonic() - 100  # idle for 100 s, as far as it knows
+    activity = tmp_path / "app.activity"
+    _follow_activity(agent, activity)
+    activity.touch()  # the program was used just now
+    renewal = agent._renewal(a_grant(agent._nonce))
+    assert renewal.idle_ms is not None
+    assert renewal.idle_ms < 50_000  # the file's time, read for this renewal
+
+
+async def test_a_touch_while_warned_reaches_the_server_within_about_a_second(tmp_path):
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from floatkey._supervisor import _follow_activity  # noqa: PLC0415
+
+    sent = []
+    agent = bare_agent(tmp_path, sent)
+    agent.track_activity = True
+    activity = tmp_path / "app.activity"
+    _follow_activity(agent, activity)
+    async with asyncio.TaskGroup() as tasks:
+        agent._tasks = tasks
+        grant = a_grant(agent._nonce, ms=60_000)
+        agent._take_reply(grant)
+        agent._last_active = agent._reported_active = time.monotonic() - 100
+        warning = protocol.SeatIdleWarning(
+            lease=grant.lease, reclaim_at=protocol.now_ms() + 5000, message="Your seat will go."
+        )
+        agent._take_reply(warning)
+        assert agent.idle_warned
+        activity.touch()  # the user came back; no renewal is due for a long time
+        await until(lambda: any(action == "renew" for action, _ in sent), within=5)
+        assert not agent.idle_warned
+        agent._closing = True

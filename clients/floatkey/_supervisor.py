@@ -64,6 +64,7 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, sign
 # After SIGKILL: how long to wait for the application to be gone (a process stuck in
 # uninterruptible I/O dies only when that returns). The wait is bounded whatever happens.
 _KILL_WAIT_S = 5.0
+_WARNED_POLL_S = 1.0  # the activity file, while an idle warning stands
 
 log = structlog.get_logger("floatkey-agent")
 
@@ -410,12 +411,15 @@ async def _run(args: argparse.Namespace, program: list[str]) -> int:
 def _follow_activity(agent: Agent, path: Path) -> None:
     """The program's activity is the modification time of ``path`` (it touches the file).
 
-    Read at every renewal and on an idle warning: no polling loop of its own. The warning
-    is printed to standard error, where a supervised program's user may see it.
+    Read just before every renewal is sent (so the renewal carries it), and about every
+    second while an idle warning stands, so that a touch before ``reclaim_at`` reaches
+    the server in time. The warning is printed to standard error, where a supervised
+    program's user may see it.
     """
     touched = [0.0]
+    watching: set[asyncio.Task[None]] = set()
 
-    def check(_seat: object = None) -> None:
+    def check() -> None:
         try:
             mtime = path.stat().st_mtime
         except OSError:
@@ -424,12 +428,21 @@ def _follow_activity(agent: Agent, path: Path) -> None:
             touched[0] = mtime
             agent.touch(ago=time.time() - mtime)
 
+    async def watch_while_warned() -> None:
+        while agent.idle_warned and agent.has_seat:
+            await asyncio.sleep(_WARNED_POLL_S)
+            check()
+
     def warn(warning: SeatIdleWarning) -> None:
         check()
         if agent.idle_warned:
             print(f"floatkey-agent: {warning.message}", file=sys.stderr)
+            if not watching:
+                task = asyncio.get_running_loop().create_task(watch_while_warned())
+                watching.add(task)
+                task.add_done_callback(watching.discard)
 
-    agent.on_lease_change(check)
+    agent.on_activity_report(check)
     agent.on_idle_warning(warn)
 
 

@@ -149,6 +149,8 @@ class Agent:
         self._reported_active = self._last_active
         self._idle_warned = False
         self._idle_listeners: list[Callable[[SeatIdleWarning], None]] = []
+        self._activity_probes: list[Callable[[], None]] = []
+        self._probing = False
         self.drops: Counter[str] = Counter()
         #: Exceptions raised by ``on_license_change`` and ``on_lease_change`` listeners,
         #: by listener name.
@@ -297,17 +299,32 @@ class Agent:
         """
         self._idle_listeners.append(listener)
 
+    def on_activity_report(self, probe: Callable[[], None]) -> None:
+        """Call ``probe`` just before activity is reported to the server (each renewal).
+
+        For activity read from elsewhere (a file's time, say): ``probe`` calls
+        :meth:`touch`, and the renewal being sent carries it. An exception it raises is
+        logged and counted in :attr:`listener_failures`.
+        """
+        self._activity_probes.append(probe)
+
     def touch(self, ago: float = 0.0) -> None:
         """The user did something (``ago`` seconds ago): the seat is in use. Cheap.
 
         Call it on user input. Costs no message, except after an idle warning: then the
-        server is told at once.
+        server is told at once. Call it in the agent's event loop thread; from another
+        thread use ``loop.call_soon_threadsafe(agent.touch)``.
         """
         self._last_active = max(self._last_active, time.monotonic() - max(ago, 0.0))
         if self._idle_warned:
             self._idle_warned = False
             grant = self._grant
-            if grant is not None and self._tasks is not None and not self._closing:
+            if (
+                grant is not None
+                and self._tasks is not None
+                and not self._closing
+                and not self._probing  # a renewal is being written: it tells the server
+            ):
                 self._tasks.create_task(
                     self._send(self._renewal(grant), "renew"),
                     name=f"agent-touch-{self.client_id}",
@@ -331,6 +348,17 @@ class Agent:
     def _idle_ms(self) -> int | None:
         if not self.track_activity:
             return None
+        self._probing = True
+        try:
+            for probe in self._activity_probes:
+                try:
+                    probe()
+                except Exception:
+                    name = _callable_name(probe)
+                    self.listener_failures[name] += 1
+                    log.exception("activity probe failed", client=self.client_id, listener=name)
+        finally:
+            self._probing = False
         self._reported_active = self._last_active
         return min(round((time.monotonic() - self._last_active) * 1000), 366 * 86_400_000)
 
