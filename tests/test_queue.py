@@ -392,3 +392,16 @@ async def test_a_touch_while_warned_reaches_the_server_within_about_a_second(tmp
         await until(lambda: any(action == "renew" for action, _ in sent), within=5)
         assert not agent.idle_warned
         agent._closing = True
+
+
+def test_requests_and_renewals_at_their_defaults_carry_no_new_fields():
+    # Daemons from before the queue refuse unknown fields.
+    request = protocol.encode(protocol.SeatRequest(client="a", nonce="n1", app="x", pid=1))
+    renew = protocol.encode(protocol.SeatRenew(client="a", lease="l1"))
+    for body in (request, renew):
+        assert b'"wait"' not in body
+        assert b'"idle_ms"' not in body
+        assert b'"ts"' in body
+    assert protocol.decode(request, protocol.SeatRequest).pid == 1
+    waiting = protocol.SeatRequest(client="a", nonce="n1", wait=True, idle_ms=0)
+    assert b'"wait":true,"idle_ms":0' in protocol.encode(waiting)

@@ -155,8 +155,12 @@ class Event(_Body, tag="event"):
 # --- agent -> daemon (unsigned; the broker ACL binds the topic to the client) ---------
 
 
-class SeatRequest(_Body, tag="seat.request"):
-    """Ask for a seat."""
+class SeatRequest(_Body, tag="seat.request", omit_defaults=True):
+    """Ask for a seat.
+
+    Fields at their defaults are left out: a daemon older than ``wait`` and ``idle_ms``
+    refuses unknown fields, and an agent that uses neither must still get a seat there.
+    """
 
     client: ClientId
     nonce: Token
@@ -171,8 +175,8 @@ class SeatRequest(_Body, tag="seat.request"):
     idle_ms: IdleMs | None = None
 
 
-class SeatRenew(_Body, tag="seat.renew"):
-    """Extend a lease (or a queue entry's lease) before it expires."""
+class SeatRenew(_Body, tag="seat.renew", omit_defaults=True):
+    """Extend a lease (or a queue entry's lease) before it expires (defaults left out)."""
 
     client: ClientId
     lease: Token
