@@ -221,7 +221,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(client=clients)
     def will(self, client: str) -> None:
-        self.book.cancel(client)
+        self.book.orphan_waiter(client, self.now, 5000)
         self.book.orphan(client, self.now, 5000)
 
     @rule(ms=st.integers(0, 2 * LEASE_MS))

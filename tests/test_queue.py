@@ -88,13 +88,23 @@ async def test_two_run_two_wait_in_order_and_a_release_lets_the_first_in_at_once
         assert [(row.position, row.client, row.app) for row in clients.queue] == [(1, "d", "app")]
 
 
-async def test_a_waiter_gone_through_its_will_leaves_and_the_one_behind_moves_up(
+async def test_a_waiters_will_keeps_its_place_for_the_grace_then_the_next_moves_up(
     tmp_path, link, wall
 ):
     async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
         await two_seats_four_waiting(daemon, link)
-        await send(daemon, "c", protocol.SeatRelease(client="c"), "release")  # c's will
+        d = last(daemon, link, "d")
+        # A broker restart sends every will: both keep their places for the grace (5 s).
+        for client in ("c", "d"):
+            await send(daemon, client, protocol.SeatRelease(client=client), "release")
+        assert list(daemon.seats.ledger.queue) == ["c", "d"]
+        wall.ms += 3000
+        await send(daemon, "d", protocol.SeatRenew(client="d", lease=d.lease), "renew")
+        assert last(daemon, link, "d").position == 2  # back: still behind c
+        wall.ms += 2001  # c never came back
+        await daemon.seats.expire_step()
         assert list(daemon.seats.ledger.queue) == ["d"]
+        assert daemon.seats.ledger.queue["d"].seq == 2  # its place, not a new one
         await daemon.seats.queue_step()
         assert last(daemon, link, "d").position == 1
 

@@ -83,6 +83,9 @@ class Waiter:
     pid: int = 0
     login: str = ""
     reports_activity: bool = False
+    #: Its MQTT will came: it keeps its place only if it renews (or asks again) within
+    #: the will's grace, as a seat does (a broker restart sends every will).
+    orphaned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,7 @@ class SeatLedger:
         waiter = self.queue.get(client)
         if waiter is not None and secrets.compare_digest(waiter.token, token):
             waiter.expires_at = now + self.lease_ms
+            waiter.orphaned = False
             return waiter
         lease = self.leases.get(client)
         if lease is None or not secrets.compare_digest(lease.token, token):
@@ -468,6 +472,15 @@ class SeatLedger:
             heapq.heappush(self._expiry, (deadline, client, lease.token))
         return None
 
+    def orphan_waiter(self, client: str, now: int, grace_ms: int) -> Waiter | None:
+        """The waiter's MQTT will came: it keeps its place ``grace_ms`` more (as :meth:`orphan`)."""
+        waiter = self.queue.get(client)
+        if waiter is None:
+            return None
+        waiter.orphaned = True
+        waiter.expires_at = min(waiter.expires_at, now + grace_ms)
+        return waiter
+
     def extend_all(self, delta_ms: int) -> list[Lease]:
         """Push every lease's end ``delta_ms`` later; return them (to be persisted)."""
         every = [*self.leases.values(), *self.revoked.values()]
@@ -500,7 +513,7 @@ class SeatLedger:
         for waiter in list(self.queue.values()):
             if waiter.expires_at <= now:
                 del self.queue[waiter.client]
-                self._unqueued.append(Unqueued(waiter, "expiry"))
+                self._unqueued.append(Unqueued(waiter, "will" if waiter.orphaned else "expiry"))
             elif self.queue_max_wait_ms and waiter.since + self.queue_max_wait_ms <= now:
                 del self.queue[waiter.client]
                 self._unqueued.append(Unqueued(waiter, "queue_timeout"))

@@ -50,7 +50,7 @@ from floatkey.protocol import (
     SeatRevoked,
 )
 from floatkeyd import usage
-from floatkeyd.ledger import Denied, Queued, SeatLimits, Waiter
+from floatkeyd.ledger import Denied, Granted, Queued, SeatLimits, Waiter
 from floatkeyd.store import AuditEntry
 from floatkeyd.usage import DENIAL_ROWS_PER_MINUTE, DenialFilter, Who
 
@@ -220,7 +220,8 @@ class SeatDesk:
         if was_waiting is not None and body.client not in self.ledger.queue:
             # It asked again without waiting: out of the queue, whatever the answer.
             self._store.stage_unqueue(body.client)
-            self._usage.stage(usage.unqueued(was_waiting, now, "cancel"))
+            reason = "granted" if isinstance(decision, Granted) else "cancel"
+            self._usage.stage(usage.unqueued(was_waiting, now, reason))
             self._told_ahead.pop(body.client, None)
             self._queue_moved.set()
         if isinstance(decision, Queued):
@@ -463,11 +464,9 @@ class SeatDesk:
 
     def _will(self, client_id: str, now: int) -> None:
         # The MQTT will cannot know the lease; the agent may only have been cut off by a
-        # broker restart (which sends every will), so the seat is kept for a short grace.
-        # A waiter leaves the queue at once: the one behind it moves up.
-        waiter = self.ledger.cancel(client_id)
-        if waiter is not None:
-            self._unqueued(waiter, now, "will")
+        # broker restart (which sends every will), so the seat is kept for a short grace;
+        # so is a waiter's place (it leaves the queue if it does not renew within it).
+        self.ledger.orphan_waiter(client_id, now, self._will_grace_ms)
         freed = self.ledger.orphan(client_id, now, self._will_grace_ms)
         self._expiry_moved.set()
         if client_id in self.ledger.leases:
