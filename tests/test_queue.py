@@ -138,6 +138,45 @@ async def test_the_queue_survives_a_restart(tmp_path, link, wall):
         assert grant.nonce == "n-c"
 
 
+async def test_a_seat_freed_while_the_daemon_was_down_goes_to_the_first_waiter_at_start(
+    tmp_path, link, wall
+):
+    import contextlib  # noqa: PLC0415
+    import sqlite3  # noqa: PLC0415
+
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        await daemon.seats.flush_step()
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db, db:
+        assert db.execute("DELETE FROM leases WHERE client = 'a'").rowcount == 1
+    async with running(config, link, wall, serve=False) as daemon:
+        assert list(daemon.seats.ledger.queue) == ["d"]
+        assert set(daemon.seats.ledger.leases) == {"b", "c"}
+        grant = last(daemon, link, "c")
+        assert isinstance(grant, protocol.SeatGranted)
+        assert grant.nonce == "n-c"
+
+
+def test_a_stored_waiter_that_also_holds_a_seat_is_not_put_back_in_the_queue():
+    from floatkeyd.ledger import SeatLedger  # noqa: PLC0415
+
+    book = SeatLedger("licensed", 1, 1, 30_000, queue_max=3)
+    book.request("a", 0)
+    queued = book.request("b", 0, wait=True)
+    restored = SeatLedger("licensed", 1, 1, 30_000, queue_max=3)
+    restored.restore(book.leases["a"])
+    restored.restore_waiter(queued.waiter)
+    restored.restore_waiter(copied(queued.waiter, client="a"))
+    assert list(restored.queue) == ["b"]
+
+
+def copied(waiter, **changes):
+    import dataclasses  # noqa: PLC0415
+
+    return dataclasses.replace(waiter, **changes)
+
+
 async def test_a_new_license_clears_the_queue_and_tells_each_waiter(tmp_path, link, wall):
     async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
         await two_seats_four_waiting(daemon, link)

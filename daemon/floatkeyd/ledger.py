@@ -357,8 +357,16 @@ class SeatLedger:
         return 0
 
     def restore_waiter(self, waiter: Waiter) -> None:
-        """Put back a queue entry read from the database at start (in ``seq`` order)."""
-        if waiter.generation != self.generation or self.mode != "licensed":
+        """Put back a queue entry read from the database at start (in ``seq`` order).
+
+        Skipped when the client also holds a seat. Then call :meth:`promote`: a seat may
+        have freed while the daemon was down.
+        """
+        if (
+            waiter.generation != self.generation
+            or self.mode != "licensed"
+            or waiter.client in self.leases
+        ):
             return
         self.queue[waiter.client] = waiter
         self._seq = max(self._seq, waiter.seq)

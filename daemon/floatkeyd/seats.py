@@ -384,6 +384,12 @@ class SeatDesk:
             self.denied[gone.reason] += 1
             self._reply(gone.waiter.client, denial)
 
+    def settle_restored(self) -> None:
+        """At start: grant the seats that freed while the daemon was down to waiters."""
+        now = self._clock.now()
+        self.ledger.promote(now)
+        self._settle(now)
+
     def _license_changed(self) -> None:
         """A new license cleared the queue: each waiter is told, and asks again."""
         self._settle(self._clock.now())

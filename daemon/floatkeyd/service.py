@@ -331,6 +331,7 @@ async def open_daemon(
             link=link,
             drops=drops,
         )
+        seats.settle_restored()  # a seat freed while it was down goes to the first waiter
         usage = UsageHistory(store, clock, config.usage)
         keyring = Keyring(list(config.admin_keys), store)
         await keyring.reload()
