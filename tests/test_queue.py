@@ -124,6 +124,25 @@ async def test_a_waiter_may_cancel_and_renew_its_place(tmp_path, link, wall):
         assert list(daemon.seats.ledger.queue) == ["d"]
 
 
+async def test_a_cancel_that_crossed_its_grant_frees_the_seat_for_the_next(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        a, c = last(daemon, link, "a"), last(daemon, link, "c")
+        await send(daemon, "a", protocol.SeatRelease(client="a", lease=a.lease), "release")
+        assert "c" in daemon.seats.ledger.leases  # granted; the agent gave up meanwhile
+        await send(daemon, "c", protocol.SeatCancel(client="c", lease=c.lease), "cancel")
+        assert "c" not in daemon.seats.ledger.leases
+        assert isinstance(last(daemon, link, "d"), protocol.SeatGranted)
+        # Once the agent renewed its grant, an old cancel frees nothing.
+        d = last(daemon, link, "d")
+        await send(daemon, "d", protocol.SeatRenew(client="d", lease=d.lease), "renew")
+        told = replies(daemon, link, "d")
+        queued = next(r for r in told if isinstance(r, protocol.SeatQueued))
+        cancel = protocol.SeatCancel(client="d", lease=queued.lease)
+        await send(daemon, "d", cancel, "cancel")
+        assert "d" in daemon.seats.ledger.leases
+
+
 async def test_the_queue_survives_a_restart(tmp_path, link, wall):
     config = write_config(tmp_path)
     async with running(config, link, wall, serve=False) as daemon:

@@ -145,6 +145,9 @@ class SeatDesk:
         # Clients told seat.lost (their next grant is "renewed after loss"), and clients
         # whose will came (their lease's end is "released by its will").
         self._lost: OrderedDict[str, None] = OrderedDict()
+        # Waiters just granted a seat, by client: (queue lease, seat lease), until the
+        # agent renews the seat. A cancel sent before the grant arrived frees the seat.
+        self._promoted_from: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._willed: set[str] = set()
         # The queue: the place each waiter was last told, and whether places moved.
         self._told_ahead: dict[str, int] = {}
@@ -335,6 +338,13 @@ class SeatDesk:
         waiter = self.ledger.cancel(body.client, body.lease)
         if waiter is not None:
             self._unqueued(waiter, now, "cancel")
+            return
+        promoted = self._promoted_from.get(body.client)
+        if promoted is not None and promoted[0] == body.lease:
+            # The agent gave up waiting before our grant reached it: the seat it will
+            # never use goes back (to the next waiter).
+            del self._promoted_from[body.client]
+            self._release(SeatRelease(client=body.client, lease=promoted[1]), now)
 
     def _unqueued(self, waiter: Waiter, now: int, reason: str) -> None:
         """``waiter`` left the queue without a seat: stored, recorded, places moved."""
@@ -352,6 +362,10 @@ class SeatDesk:
         no delay but the broker's.
         """
         for waiter, lease in self.ledger.take_promoted():
+            self._promoted_from[waiter.client] = (waiter.token, lease.token)
+            self._promoted_from.move_to_end(waiter.client)
+            if len(self._promoted_from) > _LOST_KEPT:
+                self._promoted_from.popitem(last=False)
             self._store.stage_unqueue(waiter.client)
             self._usage.stage(usage.unqueued(waiter, now, "granted"))
             self._told_ahead.pop(waiter.client, None)
@@ -463,6 +477,7 @@ class SeatDesk:
             self._reply(body.client, SeatLost(lease=body.lease, message=message))
             return
         self._willed.discard(body.client)  # back within the will's grace
+        self._promoted_from.pop(body.client, None)  # the agent has its grant
         if lease.active_at is not None:
             self._idle_moved.set()
         self._stage(lease)
