@@ -208,6 +208,24 @@ async def test_a_new_license_clears_the_queue_and_tells_each_waiter(tmp_path, li
             assert "asking again" in told.message
 
 
+async def test_a_queue_cleared_by_the_license_expiring_says_so(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await two_seats_four_waiting(daemon, link)
+        daemon.seats.ledger.change_license("expired", 0, daemon.seats.ledger.generation + 1)
+        daemon.seats._license_changed()
+        told = last(daemon, link, "c")
+        assert told.reason == "license_changed"
+        assert told.message == "The license on this server expired while you waited; asking again."
+
+
+def test_durations_read_as_a_customer_reads_them():
+    from floatkeyd.seats import _duration  # noqa: PLC0415
+
+    assert [_duration(s) for s in (1, 45, 60, 90, 120, 300)] == [
+        "1 second", "45 seconds", "1 minute", "90 seconds", "2 minutes", "5 minutes",
+    ]  # fmt: skip
+
+
 async def test_a_full_queue_and_a_long_wait_are_denied_with_sentences(tmp_path, link, wall):
     config = write_config(tmp_path, "queue_max_wait_seconds = 60")
     async with running(config, link, wall, serve=False) as daemon:
@@ -229,7 +247,7 @@ async def test_a_full_queue_and_a_long_wait_are_denied_with_sentences(tmp_path, 
         timed_out = last(daemon, link, "c")
         assert isinstance(timed_out, protocol.SeatDenied)
         assert timed_out.reason == "queue_timeout"
-        assert timed_out.message.startswith("You waited 1 minutes for a seat")
+        assert timed_out.message.startswith("You waited 1 minute for a seat,")
 
 
 async def test_old_agents_that_never_ask_to_wait_see_no_change(tmp_path, link, wall):

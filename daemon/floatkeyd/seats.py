@@ -81,11 +81,21 @@ _BODY_OF: dict[str, type[SeatRequest | SeatRenew | SeatRelease | SeatCancel]] = 
     "release": SeatRelease,
 }
 _UNQUEUED_MESSAGES = {
-    "queue_timeout": "You waited {minutes} minutes for a seat, the longest this server lets "
+    "queue_timeout": "You waited {waited} for a seat, the longest this server lets "
     "a client wait. Try again later, or ask your administrator for more seats.",
     "license_changed": "A new license was activated while you waited; asking again under it.",
+    "license_expired": "The license on this server expired while you waited; asking again.",
     "expiry": "Your place in the queue lapsed (it was not renewed); ask again.",
 }
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a customer reads it: "1 minute", "5 minutes", "90 seconds"."""
+    whole = max(round(seconds), 1)
+    if whole >= 120 or (whole >= 60 and whole % 60 == 0):
+        minutes = round(whole / 60)
+        return "1 minute" if minutes == 1 else f"{minutes} minutes"
+    return "1 second" if whole == 1 else f"{whole} seconds"
 
 
 def seat_limits(limits: Limits) -> SeatLimits:
@@ -380,7 +390,7 @@ class SeatDesk:
                     nonce=gone.waiter.nonce,
                     reason="queue_timeout",
                     message=_UNQUEUED_MESSAGES["queue_timeout"].format(
-                        minutes=round(self._queue_wait_ms / 60_000)
+                        waited=_duration(self._queue_wait_ms / 1000)
                     ),
                     seats=self.ledger.seats,
                     in_use=self.ledger.in_use,
@@ -389,7 +399,9 @@ class SeatDesk:
                 denial = protocol.SeatDenied(
                     nonce=gone.waiter.nonce,
                     reason="license_changed",
-                    message=_UNQUEUED_MESSAGES["license_changed"],
+                    message=_UNQUEUED_MESSAGES[
+                        "license_expired" if self.ledger.mode == "expired" else "license_changed"
+                    ],
                     seats=self.ledger.seats,
                     in_use=self.ledger.in_use,
                 )
@@ -643,9 +655,7 @@ class SeatDesk:
         warned, reclaimed = self.ledger.idle(now)
         for lease in warned:
             reclaim_at = self.ledger.reclaim_at(lease)
-            minutes = max(round((reclaim_at - now) / 60_000), 1)
-            seconds = max(round((reclaim_at - now) / 1000), 1)
-            left = f"{minutes} minutes" if seconds >= 120 else f"{seconds} seconds"
+            left = _duration((reclaim_at - now) / 1000)
             self._reply(
                 lease.client,
                 SeatIdleWarning(
