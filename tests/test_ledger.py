@@ -273,8 +273,9 @@ class LedgerMachine(RuleBasedStateMachine):
         if book.in_use < book.seats:
             logins = [lease.login for lease in book.leases.values() if lease.licensed]
             for waiter in book.queue.values():
-                # Only a waiter whose login is at its cap may wait beside a free seat.
-                assert logins.count(waiter.login) >= LIMITS.per_login
+                # Only a waiter whose login is at its cap, or whose will came (passed over
+                # while its grace runs), may wait beside a free seat.
+                assert waiter.orphaned or logins.count(waiter.login) >= LIMITS.per_login
 
     @invariant()
     def a_client_waits_or_holds_never_both(self) -> None:
@@ -524,3 +525,21 @@ def test_activity_is_tracked_again_after_a_restart():
     assert isinstance(lease, Lease)
     assert lease.active_at == 4000
     assert restored.next_idle() == 4000 + 6000
+
+
+def test_a_waiter_whose_will_came_is_passed_over_until_it_is_back():
+    """A seat is not given to a client that may be dead: it would sit unused a whole lease."""
+    book = SeatLedger("licensed", 1, 1, 30_000, queue_max=3)
+    held = book.request("a", 0)
+    assert isinstance(held, Granted)
+    first = book.request("b", 0, wait=True)
+    second = book.request("c", 0, wait=True)
+    assert isinstance(first, Queued)
+    assert isinstance(second, Queued)
+    book.orphan_waiter("b", 1_000, grace_ms=5_000)  # b's will: its grace runs
+    assert book.release("a", held.lease.token, 2_000) is not None
+    [(granted, _)] = book.take_promoted()
+    assert granted.client == "c"  # b is passed over, keeping its place
+    assert list(book.queue) == ["b"]
+    assert book.renew("b", first.waiter.token, 3_000) is first.waiter  # back in the grace
+    assert not first.waiter.orphaned

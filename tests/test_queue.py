@@ -170,6 +170,9 @@ async def test_a_seat_freed_while_the_daemon_was_down_goes_to_the_first_waiter_a
     with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db, db:
         assert db.execute("DELETE FROM leases WHERE client = 'a'").rowcount == 1
     async with running(config, link, wall, serve=False) as daemon:
+        # Restored, nothing granted yet: a grant sent before the broker is there is lost.
+        assert list(daemon.seats.ledger.queue) == ["c", "d"]
+        await daemon.connected()
         assert list(daemon.seats.ledger.queue) == ["d"]
         assert set(daemon.seats.ledger.leases) == {"b", "c"}
         grant = last(daemon, link, "c")
@@ -428,12 +431,17 @@ async def test_an_agent_whose_queue_entry_was_dropped_asks_again(tmp_path):
             )
         )
         assert agent.queued is not None
+        waiting = asyncio.create_task(agent.wait_for_grant())  # as `run --wait` does
+        await asyncio.sleep(0)
         agent._take_reply(protocol.SeatLost(lease="Q1", message="no such entry"))
         assert agent.queued is None
         assert agent.drops["stale_reply"] == 0
         await until(lambda: len(sent) == 2)
         assert sent[-1][0] == "request"
         assert sent[-1][1].wait  # never held a seat: it may wait again
+        # The lost entry is no end of the wait: `run --wait` must not exit "No seat".
+        assert not waiting.done()
+        waiting.cancel()
 
 
 async def test_the_activity_file_is_read_just_before_each_renewal(tmp_path):

@@ -921,9 +921,10 @@ class Agent:
         queued = self.queued
         if grant is None and isinstance(reply, SeatLost) and queued and reply.lease == queued.lease:
             # The daemon dropped our queue entry (a restart, a lapse): ask again.
+            # Not _seat_changed: wait_for_grant would take the empty queue for an end
+            # and `run --wait` would exit; the new request's answer wakes it.
             self._contact(answer=True)
             self.queued = None
-            self._seat_changed.set()
             log.warning("place in the queue lost", client=self.client_id, message=reply.message)
             if self._client is not None and not self._released:
                 self._spawn_request()
@@ -988,8 +989,12 @@ class Agent:
             return
         self.queued = None
         if isinstance(reply, SeatDenied) and reply.reason == "license_changed":
-            # The queue was cleared by a new license: ask again under it.
-            log.info("queue cleared by a new license; asking again", client=self.client_id)
+            # The queue was cleared by a license change (a new one, or expiry): ask again.
+            log.info(
+                "queue cleared by a license change; asking again",
+                client=self.client_id,
+                message=reply.message,
+            )
             self._spawn_request()
             return
         if isinstance(reply, SeatGranted):

@@ -385,8 +385,15 @@ class SeatLedger:
         """Grant free seats to the first waiters who may take them (limits permitting)."""
         self._now = max(self._now, now)
         while self.mode == "licensed" and self.queue and self._licensed_in_use < self.seats:
+            # A waiter whose will came is passed over while its grace runs: a seat given
+            # to a client that may be dead would sit unused for a whole lease. It keeps
+            # its place, and is granted once it is back (a renewal or a new request).
             chosen = next(
-                (w for w in self.queue.values() if not self._over_limit(w.login, w.host, w.user)),
+                (
+                    w
+                    for w in self.queue.values()
+                    if not w.orphaned and not self._over_limit(w.login, w.host, w.user)
+                ),
                 None,
             )
             if chosen is None:

@@ -85,7 +85,6 @@ _UNQUEUED_MESSAGES = {
     "a client wait. Try again later, or ask your administrator for more seats.",
     "license_changed": "A new license was activated while you waited; asking again under it.",
     "license_expired": "The license on this server expired while you waited; asking again.",
-    "expiry": "Your place in the queue lapsed (it was not renewed); ask again.",
 }
 
 
@@ -411,8 +410,13 @@ class SeatDesk:
             self._reply(gone.waiter.client, denial)
 
     def settle_restored(self) -> None:
-        """At start: grant the seats that freed while the daemon was down to waiters."""
+        """At the first connection: seats freed while the daemon was down go to waiters.
+
+        Not before: a grant sent without a broker is dropped. Leases and queue entries
+        that ran out meanwhile are expired first, so no lapsed waiter is granted.
+        """
         now = self._clock.now()
+        self._expire(now)
         self.ledger.promote(now)
         self._settle(now)
 
@@ -478,7 +482,10 @@ class SeatDesk:
         if isinstance(lease, Waiter):
             self._store.stage_waiter(lease)
             self._staged.set()
-            self._tell_place(lease, self.ledger.ahead(body.client))
+            self.ledger.promote(now)  # back from its will's grace: a free seat may be its
+            self._settle(now)
+            if body.client in self.ledger.queue:
+                self._tell_place(lease, self.ledger.ahead(body.client))
             return
         if lease is None:
             message = "The license server no longer holds this seat; ask again."
@@ -622,6 +629,10 @@ class SeatDesk:
                 async with asyncio.timeout(delay + 0.01):
                     await self._expiry_moved.wait()
             return
+        self._expire(now)
+
+    def _expire(self, now: int) -> None:
+        """Free every lease and queue entry whose time is up; freed seats go to waiters."""
         expired = self.ledger.expire(now)
         self._settle(now)
         self.leases_expired += len(expired)

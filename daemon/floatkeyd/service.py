@@ -120,6 +120,7 @@ class Daemon:
         self.seats.broker_back()
         self.expiring.recheck()  # a warning that found no broker goes out now
         if not self._ready.is_set():
+            self.seats.settle_restored()  # seats freed while it was down, to waiters
             self._ready.set()
             self.notifier.ready(self.authority.status_line())
         else:
@@ -331,7 +332,6 @@ async def open_daemon(
             link=link,
             drops=drops,
         )
-        seats.settle_restored()  # a seat freed while it was down goes to the first waiter
         usage = UsageHistory(store, clock, config.usage)
         keyring = Keyring(list(config.admin_keys), store)
         await keyring.reload()
