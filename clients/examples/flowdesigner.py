@@ -320,6 +320,17 @@ def file_menu(features: frozenset[str]) -> str:
     return "\n".join(lines)
 
 
+def open_document(path: Path | None, client_id: str) -> Document | None:
+    """This instance's document; ``None`` after saying why it cannot be opened."""
+    try:
+        return Document.open(path, client_id)
+    except DocumentBusy as exc:
+        print(f"flowdesigner: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
+    return None
+
+
 def main() -> int:
     """Run until SIGTERM; save the document on the way out."""
     parser = argparse.ArgumentParser(description="An example floatkey-licensed application.")
@@ -327,13 +338,8 @@ def main() -> int:
     args = parser.parse_args()
     stop = StopSignals()
     client_id = os.environ.get("FLOATKEY_CLIENT_ID", "")
-    try:
-        document = Document.open(args.document, client_id)
-    except DocumentBusy as exc:
-        print(f"flowdesigner: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
+    document = open_document(args.document, client_id)
+    if document is None:
         return EXIT_CONFIG
     license_ = read_license(args.agent_config)
     print(f"Flow Designer — license: {license_.status}, licensed to {license_.licensee}")

@@ -40,11 +40,11 @@ from flowdesigner import (
     EXIT_UNSAVED,
     IDLE_CHECK_EVERY,
     Document,
-    DocumentBusy,
     License,
     StopSignals,
     add_arguments,
     idle_warning,
+    open_document,
     read_license,
     stop_reason,
 )
@@ -274,13 +274,8 @@ def main() -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    try:
-        document = Document.open(args.document, client_id)
-    except DocumentBusy as exc:
-        print(f"flowdesigner: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as exc:
-        print(f"flowdesigner: cannot open the document: {exc}", file=sys.stderr)
+    document = open_document(args.document, client_id)
+    if document is None:
         return EXIT_CONFIG
     license_ = read_license(args.agent_config)
     window = FlowDesignerWindow(root, license_, document, client_id, stop)

@@ -136,48 +136,34 @@ class UsageEvent:
 # --- events from the ledger's decisions ---------------------------------------------
 
 
-def granted(lease: Lease, at: int, *, after_loss: bool = False) -> UsageEvent:
-    """A licensed seat granted (``after_loss``: to a client told ``seat.lost`` before)."""
+def _seat_event(lease: Lease, at: int, kind: Kind, reason: str = "") -> UsageEvent:
+    """An event about ``lease``'s seat, with the seat's client, login, app, user and host."""
     return UsageEvent(
         at=at,
-        kind="renewed_after_loss" if after_loss else "granted",
+        kind=kind,
         client=lease.client,
         login=lease.login,
         app=lease.app,
         user=lease.user,
         host=lease.host,
+        reason=reason,
         generation=lease.generation,
     )
+
+
+def granted(lease: Lease, at: int, *, after_loss: bool = False) -> UsageEvent:
+    """A licensed seat granted (``after_loss``: to a client told ``seat.lost`` before)."""
+    return _seat_event(lease, at, "renewed_after_loss" if after_loss else "granted")
 
 
 def released(lease: Lease, at: int, reason: Literal["agent", "will", "expiry"]) -> UsageEvent:
     """A licensed seat freed by its agent, by its MQTT will, or at the end of its lease."""
-    return UsageEvent(
-        at=at,
-        kind="released",
-        client=lease.client,
-        login=lease.login,
-        app=lease.app,
-        user=lease.user,
-        host=lease.host,
-        reason=reason,
-        generation=lease.generation,
-    )
+    return _seat_event(lease, at, "released", reason)
 
 
 def revoked(lease: Lease, at: int, reason: str) -> UsageEvent:
     """A licensed seat taken back: ``admin`` or a license change (``unlock``, ...)."""
-    return UsageEvent(
-        at=at,
-        kind="revoked",
-        client=lease.client,
-        login=lease.login,
-        app=lease.app,
-        user=lease.user,
-        host=lease.host,
-        reason=reason,
-        generation=lease.generation,
-    )
+    return _seat_event(lease, at, "revoked", reason)
 
 
 def denied(  # noqa: PLR0913 - the request's fields and the decision
