@@ -13,9 +13,23 @@ from floatkey.configfile import load_toml
 from floatkey.protocol import ANONYMOUS, LOGIN, Topics
 from floatkey.signing import parse_public_key
 
-__all__ = ["AgentConfig", "LoadedAgentConfig", "load_agent_config"]
+__all__ = ["AgentConfig", "LoadedAgentConfig", "check_server", "load_agent_config"]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_server(server: str, topic_prefix: str, server_key: str | None) -> None:
+    """The server a client config names (agent.toml, admin.toml); ``ValidationError``."""
+    for name, value in (("server", server), ("topic_prefix", topic_prefix)):
+        if not _NAME.fullmatch(value):
+            raise msgspec.ValidationError(f"{name} must be 1-64 letters, digits, '.', '_' or '-'")
+    if server_key is not None:
+        try:
+            parse_public_key(server_key)
+        except ValueError as exc:
+            raise msgspec.ValidationError(f"server_key: {exc}") from None
+
+
 #: Older names of agent.toml keys, still read (a file may not set both names).
 _RENAMED = {"request_timeout": "connect_timeout"}
 
@@ -51,16 +65,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 "broker.username must be 1-128 letters, digits or . _ : @ - (it is part of "
                 "the agent's seat topics, where the broker's ACL checks it)"
             )
-        for name in ("server", "topic_prefix"):
-            if not _NAME.fullmatch(getattr(self, name)):
-                raise msgspec.ValidationError(
-                    f"{name} must be 1-64 letters, digits, '.', '_' or '-'"
-                )
-        if self.server_key is not None:
-            try:
-                parse_public_key(self.server_key)
-            except ValueError as exc:
-                raise msgspec.ValidationError(f"server_key: {exc}") from None
+        check_server(self.server, self.topic_prefix, self.server_key)
         for name in ("connect_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")

@@ -25,7 +25,6 @@ The two are told apart by content (``vendor_public_key`` or ``admin_key``), so
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from floatkey.broker import BrokerOptions  # noqa: TC001 - msgspec reads it at runtime
+from floatkey.config import check_server
 from floatkey.configfile import load_toml
 from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AdminConfig", "AdminTarget", "load_admin_target"]
 
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NEEDED = (
     "floatkeyctl needs the daemon's (floatkeyd.toml) or an admin.toml (config/admin.toml "
     "is an example)"
@@ -72,16 +71,7 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     catalogue: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("server", "topic_prefix"):
-            if not _NAME.fullmatch(getattr(self, name)):
-                raise msgspec.ValidationError(
-                    f"{name} must be 1-64 letters, digits, '.', '_' or '-'"
-                )
-        if self.server_key is not None:
-            try:
-                parse_public_key(self.server_key)
-            except ValueError as exc:
-                raise msgspec.ValidationError(f"server_key: {exc}") from None
+        check_server(self.server, self.topic_prefix, self.server_key)
 
 
 @dataclass(frozen=True)

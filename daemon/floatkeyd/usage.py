@@ -136,18 +136,21 @@ class UsageEvent:
 # --- events from the ledger's decisions ---------------------------------------------
 
 
-def _seat_event(lease: Lease, at: int, kind: Kind, reason: str = "") -> UsageEvent:
-    """An event about ``lease``'s seat, with the seat's client, login, app, user and host."""
+def _seat_event(
+    holder: Lease | Waiter, at: int, kind: Kind, reason: str = "", n: int = 1
+) -> UsageEvent:
+    """An event about a seat or a place in the queue, with who holds it."""
     return UsageEvent(
         at=at,
         kind=kind,
-        client=lease.client,
-        login=lease.login,
-        app=lease.app,
-        user=lease.user,
-        host=lease.host,
+        client=holder.client,
+        login=holder.login,
+        app=holder.app,
+        user=holder.user,
+        host=holder.host,
         reason=reason,
-        generation=lease.generation,
+        generation=holder.generation,
+        n=n,
     )
 
 
@@ -185,16 +188,7 @@ def denied(  # noqa: PLR0913 - the request's fields and the decision
 
 def queued(waiter: Waiter, at: int) -> UsageEvent:
     """A client started waiting for a seat (``seat.queued``)."""
-    return UsageEvent(
-        at=at,
-        kind="queued",
-        client=waiter.client,
-        login=waiter.login,
-        app=waiter.app,
-        user=waiter.user,
-        host=waiter.host,
-        generation=waiter.generation,
-    )
+    return _seat_event(waiter, at, "queued")
 
 
 def unqueued(waiter: Waiter, at: int, reason: str) -> UsageEvent:
@@ -203,18 +197,7 @@ def unqueued(waiter: Waiter, at: int, reason: str) -> UsageEvent:
     ``reason``: ``granted``, ``cancel``, ``will``, ``expiry``, ``queue_timeout`` or
     ``license_changed``.
     """
-    return UsageEvent(
-        at=at,
-        kind="unqueued",
-        client=waiter.client,
-        login=waiter.login,
-        app=waiter.app,
-        user=waiter.user,
-        host=waiter.host,
-        reason=reason,
-        generation=waiter.generation,
-        n=max(at - waiter.since, 0),
-    )
+    return _seat_event(waiter, at, "unqueued", reason, n=max(at - waiter.since, 0))
 
 
 def license_changed(at: int, *, generation: int, seats: int, status: str) -> UsageEvent:
