@@ -66,3 +66,45 @@ def test_run_help_names_the_default_config_the_connect_wait_and_the_restart():
     assert "--config CONFIG agent config file (default: /etc/floatkey/agent.toml)" in text
     assert "76 the broker or the license server did not answer within connect_timeout" in text
     assert "the shipped unit (floatkey-agent@.service) starts it again" in text
+
+
+def test_the_broker_may_be_one_address_or_a_list_of_a_clusters_nodes(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\n[broker]\nhost = "mq.example.com"\nport = 8883\n')
+    assert load_agent_config(path).config.broker.addresses() == [("mq.example.com", 8883)]
+    path.write_text(
+        'server = "s"\n[broker]\nport = 8883\nusername = "lab"\n'
+        'hosts = ["mq1.example.com", "mq2.example.com:1884", "10.0.0.3", "[fd00::3]:1885"]\n'
+    )
+    broker = load_agent_config(path).config.broker
+    assert broker.addresses() == [
+        ("mq1.example.com", 8883),
+        ("mq2.example.com", 1884),
+        ("10.0.0.3", 8883),
+        ("fd00::3", 1885),
+    ]
+    one = broker.at("mq2.example.com", 1884)
+    assert (one.host, one.port, one.username) == ("mq2.example.com", 1884, "lab")
+
+
+@pytest.mark.parametrize(
+    ("hosts", "words"),
+    [
+        ('["mq1:0"]', "has no valid port after ':'"),
+        ('["mq1:x"]', "has no valid port after ':'"),
+        ('["mq 1"]', "is not a host name, an address, or either with ':port'"),
+        ('["mq1/a"]', "is not a host name"),
+    ],
+)
+def test_a_broker_address_that_cannot_be_used_is_refused(tmp_path, hosts, words):
+    path = tmp_path / "agent.toml"
+    path.write_text(f'server = "s"\n[broker]\nhosts = {hosts}\n')
+    with pytest.raises(ConfigError, match=words):
+        load_agent_config(path)
+
+
+def test_host_and_hosts_together_are_refused(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\n[broker]\nhost = "mq1"\nhosts = ["mq2"]\n')
+    with pytest.raises(ConfigError, match="set either host or hosts, not both"):
+        load_agent_config(path)

@@ -44,7 +44,7 @@ import structlog
 
 from floatkey import protocol
 from floatkey.broker import Backoff, connect, connection_advice, settled
-from floatkey.envelope import EnvelopeError, open_envelope
+from floatkey.envelope import EnvelopeError, open_envelope, peek
 from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
 from floatkey.licensefile import SignedSeat
 from floatkey.notices import (
@@ -69,6 +69,7 @@ from floatkey.protocol import (
     SeatRenewed,
     SeatRequest,
     SeatRevoked,
+    StateRequest,
 )
 from floatkey.signing import key_id, parse_public_key, public_key_text
 
@@ -95,7 +96,9 @@ __all__ = [
 
 log = structlog.get_logger("floatkey.agent")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
+# Not even '.', though a client id may have one: on RabbitMQ's MQTT plugin a '.' in a
+# topic level is a level separator too (a host name with dots would break its topics).
+_UNSAFE = re.compile(r"[^A-Za-z0-9_:-]")
 # Without a seat, ask again every renew_after_s of the last grant, within these bounds.
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
@@ -165,6 +168,10 @@ class Agent:
         self._key_changed = asyncio.Event()
         self._offered_kid = ""  # the fingerprint of a key offered instead of the pinned one
         self._reading_retained = False
+        # Whether the daemon's own answer to a state.request came on this connection:
+        # until it does, every seat message sent goes with another state.request.
+        self._synced = False
+        self._identity_asked = False
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
         self._known_servers = KnownServers(loaded.state_path())
@@ -528,10 +535,16 @@ class Agent:
             protocol.encode(SeatRelease(client=self.client_id)),
             qos=1,
         )
+        addresses = self.config.broker.addresses()
+        attempt = 0
         while not self._closing:
+            # After a failure or a lost connection, the next broker address in turn (a
+            # cluster's other nodes); with one address, that one again.
+            options = self.config.broker.at(*addresses[attempt % len(addresses)])
+            attempt += 1
             try:
                 async with connect(
-                    self.config.broker, identifier=self.client_id, base=self._loaded.base, will=will
+                    options, identifier=self.client_id, base=self._loaded.base, will=will
                 ) as client:
                     self._broker_error = None
                     await self._on_connect(client)
@@ -541,12 +554,12 @@ class Agent:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
-                # use within connect_timeout (a broker without retained messages).
+                # use within connect_timeout (neither retained nor answered).
                 self._broker_error = (
-                    "no license server identity on the broker within "
+                    f"no license server identity on the broker ({options.describe()}) within "
                     f"{self.config.connect_timeout:g} s"
                     if isinstance(exc, TimeoutError)
-                    else str(exc) or type(exc).__name__
+                    else f"{options.describe()}: {str(exc) or type(exc).__name__}"
                 )
                 now = time.monotonic()
                 self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
@@ -558,11 +571,18 @@ class Agent:
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         if self._server_key is None:
             self._server_key = self._known_servers.key_of(self.topics.root)
+        self._synced = False
         if self._server_key is None:
-            # Trust on first use: take the key from the retained identity before
-            # anything signed is read.
-            await settled(client.subscribe(self.topics.identity, qos=1))
+            # Trust on first use: take the key from the retained identity, or from the
+            # daemon's answer on our own topic (signed by the key it announces), before
+            # anything signed is read. The answer does not need retained messages.
+            await settled(
+                client.subscribe(
+                    [(self.topics.identity, 1), (self.topics.client(self.client_id), 1)]
+                )
+            )
             self._client = client
+            await self._ask_state()
             async with asyncio.timeout(self.config.connect_timeout):
                 async for message in client.messages:
                     self._handle(message.topic.value, message.payload)
@@ -571,7 +591,10 @@ class Agent:
         # Identity and state are retained: the broker sends them on subscribing. Once the
         # state is read, the agent unsubscribes from both and follows the events, which
         # halves what a thousand agents must read at every unlock; it reads them again
-        # at every reconnect, which is when it could have missed an event.
+        # at every reconnect, which is when it could have missed an event. Retained
+        # messages are only the fast path: the first seat message sent goes with a
+        # state.request, answered by the daemon itself (a clustered broker may keep no
+        # retained state, or an old one, on the node this agent reached).
         self._reading_retained = True
         await settled(
             client.subscribe(
@@ -611,10 +634,27 @@ class Agent:
             "request",
         )
 
+    async def _ask_state(self) -> None:
+        """Ask the daemon for its state (and its identity while no key is trusted)."""
+        client = self._client
+        if client is None:
+            return
+        identity = self._server_key is None
+        self._identity_asked = self._identity_asked or identity
+        body = StateRequest(client=self.client_id, identity=identity)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await settled(
+                client.publish(
+                    self.topics.seat(self.client_id, "request"), protocol.encode(body), qos=1
+                )
+            )
+
     async def _send(self, body: msgspec.Struct, action: Literal["request", "renew"]) -> None:
         client = self._client
         if client is None:
             return
+        if not self._synced:
+            await self._ask_state()
         with contextlib.suppress(aiomqtt.MqttError):
             await settled(
                 client.publish(
@@ -754,6 +794,10 @@ class Agent:
         if topic == self.topics.identity:
             self._take_identity(bytes(payload))
             return
+        if (self._identity_asked or self._server_key is None) and self._take_signed_identity(
+            bytes(payload), topic
+        ):
+            return
         if self.shutdown_requested.is_set() and topic in {self.topics.state, self.topics.events}:
             # Already stopping: nothing more these can change, so skip the verification
             # (with a thousand agents in one process, that time delays the others).
@@ -783,7 +827,13 @@ class Agent:
             elif topic == self.topics.events:
                 self._take_event(protocol.decode(body, protocol.Event))
             elif topic == self.topics.client(self.client_id):
-                reply = protocol.decode_to_client(body)
+                reply = protocol.decode_client_topic(body)
+                if isinstance(reply, protocol.State):
+                    # The daemon's own answer to a state.request: whatever this broker
+                    # node retained, this is the state now.
+                    self._synced = True
+                    self._take_state(reply)
+                    return
                 self._take_reply(reply)
                 self._keep_envelope(reply, envelope)
             else:
@@ -812,6 +862,38 @@ class Agent:
                 offered=self._offered_kid,
                 pinned_in=self._pinned_in(),
             )
+
+    def _take_signed_identity(self, data: bytes, topic: str) -> bool:
+        """Take an ``identity`` signed by the key it announces, on our own topic.
+
+        Taken as the retained one is: pinned on first use, compared with the pinned key
+        otherwise. Returns whether ``data`` was such an identity (anything else goes on as usual).
+        Only the daemon may write this topic (broker ACL), as only it may retain the
+        identity; the signature shows the sender holds the key, and the topic inside it
+        that the answer was made for this client.
+        """
+        if topic != self.topics.client(self.client_id):
+            return False
+        peeked = peek(data)
+        if peeked is None:
+            return False
+        kid, body = peeked
+        try:
+            identity = protocol.decode(body, protocol.Identity)
+            key = parse_public_key(identity.public_key)
+        except (msgspec.DecodeError, ValueError):
+            return False  # not an identity: a seat reply or the state
+        self._identity_asked = False
+        if kid != key_id(key) or identity.kid != kid or identity.server != self.config.server:
+            self._drop("bad_identity", topic)
+            return True
+        try:
+            open_envelope(data, topic, {kid: key})
+        except EnvelopeError as exc:
+            self._drop(exc.reason, topic)
+            return True
+        self._take_identity(body)
+        return True
 
     def _take_state(self, state: protocol.State) -> None:
         if state.server != self.config.server:

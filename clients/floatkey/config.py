@@ -13,7 +13,13 @@ from floatkey.configfile import load_toml
 from floatkey.protocol import ANONYMOUS, LOGIN, Topics
 from floatkey.signing import parse_public_key
 
-__all__ = ["AgentConfig", "LoadedAgentConfig", "check_server", "load_agent_config"]
+__all__ = [
+    "AgentBrokerOptions",
+    "AgentConfig",
+    "LoadedAgentConfig",
+    "check_server",
+    "load_agent_config",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -30,6 +36,66 @@ def check_server(server: str, topic_prefix: str, server_key: str | None) -> None
             raise msgspec.ValidationError(f"server_key: {exc}") from None
 
 
+_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+_DEFAULT_HOST = next(f.default for f in msgspec.structs.fields(BrokerOptions) if f.name == "host")
+
+
+class AgentBrokerOptions(BrokerOptions, kw_only=True):
+    """An agent's ``[broker]``: one address (``host``, ``port``), or several (``hosts``).
+
+    ``hosts = ["mq1.example.com", "mq2.example.com:8883"]`` names the nodes of a
+    clustered broker (``port`` is the default port): the agent connects to the first,
+    and after a failed or lost connection to the next, in turn. The login and TLS
+    settings are the same for every one.
+    """
+
+    hosts: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.hosts) > 64:
+            raise msgspec.ValidationError("hosts may name at most 64 broker addresses")
+        if self.hosts and self.host != _DEFAULT_HOST:
+            raise msgspec.ValidationError("set either host or hosts, not both")
+        for entry in self.hosts:
+            _split_address(entry, self.port)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every broker address to try, in order: ``[(host, port), ...]``."""
+        if not self.hosts:
+            return [(self.host, self.port)]
+        return [_split_address(entry, self.port) for entry in self.hosts]
+
+    def at(self, host: str, port: int) -> BrokerOptions:
+        """These options for one of :meth:`addresses`."""
+        return BrokerOptions(
+            host=host,
+            port=port,
+            username=self.username,
+            password=self.password,
+            password_file=self.password_file,
+            keepalive=self.keepalive,
+            tls=self.tls,
+        )
+
+
+def _split_address(entry: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` → ``(host, port)``; ``ValidationError``."""
+    host, port = entry, default_port
+    head, colon, tail = entry.rpartition(":")
+    if colon and ((entry.startswith("[") and head.endswith("]")) or ":" not in head):
+        if not tail.isdigit() or not 0 < int(tail) < 65536:
+            raise msgspec.ValidationError(f"hosts: {entry!r} has no valid port after ':'")
+        host, port = head, int(tail)
+    if not _HOST.fullmatch(host):
+        raise msgspec.ValidationError(
+            f"hosts: {entry!r} is not a host name, an address, or either with ':port'"
+        )
+    return host.strip("[]"), port
+
+
 #: Older names of agent.toml keys, still read (a file may not set both names).
 _RENAMED = {"request_timeout": "connect_timeout"}
 
@@ -38,7 +104,7 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Everything in ``agent.toml``. Times are in seconds."""
 
     server: str
-    broker: BrokerOptions = msgspec.field(default_factory=BrokerOptions)
+    broker: AgentBrokerOptions = msgspec.field(default_factory=AgentBrokerOptions)
     topic_prefix: str = "floatkey"
     # The server's public key (ed25519:...). Without it, the key is trusted on first use
     # and pinned in state_file, like SSH's known_hosts.

@@ -29,6 +29,7 @@ __all__ = [
     "AuditRow",
     "AuditVerdict",
     "ClientRow",
+    "ClientTopicBody",
     "DaemonToClient",
     "DenialRow",
     "Event",
@@ -48,6 +49,7 @@ __all__ = [
     "SeatRequest",
     "SeatRevoked",
     "State",
+    "StateRequest",
     "StatusReport",
     "Topics",
     "UnlockReport",
@@ -56,6 +58,8 @@ __all__ = [
     "UsageSummary",
     "decode",
     "decode_admin_command",
+    "decode_client_topic",
+    "decode_seat_request",
     "decode_to_client",
     "encode",
     "envelope_digest",
@@ -195,6 +199,20 @@ class SeatRelease(_Body, tag="seat.release"):
 
     client: ClientId
     lease: Token | None = None
+
+
+class StateRequest(_Body, tag="state.request", omit_defaults=True):
+    """Ask for the daemon's current state, answered on the agent's own topic.
+
+    Sent on the ``request`` seat topic (no broker ACL changes; a daemon older than it
+    drops it as ``bad_body`` and nothing else changes) at every (re)connect: the answer
+    does not depend on the broker keeping retained messages, which a clustered broker
+    may keep per node. ``identity``: send the server's identity first, signed by the key
+    it announces (trust on first use without a retained ``identity``).
+    """
+
+    client: ClientId
+    identity: bool = False
 
 
 # --- daemon -> one agent (signed) ----------------------------------------------------
@@ -614,6 +632,27 @@ def decode_admin_command(data: bytes) -> AdminCommand:
 def decode_to_client(data: bytes) -> DaemonToClient:
     """Decode a body the daemon sent to one agent; raise ``msgspec.DecodeError``."""
     return _guarded(_to_client_decoder, data)
+
+
+#: What the daemon sends on an agent's own topic: seat replies, and the answer to a
+#: ``state.request`` (the state; the identity is read before any key is trusted).
+ClientTopicBody = DaemonToClient | State
+_client_topic_decoder: msgspec.json.Decoder[ClientTopicBody] = msgspec.json.Decoder(ClientTopicBody)
+
+
+_seat_request_decoder: msgspec.json.Decoder[SeatRequest | StateRequest] = msgspec.json.Decoder(
+    SeatRequest | StateRequest
+)
+
+
+def decode_seat_request(data: bytes) -> SeatRequest | StateRequest:
+    """Decode a body from a ``request`` seat topic; raise ``msgspec.DecodeError``."""
+    return _guarded(_seat_request_decoder, data)
+
+
+def decode_client_topic(data: bytes) -> ClientTopicBody:
+    """Decode a body from an agent's own topic (a seat reply or the state); ``DecodeError``."""
+    return _guarded(_client_topic_decoder, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,12 @@ and subscribes to both. What it then reads there is one of:
   rival that stopped must not leave its messages there for good);
 - anything else (garbage, our own older state replayed by someone): our own goes back.
   Agents would refuse garbage anyway, and ignore an older revision they have seen, but a
-  fresh agent must find the current state there.
+  fresh agent must find the current state there;
+- our own older state, once more on the same connection: left alone. A clustered broker
+  may keep retained messages per node (RabbitMQ's MQTT plugin does) and hand a stale
+  copy from one node after ours was stored on another: putting ours back again and
+  again would never make its nodes agree. Agents do not depend on it: each asks the
+  daemon for the state at every (re)connect (``floatkeyd.statereplies``).
 
 While a republication of ours has not echoed back yet, a foreign message read meanwhile
 was stored before it (the broker sends everything in the order it stores it), so ours
@@ -62,8 +67,14 @@ class Retained:
         # (payload, when published) of our publications not yet echoed back, per topic.
         self._pending: dict[str, deque[tuple[bytes, float]]] = {}
         self._rivals: deque[float] = deque()
+        # Topics where our own older message was put right on this connection.
+        self._stale_put_back: set[str] = set()
         self.contested = False
         self._stepped_back = asyncio.Event()
+
+    def reconnected(self) -> None:
+        """A new broker connection (maybe to another node): put stale copies right again."""
+        self._stale_put_back.clear()
 
     async def put(self, topic: str, payload: bytes) -> bool:
         """Publish ``payload`` retained on ``topic`` as ours from now on."""
@@ -80,8 +91,17 @@ class Retained:
         self._drops("foreign_retained", topic)
         if self._is_rival(topic, payload) and self._fighting(topic):
             return
+        if self._is_ours(payload):
+            if topic in self._stale_put_back:
+                return  # once per connection: a broker whose nodes disagree is not fought
+            self._stale_put_back.add(topic)
         if not self._in_flight(topic, ours):
             await self.put(topic, ours)
+
+    def _is_ours(self, payload: bytes) -> bool:
+        """Whether ``payload`` is an envelope under our key (an older state of ours)."""
+        peeked = peek(payload)
+        return peeked is not None and peeked[0] == self._kid
 
     def _echoed(self, topic: str, payload: bytes) -> bool:
         """Whether ``payload`` is the echo of one of our publications (forgotten now)."""

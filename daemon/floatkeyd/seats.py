@@ -48,6 +48,7 @@ from floatkey.protocol import (
     SeatRenewed,
     SeatRequest,
     SeatRevoked,
+    StateRequest,
 )
 from floatkeyd import usage
 from floatkeyd.ledger import Denied, Granted, Queued, SeatLimits, Waiter
@@ -55,6 +56,8 @@ from floatkeyd.store import AuditEntry
 from floatkeyd.usage import DENIAL_ROWS_PER_MINUTE, DenialFilter, Who
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from floatkey.envelope import Signer
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
@@ -121,8 +124,10 @@ class SeatDesk:
         signer: Signer,
         link: Link,
         drops: Drops,
+        answer_state: Callable[[StateRequest], None] = lambda _request: None,
     ) -> None:
         self._lease_s = config.lease_seconds
+        self._answer_state = answer_state
         self._will_grace_ms = config.will_grace_seconds * 1000
         self._max_rate = config.max_requests_per_client
         self._topics = topics
@@ -170,17 +175,17 @@ class SeatDesk:
     def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/{action}``; dropped if bad."""
         topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
-        body: SeatRequest | SeatRenew | SeatRelease | SeatCancel
-        try:
-            body = protocol.decode(payload, _BODY_OF.get(action, SeatRelease))
-        except msgspec.DecodeError as exc:
-            self._drops("bad_body", topic, error=exc)
+        body = self._decode(action, payload, topic)
+        if body is None:
             return
         if body.client != client_id:
             self._drops("client_mismatch", topic, claimed=body.client)
             return
         if self._rate_limited(client_id):
             self._drops("rate_limited", topic)
+            return
+        if isinstance(body, StateRequest):
+            self._answer_state(body)
             return
         now = self._clock.now()
         if not isinstance(body, SeatRequest) and not self._same_login(client_id, login):
@@ -198,6 +203,18 @@ class SeatDesk:
             self._will(client_id, now)
         else:
             self._release(body, now)
+
+    def _decode(
+        self, action: str, payload: bytes, topic: str
+    ) -> SeatRequest | SeatRenew | SeatRelease | SeatCancel | StateRequest | None:
+        try:
+            if action == "request":
+                # A state.request shares the request topic: no new topic for the ACL.
+                return protocol.decode_seat_request(payload)
+            return protocol.decode(payload, _BODY_OF.get(action, SeatRelease))
+        except msgspec.DecodeError as exc:
+            self._drops("bad_body", topic, error=exc)
+            return None
 
     def _same_login(self, client_id: str, login: str) -> bool:
         lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)

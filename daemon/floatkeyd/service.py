@@ -9,6 +9,7 @@ and owns the tasks:
 ``clock``              never-backwards time; when a key expires
 ``authority``          the license, status, generation and revision (the one writer)
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
+``statereplies``       the signed state on an agent's own topic, when it asks
 ``usage``              the seat usage history: its fold loop and its answers
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
@@ -59,6 +60,7 @@ from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
 from floatkeyd.seats import SeatDesk, seat_limits
 from floatkeyd.statedir import held_state_directory
+from floatkeyd.statereplies import StateReplies
 from floatkeyd.store import Store
 from floatkeyd.usagelog import UsageHistory
 
@@ -115,6 +117,7 @@ class Daemon:
 
     async def connected(self) -> None:
         """(Re)connected: put our identity and state on the broker, then serve."""
+        self.retained.reconnected()
         await self.retained.put(self.topics.identity, self._identity_body)
         await self.retained.put(self.topics.state, self.authority.state_payload)
         self.seats.broker_back()
@@ -321,6 +324,16 @@ async def open_daemon(
             retained=retained,
             stored=stored,
         )
+        identity_body = protocol.encode(
+            protocol.Identity(server=config.server, public_key=public, kid=signer.kid)
+        )
+        state_replies = StateReplies(
+            topics=loaded.topics,
+            authority=authority,
+            signer=signer,
+            link=link,
+            identity_body=identity_body,
+        )
         seats = SeatDesk(
             config=config,
             topics=loaded.topics,
@@ -331,6 +344,7 @@ async def open_daemon(
             signer=signer,
             link=link,
             drops=drops,
+            answer_state=state_replies.answer,
         )
         usage = UsageHistory(store, clock, config.usage)
         keyring = Keyring(list(config.admin_keys), store)
@@ -368,9 +382,6 @@ async def open_daemon(
             )
             metrics = MetricsEndpoint(sock, metrics_registry(collector))
             stack.callback(metrics.close)
-        identity_body = protocol.encode(
-            protocol.Identity(server=config.server, public_key=public, kid=signer.kid)
-        )
         log.info(
             "state loaded",
             status=authority.status,

@@ -1,0 +1,193 @@
+"""The state from the daemon itself, not from retained messages (issue 16), in-process.
+
+A clustered broker may keep retained messages per node: an agent asks the daemon at
+every (re)connect (``state.request``) and gets the signed state, and on first use the
+signed identity, on its own topic. The real brokers, a RabbitMQ cluster among them, are
+in tests/test_cluster.py and tests/test_agents.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from floatkey import protocol
+from floatkey.agent import Agent
+from floatkey.config import load_agent_config
+from floatkey.envelope import EnvelopeError, Signer, open_envelope
+from floatkey.pinning import KnownServers
+from floatkey.signing import key_id, public_key_text
+from inprocess import MemoryLink, Wall, ask, product_key, running, trusted, unlock_command
+from inprocess import write_config as write_daemon_config
+
+
+@pytest.fixture
+def link():
+    return MemoryLink()
+
+
+@pytest.fixture
+def wall():
+    return Wall()
+
+
+def request_topic(daemon, client: str) -> str:
+    return daemon.topics.seat(client, "request")
+
+
+async def test_a_state_request_is_answered_on_the_clients_own_topic_signed_for_it(
+    tmp_path, link, wall
+):
+    async with running(write_daemon_config(tmp_path), link, wall) as daemon:
+        link.sent.clear()
+        ask_state = protocol.StateRequest(client="c1", identity=True)
+        await daemon.handle(request_topic(daemon, "c1"), protocol.encode(ask_state))
+        mine = daemon.topics.client("c1")
+        assert [topic for topic, _ in link.sent] == [mine, mine]
+        # First the identity, signed by the key it announces...
+        identity_envelope, state_envelope = (payload for _, payload in link.sent)
+        body = open_envelope(identity_envelope, mine, trusted(daemon))
+        identity = protocol.decode(body, protocol.Identity)
+        assert identity.kid == key_id(next(iter(trusted(daemon).values())))
+        # ...then the state the daemon retains, signed for this client's topic only.
+        body = open_envelope(state_envelope, mine, trusted(daemon))
+        state = protocol.decode(body, protocol.State)
+        assert (state.status, state.generation) == ("unlicensed", 0)
+        with pytest.raises(EnvelopeError, match="bad_signature"):
+            open_envelope(state_envelope, daemon.topics.client("c2"), trusted(daemon))
+
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        link.sent.clear()
+        await daemon.handle(
+            request_topic(daemon, "c1"), protocol.encode(protocol.StateRequest(client="c1"))
+        )
+        [(_, payload)] = link.sent  # no identity unless asked
+        state = protocol.decode(open_envelope(payload, mine, trusted(daemon)), protocol.State)
+        assert (state.status, state.generation) == ("licensed", 1)
+        assert state.revision == daemon.authority.revision
+
+        # Asked for another client's topic: dropped, nothing sent.
+        link.sent.clear()
+        other = protocol.encode(protocol.StateRequest(client="c2"))
+        await daemon.handle(request_topic(daemon, "c1"), other)
+        assert link.sent == []
+        assert daemon.drops.counts["client_mismatch"] == 1
+        # The request topic still takes seat requests.
+        seat = protocol.SeatRequest(client="c1", nonce="n1")
+        await daemon.handle(request_topic(daemon, "c1"), protocol.encode(seat))
+        [(_, payload)] = link.sent
+        granted = protocol.decode_to_client(open_envelope(payload, mine, trusted(daemon)))
+        assert isinstance(granted, protocol.SeatGranted)
+        assert granted.generation == 1
+
+
+async def test_a_stale_copy_of_our_state_is_put_back_once_per_connection(tmp_path, link, wall):
+    """A broker whose nodes disagree may hand back an old copy again and again: the
+    daemon puts its own back once per connection, never in a loop."""
+    async with running(write_daemon_config(tmp_path), link, wall, serve=False) as daemon:
+        topic = daemon.topics.state
+        first = daemon.authority.state_payload
+        await daemon.connected()
+        assert (await ask(daemon, link, unlock_command(product_key(), "e1"))).ok
+        current = daemon.authority.state_payload
+        await daemon.handle(topic, first)  # the echoes of both publications
+        await daemon.handle(topic, current)
+        link.published.clear()
+        for _ in range(5):  # an old copy, from a node that never got the new one
+            await daemon.handle(topic, first)
+            for item in list(link.published):
+                await daemon.handle(item.topic, item.payload)  # the echo
+        assert [item.payload for item in link.published] == [current]
+        assert not daemon.retained.contested  # not taken for a second daemon
+        # Connected again (maybe to another node): one more time, and only once.
+        await daemon.connected()
+        for item in list(link.published):
+            await daemon.handle(item.topic, item.payload)
+        link.published.clear()
+        await daemon.handle(topic, first)
+        await daemon.handle(topic, first)
+        assert [item.payload for item in link.published] == [current]
+
+
+def write_agent_config(tmp_path, *, server: str = "core") -> Agent:
+    path = tmp_path / "agent.toml"
+    path.write_text(f'server = "{server}"\nstate_file = "known.json"\n')
+    return Agent(load_agent_config(path), app="test", client_id="c1")
+
+
+async def test_an_agent_trusts_the_signed_identity_on_its_own_topic_on_first_use(
+    tmp_path, link, wall
+):
+    async with running(write_daemon_config(tmp_path), link, wall) as daemon:
+        agent = write_agent_config(tmp_path)
+        await daemon.handle(
+            request_topic(daemon, "c1"),
+            protocol.encode(protocol.StateRequest(client="c1", identity=True)),
+        )
+        for topic, payload in link.sent:
+            agent._handle(topic, payload)
+        key = next(iter(trusted(daemon).values()))
+        assert agent._server_key is not None
+        assert key_id(agent._server_key) == key_id(key)
+        pinned = KnownServers(tmp_path / "known.json").key_of(daemon.topics.root)
+        assert pinned is not None
+        assert public_key_text(pinned) == public_key_text(key)
+        # The state that followed was read under that key: this connection is in sync.
+        assert agent._synced
+        assert agent.license.status == "unlicensed"
+        assert not agent.drops
+
+
+async def test_an_identity_that_is_not_signed_by_the_key_it_announces_is_not_trusted(tmp_path):
+    agent = write_agent_config(tmp_path)
+    topic = agent.topics.client("c1")
+    announced, signer = Ed25519PrivateKey.generate(), Signer(Ed25519PrivateKey.generate())
+    identity = protocol.Identity(
+        server="core",
+        public_key=public_key_text(announced.public_key()),
+        kid=key_id(announced.public_key()),
+    )
+    agent._handle(topic, signer.seal(topic, protocol.encode(identity)))
+    assert agent.drops["bad_identity"] == 1
+    # Signed by the key it announces, but for another client's topic (moved here).
+    honest = Signer(announced)
+    agent._handle(topic, honest.seal(agent.topics.client("c2"), protocol.encode(identity)))
+    assert agent.drops["bad_signature"] == 1
+    # For another server name.
+    other = protocol.Identity(server="elsewhere", public_key=identity.public_key, kid=identity.kid)
+    agent._handle(topic, honest.seal(topic, protocol.encode(other)))
+    assert agent.drops["bad_identity"] == 2
+    assert agent._server_key is None
+    assert not (tmp_path / "known.json").exists()
+
+
+async def test_a_newer_state_from_the_daemon_stops_an_agent_whose_node_kept_an_old_one(
+    tmp_path, link, wall
+):
+    """The agent's node retained an old state; the daemon's answer is the truth."""
+    async with running(write_daemon_config(tmp_path), link, wall) as daemon:
+        agent = write_agent_config(tmp_path)
+        agent._server_key = next(iter(trusted(daemon).values()))
+        old_retained = daemon.authority.state_payload
+        seat = protocol.SeatRequest(client="c1", nonce="n1")
+        agent._nonce = "n1"
+        await daemon.handle(request_topic(daemon, "c1"), protocol.encode(seat))
+        agent._handle(daemon.topics.state, old_retained)
+        for topic, payload in link.sent:
+            agent._handle(topic, payload)
+        assert agent.has_seat
+        assert agent.generation == 0
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        # Cut off during the unlock; back on a node that kept the old retained state.
+        link.sent.clear()
+        agent._handle(daemon.topics.state, old_retained)
+        assert not agent.shutdown_requested.is_set()
+        await daemon.handle(
+            request_topic(daemon, "c1"), protocol.encode(protocol.StateRequest(client="c1"))
+        )
+        for topic, payload in link.sent:
+            agent._handle(topic, payload)
+        reason = agent.shutdown_requested.reason
+        assert reason is not None
+        assert reason.code == "license.activated"
+        assert reason.generation == 1
