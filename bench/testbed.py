@@ -186,8 +186,12 @@ class Server:
     port: int
     mosquitto: Mosquitto | None = None
     processes: list[DaemonProcess] = field(default_factory=list)
+    #: The RabbitMQ node the daemon connects to (``kind`` "rabbitmq").
+    rabbit: RabbitNode | None = None
 
     def broker(self, user: str = "floatkey-agent") -> BrokerOptions:
+        if self.rabbit is not None:
+            return self.rabbit.options(user)
         if self.mosquitto is not None:
             if self.kind == "mosquitto-tls":
                 return self.mosquitto.tls_options(user)
@@ -236,6 +240,7 @@ def write_daemon_config(
     mosquitto: Mosquitto | None,
     extra: str = "",
     tls: bool = False,
+    rabbit: RabbitNode | None = None,
 ) -> None:
     vendor = (CONFIG / "dev-vendor.key.pub").read_text().strip()
     admin = (CONFIG / "dev-admin.key.pub").read_text().strip()
@@ -250,7 +255,11 @@ log_format = "json"
 log_level = "debug"
 {extra}
 """
-    if mosquitto is not None:
+    if rabbit is not None:
+        secret = path.with_name(path.stem + ".mqtt-password")
+        text += "\n" + broker_toml(rabbit.options("floatkeyd"), password_file=secret)
+        text += "\n" + broker_toml(rabbit.options("floatkey-admin"), "admin_broker")
+    elif mosquitto is not None:
         login = mosquitto.tls_options if tls else mosquitto.options
         # The daemon's password in a file of its own; floatkeyctl uses the admin login.
         secret = path.with_name(path.stem + ".mqtt-password")
@@ -419,3 +428,213 @@ def broker_toml(
     if options.tls is not None:
         lines += ["", f"[{section}.tls]", f'ca = "{options.tls.ca}"']
     return "\n".join(lines) + "\n"
+
+
+def rabbitmq_binary() -> str:
+    """RabbitMQ's own start script (Debian's /usr/sbin wrapper would switch user)."""
+    found = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+    if not found.exists():
+        raise ToolMissing(
+            "RabbitMQ is not installed (scripts/test installs rabbitmq-server with apt-get)"
+        )
+    return str(found)
+
+
+class RabbitCluster:
+    """RabbitMQ nodes on loopback, run from the shipped ``config/rabbitmq/``, clustered.
+
+    Everything is private: node names, Erlang distribution ports, an ``epmd`` of its own
+    on a free port, the cookie in a private ``HOME``, data and logs in a temporary
+    directory. A system RabbitMQ, if there is one, is never touched.
+    """
+
+    def __init__(self, nodes: int = 1) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="floatkey-rabbitmq-"))
+        self.epmd_port = free_port()
+        home = self.workdir / "home"
+        home.mkdir(mode=0o700)
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(os.urandom(16).hex().upper())
+        cookie.chmod(0o400)
+        self.home = home
+        tag = os.urandom(3).hex()
+        self.nodes = [RabbitNode(self, f"fk{index + 1}-{tag}") for index in range(nodes)]
+
+    def env(self) -> dict[str, str]:
+        """What every RabbitMQ and ``rabbitmqctl`` process here runs with."""
+        return {
+            **os.environ,
+            "HOME": str(self.home),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_CONF_ENV_FILE": str(self.workdir / "rabbitmq-env.conf"),
+        }
+
+    def start(self, timeout: float = 120) -> None:
+        """Start every node (in parallel), then join nodes 2... to node 1."""
+        for node in self.nodes:
+            node.launch()
+        try:
+            for node in self.nodes:
+                node.wait_ready(timeout)
+            if len(self.nodes) > 1:
+                joins = [node.join_async(self.nodes[0]) for node in self.nodes[1:]]
+                for node, join in zip(self.nodes[1:], joins, strict=True):
+                    node.finish_join(join)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def cleanup(self) -> None:
+        """Stop every node and this cluster's epmd; remove the files."""
+        for node in self.nodes:
+            node.kill()
+        # Our epmd refuses to stop while a killed node is still registered: a moment.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                stopped = subprocess.run(
+                    ["epmd", "-port", str(self.epmd_port), "-kill"],
+                    env=self.env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                )
+            except (OSError, subprocess.SubprocessError):
+                break
+            if "Killed" in stopped.stdout or "Cannot connect" in stopped.stdout + stopped.stderr:
+                break
+            time.sleep(0.2)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class RabbitNode:
+    """One RabbitMQ node of a :class:`RabbitCluster`: its MQTT port, start and stop."""
+
+    def __init__(self, cluster: RabbitCluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = f"{name}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.dir = cluster.workdir / name
+        self.dir.mkdir()
+        self.process: subprocess.Popen[bytes] | None = None
+        text = (CONFIG / "rabbitmq" / "rabbitmq.conf").read_text()
+        text = re.sub(
+            r"^mqtt\.listeners\.tcp\.default = 127\.0\.0\.1:1883$",
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}",
+            text,
+            flags=re.MULTILINE,
+        )
+        text = text.replace(
+            "/etc/rabbitmq/floatkey-definitions.json", str(CONFIG / "rabbitmq" / "definitions.json")
+        )
+        assert f"127.0.0.1:{self.port}" in text, "the shipped config changed shape"
+        (self.dir / "rabbitmq.conf").write_text(text)
+        shutil.copy(CONFIG / "rabbitmq" / "enabled_plugins", self.dir / "enabled_plugins")
+
+    def env(self) -> dict[str, str]:
+        return {
+            **self.cluster.env(),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(free_port()),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.dir / "plugins-expand"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+        }
+
+    def launch(self) -> None:
+        """Start the node; :meth:`wait_ready` waits for its MQTT listener."""
+        with (self.dir / "stdout.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [rabbitmq_binary()],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,  # the whole Erlang process group is ours to stop
+            )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                break
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.1)
+        msg = f"RabbitMQ node {self.name} did not start:\n{self.log()}"
+        raise AssertionError(msg)
+
+    def log(self) -> str:
+        parts = [
+            path.read_text(errors="replace")[-4000:]
+            for path in [self.dir / "stdout.log", *sorted((self.dir / "log").glob("*.log"))]
+            if path.exists()
+        ]
+        return "\n".join(parts)
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``rabbitmqctl -n NODE ARGS...``; raises ``AssertionError`` when it fails."""
+        result = subprocess.run(
+            ["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, *args],
+            env=self.cluster.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            msg = f"rabbitmqctl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            raise AssertionError(msg)
+        return result
+
+    def join_async(self, first: RabbitNode) -> subprocess.Popen[str]:
+        """Join ``first``'s cluster (stop_app, join_cluster, start_app), not waited for."""
+        ctl = f"/usr/lib/rabbitmq/bin/rabbitmqctl -n {self.name}"
+        script = f"{ctl} stop_app && {ctl} join_cluster {first.name} && {ctl} start_app"
+        return subprocess.Popen(
+            ["sh", "-c", script],
+            env=self.cluster.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def finish_join(self, join: subprocess.Popen[str], timeout: float = 120) -> None:
+        output, _ = join.communicate(timeout=timeout)
+        if join.returncode != 0:
+            msg = f"{self.name} could not join the cluster:\n{output}\n{self.log()}"
+            raise AssertionError(msg)
+        self.wait_ready(timeout)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop the node as an operator would (SIGTERM: a clean shutdown)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10)
+
+    def options(self, user: str) -> BrokerOptions:
+        return BrokerOptions(
+            host="127.0.0.1", port=self.port, username=user, password=PASSWORDS[user]
+        )

@@ -11,7 +11,16 @@ import pytest
 from hypothesis import settings
 
 from floatkey.protocol import Topics
-from servers import CONFIG, REPO, Mosquitto, Server, command, free_port, write_daemon_config
+from servers import (
+    CONFIG,
+    REPO,
+    Mosquitto,
+    Server,
+    command,
+    free_port,
+    rabbitmq_cluster,
+    write_daemon_config,
+)
 
 # Tests import these from here, beside ``run``.
 __all__ = ["CONFIG", "REPO", "command", "run"]
@@ -65,6 +74,16 @@ def mosquitto():
     broker.cleanup()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_node():
+    """One RabbitMQ node for the whole session (it takes seconds to start): every test
+    on it has topics of its own (a unique server name)."""
+    cluster = rabbitmq_cluster(1)
+    cluster.start()
+    yield cluster.nodes[0]
+    cluster.cleanup()
+
+
 def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: str = "") -> Server:
     # A unique server name per test: unique topics, as the brokers are shared by nothing else.
     name = f"t{os.getpid()}x{next(_names)}"
@@ -73,7 +92,8 @@ def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: st
         mosq = Mosquitto()
         request.addfinalizer(mosq.cleanup)
         mosq.start()
-    port = mosq.port if mosq else free_port()
+    rabbit = request.getfixturevalue("rabbitmq_node") if kind == "rabbitmq" else None
+    port = mosq.port if mosq else rabbit.port if rabbit else free_port()
     state = tmp_path / "state"
     config = tmp_path / "floatkeyd.toml"
     write_daemon_config(
@@ -84,6 +104,7 @@ def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: st
         mosquitto=mosq,
         extra=extra,
         tls=kind == "mosquitto-tls",
+        rabbit=rabbit,
     )
     server = Server(
         kind=kind,
@@ -92,6 +113,7 @@ def _server(kind: str, tmp_path: Path, request: pytest.FixtureRequest, extra: st
         topics=Topics("floatkey", name),
         port=port,
         mosquitto=mosq,
+        rabbit=rabbit,
     )
 
     def stop_daemons() -> None:

@@ -89,6 +89,16 @@ def mosquitto_binary() -> str:
         raise
 
 
+def rabbitmq_cluster(nodes: int = 1) -> testbed.RabbitCluster:
+    """RabbitMQ nodes (not started yet); skip without RabbitMQ, or fail in CI."""
+    try:
+        testbed.rabbitmq_binary()
+    except ToolMissing as exc:
+        missing_tool(str(exc))
+        raise
+    return testbed.RabbitCluster(nodes)
+
+
 class Mosquitto(testbed.Mosquitto):
     """The testbed's Mosquitto; a test that needs it is skipped where it is missing."""
 

@@ -67,6 +67,7 @@ def licensed(listing) -> list[dict[str, object]]:
 # --- seats --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["mosquitto", "embedded", "rabbitmq"], indirect=True)
 async def test_exactly_s_of_n_agents_get_a_seat_and_a_release_lets_one_in(server, tmp_path):
     server.start_daemon()
     assert unlock(server, issue(seats=3)).returncode == 0
@@ -286,6 +287,7 @@ def child_env(tmp_path: Path, name: str) -> dict[str, str]:
     return json.loads((tmp_path / f"{name}.env").read_text())
 
 
+@pytest.mark.parametrize("server", ["mosquitto", "embedded", "rabbitmq"], indirect=True)
 async def test_unlock_shuts_down_supervised_clients_which_restart_with_the_features(
     server,
     tmp_path,
@@ -422,6 +424,7 @@ async def test_the_supervisor_kills_a_child_ignoring_sigterm_even_if_the_hook_is
 # --- failures -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["mosquitto", "embedded", "rabbitmq"], indirect=True)
 async def test_a_killed_agent_frees_its_seat_through_its_will(server, tmp_path):
     server.start_daemon()
     assert unlock(server, issue(seats=1)).returncode == 0
@@ -526,6 +529,7 @@ async def test_a_lease_that_is_not_renewed_expires(server_factory):
         await eventually_listed(server, lambda listing: listing == [], within=20)
 
 
+@pytest.mark.parametrize("server", ["mosquitto", "embedded", "rabbitmq"], indirect=True)
 async def test_forged_misaddressed_and_replayed_messages_are_ignored(server, tmp_path):
     server.start_daemon()
     keys = [issue(), issue()]
