@@ -626,6 +626,11 @@ class RabbitNode:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def start_again(self, timeout: float = 120) -> None:
+        """Start a stopped node again: it rejoins its cluster with the data it kept."""
+        self.launch()
+        self.wait_ready(timeout)
+
     def kill(self) -> None:
         if self.process is None:
             return

@@ -195,6 +195,8 @@ class Agent:
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
         self._broker_error: str | None = None  # the last failed connection's reason
+        #: The broker address connected to now (``mqtt://host:port``), or ``None``.
+        self.connected_to: str | None = None
         self._outage = OutageLog(self.client_id, self.config.broker.describe())
         self._client: aiomqtt.Client | None = None
         self._last_contact = time.monotonic()
@@ -547,6 +549,7 @@ class Agent:
                     options, identifier=self.client_id, base=self._loaded.base, will=will
                 ) as client:
                     self._broker_error = None
+                    self.connected_to = options.describe()
                     await self._on_connect(client)
                     self._outage.connected()
                     backoff.reset()
@@ -565,6 +568,7 @@ class Agent:
                 self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
             finally:
                 self._client = None
+                self.connected_to = None
                 self._connected.clear()
             await asyncio.sleep(backoff.next_delay())
 
