@@ -1,4 +1,4 @@
-"""``python -m bench [SCENARIO ...] [--broker mosquitto|embedded] [--agents N] ...``.
+"""``python -m bench [SCENARIO ...] [--broker mosquitto|rabbitmq|embedded] [--agents N] ...``.
 
 Prints one Markdown table per run (docs/PERFORMANCE.md keeps the latest); exits 1 when an
 exactness check fails (never because of a timing: these machines are noisy).
@@ -57,7 +57,9 @@ def main() -> int:
         metavar="SCENARIO",
         help="checkout, storm, unlock, scale, flood, queue_wake (default: all six)",
     )
-    parser.add_argument("--broker", choices=["mosquitto", "embedded"], default="mosquitto")
+    parser.add_argument(
+        "--broker", choices=["mosquitto", "rabbitmq", "embedded"], default="mosquitto"
+    )
     parser.add_argument(
         "--agents",
         type=int,

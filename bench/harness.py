@@ -1,7 +1,8 @@
 """The benchmark environment: a broker, a real floatkeyd, worker processes, the table.
 
 Brokers and daemons come from the testbed (``bench/testbed.py``), which the integration
-tests use too: Mosquitto from the shipped config, or the daemon's embedded amqtt.
+tests use too: Mosquitto from the shipped config, a RabbitMQ node from
+``config/rabbitmq/``, or the daemon's embedded amqtt.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from bench.testbed import (
     REPO,
     Mosquitto,
+    RabbitCluster,
     Server,
     free_port,
     write_agent_config,
@@ -187,7 +189,11 @@ class Environment:
         self.mosquitto = Mosquitto() if broker == "mosquitto" else None
         if self.mosquitto is not None:
             self.mosquitto.start()
-        port = self.mosquitto.port if self.mosquitto else free_port()
+        self.rabbitmq = RabbitCluster(1) if broker == "rabbitmq" else None
+        if self.rabbitmq is not None:
+            self.rabbitmq.start()
+        rabbit = self.rabbitmq.nodes[0] if self.rabbitmq else None
+        port = self.mosquitto.port if self.mosquitto else rabbit.port if rabbit else free_port()
         name = f"bench{os.getpid()}"
         config = self.workdir / "floatkeyd.toml"
         write_daemon_config(
@@ -196,6 +202,7 @@ class Environment:
             state_dir=self.workdir / "state",
             port=port,
             mosquitto=self.mosquitto,
+            rabbit=rabbit,
             extra=(
                 f"max_requests_per_client = {max_requests_per_client}\n{extra_config}"
                 if max_requests_per_client is not None
@@ -211,6 +218,7 @@ class Environment:
             topics=Topics("floatkey", name),
             port=port,
             mosquitto=self.mosquitto,
+            rabbit=rabbit,
         )
         self.workers: list[Worker] = []
 
@@ -291,6 +299,8 @@ class Environment:
                 process.stop(10)
         if self.mosquitto is not None:
             self.mosquitto.cleanup()
+        if self.rabbitmq is not None:
+            self.rabbitmq.cleanup()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -89,13 +89,18 @@ def mosquitto_binary() -> str:
         raise
 
 
-def rabbitmq_cluster(nodes: int = 1) -> testbed.RabbitCluster:
-    """RabbitMQ nodes (not started yet); skip without RabbitMQ, or fail in CI."""
+def rabbitmq_binary() -> str:
+    """RabbitMQ's start script; skip without it, or fail in CI."""
     try:
-        testbed.rabbitmq_binary()
+        return testbed.rabbitmq_binary()
     except ToolMissing as exc:
         missing_tool(str(exc))
         raise
+
+
+def rabbitmq_cluster(nodes: int = 1) -> testbed.RabbitCluster:
+    """RabbitMQ nodes (not started yet); skip without RabbitMQ, or fail in CI."""
+    rabbitmq_binary()
     return testbed.RabbitCluster(nodes)
 
 

@@ -12,7 +12,7 @@ import pytest
 from bench import scenarios
 
 from conftest import REPO
-from servers import mosquitto_binary
+from servers import mosquitto_binary, rabbitmq_binary
 
 pytestmark = pytest.mark.broker
 
@@ -85,3 +85,12 @@ async def test_queue_wake_smoke():
     assert results.checks
     assert all(results.checks.values()), results.table()
     assert all(row.baseline for row in results.rows)
+
+
+async def test_checkout_and_unlock_smoke_on_rabbitmq():
+    rabbitmq_binary()
+    results = await scenarios.checkout("rabbitmq", agents=6, rounds=3, procs=2)
+    assert all(results.checks.values()), results.table()
+    assert all(row.baseline for row in results.rows)
+    results = await scenarios.unlock("rabbitmq", agents=10, procs=2)
+    assert all(results.checks.values()), results.table()
