@@ -519,6 +519,11 @@ class RabbitNode:
         self.dir = cluster.workdir / name
         self.dir.mkdir()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started = False  # once up, its MQTT port is the one clients were given
+        self._write_config()
+        shutil.copy(CONFIG / "rabbitmq" / "enabled_plugins", self.dir / "enabled_plugins")
+
+    def _write_config(self) -> None:
         text = (CONFIG / "rabbitmq" / "rabbitmq.conf").read_text()
         text = re.sub(
             r"^mqtt\.listeners\.tcp\.default = 127\.0\.0\.1:1883$",
@@ -531,7 +536,6 @@ class RabbitNode:
         )
         assert f"127.0.0.1:{self.port}" in text, "the shipped config changed shape"
         (self.dir / "rabbitmq.conf").write_text(text)
-        shutil.copy(CONFIG / "rabbitmq" / "enabled_plugins", self.dir / "enabled_plugins")
 
     def env(self) -> dict[str, str]:
         return {
@@ -546,10 +550,15 @@ class RabbitNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
             "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+            # A node that fails to start writes a crash dump: here, not in the cwd.
+            "ERL_CRASH_DUMP": str(self.dir / "erl_crash.dump"),
         }
 
     def launch(self) -> None:
         """Start the node; :meth:`wait_ready` waits for its MQTT listener."""
+        # A fresh distribution port each time: a free port picked earlier may have been
+        # taken since by another program (the node then fails with {error,address}).
+        self.dist_port = free_port()
         with (self.dir / "stdout.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [rabbitmq_binary()],
@@ -559,15 +568,30 @@ class RabbitNode:
                 start_new_session=True,  # the whole Erlang process group is ours to stop
             )
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 120, relaunches: int = 2) -> None:
+        """Wait for the MQTT listener.
+
+        A node that exits at start (on a busy machine a free port picked a moment ago
+        may be taken meanwhile) is started again on fresh ports: its MQTT port too, if it
+        never ran.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
+                if relaunches > 0 and self.process is not None:
+                    relaunches -= 1
+                    self.kill()  # the whole group: nothing of it may hold a port
+                    if not self.started:
+                        self.port = free_port()
+                        self._write_config()
+                    self.launch()
+                    continue
                 break
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), 0.2),
             ):
+                self.started = True
                 return
             time.sleep(0.1)
         msg = f"RabbitMQ node {self.name} did not start:\n{self.log()}"
