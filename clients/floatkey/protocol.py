@@ -32,6 +32,7 @@ __all__ = [
     "BorrowGranted",
     "BorrowReply",
     "BorrowReturned",
+    "BorrowStatus",
     "BorrowToken",
     "ClientRow",
     "DaemonToClient",
@@ -42,6 +43,7 @@ __all__ = [
     "QueueRow",
     "SealedKey",
     "SeatBorrow",
+    "SeatBorrowCheck",
     "SeatCancel",
     "SeatDenied",
     "SeatDeniedReason",
@@ -227,6 +229,18 @@ class SeatBorrow(_Body, tag="seat.borrow"):
     host: Label = ""
 
 
+class SeatBorrowCheck(_Body, tag="seat.borrow_check"):
+    """Does the daemon still hold this borrowed seat? (on the ``borrow`` topic).
+
+    Sent by an agent running under a borrow token whenever it reaches the broker: an
+    administrator may have released the seat meanwhile. Answered ``borrow.status``.
+    """
+
+    client: ClientId
+    nonce: Token
+    lease: Token
+
+
 class SeatReturn(_Body, tag="seat.return"):
     """Give a borrowed seat back before its end (``lease``: the token's)."""
 
@@ -379,7 +393,15 @@ class BorrowReturned(_Body, tag="borrow.returned"):
     message: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
-BorrowReply = BorrowGranted | BorrowDenied | BorrowReturned
+class BorrowStatus(_Body, tag="borrow.status"):
+    """The answer to ``seat.borrow_check``: ``held`` false when the seat is no longer lent."""
+
+    nonce: str
+    held: bool
+    message: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
+BorrowReply = BorrowGranted | BorrowDenied | BorrowReturned | BorrowStatus
 
 DaemonToClient = (
     SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked | SeatQueued | SeatIdleWarning

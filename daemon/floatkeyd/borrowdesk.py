@@ -24,9 +24,11 @@ from floatkey.protocol import (
     BorrowDenied,
     BorrowGranted,
     BorrowReturned,
+    BorrowStatus,
     BorrowToken,
     DenialRow,
     SeatBorrow,
+    SeatBorrowCheck,
     SeatReturn,
 )
 from floatkeyd import usage
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
     from floatkeyd.drops import Drops
+    from floatkeyd.ledger import Lease
     from floatkeyd.link import Link
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
@@ -78,9 +81,12 @@ class BorrowDesk:
     async def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/borrow`` or ``.../return``."""
         topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
-        kind: type[SeatBorrow | SeatReturn] = SeatBorrow if action == "borrow" else SeatReturn
+        body: SeatBorrow | SeatBorrowCheck | SeatReturn
         try:
-            body: SeatBorrow | SeatReturn = protocol.decode(payload, kind)
+            if action == "borrow":
+                body = protocol.decode(payload, SeatBorrow | SeatBorrowCheck)  # type: ignore[arg-type]
+            else:
+                body = protocol.decode(payload, SeatReturn)
         except msgspec.DecodeError as exc:
             self._drops("bad_body", topic, error=exc)
             return
@@ -95,8 +101,30 @@ class BorrowDesk:
             return
         if isinstance(body, SeatBorrow):
             await self._borrow(body, login)
+        elif isinstance(body, SeatBorrowCheck):
+            self._check(body)
         else:
             await self._return(body)
+
+    def _held(self, client: str, token: str) -> Lease | None:
+        lease = self._ledger.leases.get(client) or self._ledger.revoked.get(client)
+        if lease is None or not lease.borrowed or not secrets.compare_digest(lease.token, token):
+            return None
+        return lease
+
+    def _check(self, body: SeatBorrowCheck) -> None:
+        held = self._held(body.client, body.lease) is not None
+        self._reply(
+            body.client,
+            BorrowStatus(
+                nonce=body.nonce,
+                held=held,
+                message=""
+                if held
+                else "The license server no longer lends this seat: an administrator released "
+                "it, or it ended.",
+            ),
+        )
 
     async def _borrow(self, body: SeatBorrow, login: str) -> None:
         now = self._clock.now()
@@ -222,12 +250,8 @@ class BorrowDesk:
 
     async def _return(self, body: SeatReturn) -> None:
         now = self._clock.now()
-        lease = self._ledger.leases.get(body.client) or self._ledger.revoked.get(body.client)
-        if (
-            lease is None
-            or not lease.borrowed
-            or not secrets.compare_digest(lease.token, body.lease)
-        ):
+        lease = self._held(body.client, body.lease)
+        if lease is None:
             self._reply(
                 body.client,
                 BorrowReturned(
@@ -249,9 +273,9 @@ class BorrowDesk:
             log.error("database write failed; return refused", client=body.client, error=str(exc))
             self._reply(
                 body.client,
-                BorrowReturned(
+                BorrowDenied(
                     nonce=body.nonce,
-                    returned=False,
+                    reason="store_failed",
                     message="The license server could not record the return; try again later.",
                 ),
             )

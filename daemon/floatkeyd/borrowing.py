@@ -35,6 +35,10 @@ def days_text(ms: int) -> str:
     return f"{seconds} seconds" if seconds != 1 else "1 second"
 
 
+def _seats(n: int) -> str:
+    return "1 seat is" if n == 1 else f"{n} seats are"
+
+
 @dataclass(frozen=True, slots=True)
 class BorrowRules:
     """``[borrow]`` of floatkeyd.toml: off unless ``enabled``.
@@ -76,7 +80,7 @@ class BorrowRules:
             return (
                 "borrow_limit",
                 (
-                    f"{borrowed} seats are borrowed already, the most this server lends at once. "
+                    f"{_seats(borrowed)} borrowed already, the most this server lends at once. "
                     "Try again when one is returned, or ask your administrator."
                 ),
             )
@@ -85,7 +89,7 @@ class BorrowRules:
                 "on_site_reserved",
                 (
                     f"{self.keep_on_site} of the {seats} seats are kept for computers on the "
-                    f"network and {borrowed} are borrowed already; none is left to lend. Try "
+                    f"network and {_seats(borrowed)} borrowed already; none is left to lend. Try "
                     "again when one is returned, or ask your administrator."
                 ),
             )
