@@ -25,7 +25,7 @@ from floatkey.config import load_agent_config
 from floatkey.errors import BorrowError
 from floatkey.signing import b64url_decode, b64url_encode
 from licensing import ctl, issue, unlock
-from servers import clients, eventually, required_tool, write_agent_config
+from servers import clients, eventually, make_agent, required_tool, write_agent_config
 
 pytestmark = pytest.mark.broker
 CHILD = Path(__file__).with_name("child_app.py")
@@ -257,3 +257,22 @@ async def test_a_new_license_stops_a_borrowed_seat_that_reconnects(lending, tmp_
     assert "A new license was activated" in output(tmp_path, "app")
     # The token of the old license is dropped: the next start asks the server.
     assert agent_cli(config, "borrow", "--status").returncode == 1
+
+
+async def test_the_library_borrows_runs_without_the_daemon_and_returns(lending, tmp_path):
+    held = await make_agent(lending, tmp_path, "lib").borrow(days=0.5)
+    assert held.features == {"dataflow", "subflow", "workflow"}
+    for daemon in lending.processes:
+        daemon.stop()
+    async with make_agent(lending, tmp_path, "lib") as agent:  # no daemon to answer
+        assert agent.borrowed is not None
+        assert agent.licensed
+        agent.require("dataflow")
+        assert agent.license.licensee == "Ada Lovelace"
+        assert not agent.shutdown_requested.is_set()
+    lending.start_daemon()
+    assert (await asyncio.to_thread(borrowed_rows, lending))[0]["user"]
+    message = await make_agent(lending, tmp_path, "lib").return_borrow()
+    assert "returned" in message
+    assert await asyncio.to_thread(borrowed_rows, lending) == []
+    assert borrowing.held_borrow(load_agent_config(tmp_path / "lib.toml")) is None

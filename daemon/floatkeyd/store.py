@@ -720,6 +720,8 @@ class Store:
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+                # A borrowed seat that ended (or was given back with seat.release) goes too.
+                await self._db.executemany("DELETE FROM borrows WHERE client = ?", deletes)
                 await self._db.executemany(
                     f"INSERT OR REPLACE INTO queue ({_QUEUE_COLUMNS}) "  # noqa: S608 - a constant
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
