@@ -23,6 +23,7 @@ from conftest import command
 from floatkey import borrow as borrowing
 from floatkey.config import load_agent_config
 from floatkey.errors import BorrowError
+from floatkey.licensefile import verify_license_file
 from floatkey.signing import b64url_decode, b64url_encode
 from licensing import ctl, issue, unlock
 from servers import clients, eventually, make_agent, required_tool, write_agent_config
@@ -116,7 +117,10 @@ async def test_a_borrowed_seat_runs_without_the_server_until_it_ends(lending, tm
     await eventually((tmp_path / "app.env").exists, within=30)
     env = json.loads((tmp_path / "app.env").read_text())
     assert env["FLOATKEY_FEATURES"] == "dataflow,subflow,workflow"
-    assert json.loads(env["license_file_contents"])["borrowed"]["until"] > 0
+    license_file = tmp_path / "license-copy.json"
+    license_file.write_text(env["license_file_contents"])
+    verified = verify_license_file(license_file, lending.server_key_text())
+    assert verified.features == {"dataflow", "subflow", "workflow"}
     assert "running on the seat borrowed" in output(tmp_path, "app")
     assert await exited(app) == 75
     assert (tmp_path / "app.term").exists()  # asked to stop, like any expiry

@@ -218,7 +218,11 @@ def _license_document(
         # Running on a borrowed seat: until when (Unix ms), and its signed token.
         "borrowed": None
         if agent.borrowed is None
-        else {"until": agent.borrowed.ends_at, "token": agent.borrowed.envelope},
+        else {
+            "until": agent.borrowed.ends_at,
+            "token": agent.borrowed.envelope,
+            "topic": agent.topics.borrow_token(agent.borrowed.token.client),
+        },
     }
 
 
