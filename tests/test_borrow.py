@@ -280,3 +280,13 @@ async def test_the_library_borrows_runs_without_the_daemon_and_returns(lending, 
     assert "returned" in message
     assert await asyncio.to_thread(borrowed_rows, lending) == []
     assert borrowing.held_borrow(load_agent_config(tmp_path / "lib.toml")) is None
+
+
+async def test_a_borrow_trusts_the_server_key_on_first_use_and_keeps_both(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "fresh.toml", pin=False)
+    done = agent_cli(config, "borrow", "--days", "1")
+    assert done.returncode == 0, done.stderr
+    state = json.loads((tmp_path / "fresh-known.json").read_text())
+    assert state["servers"] == {lending.topics.root: lending.server_key_text()}
+    assert list(state["borrows"]) == [lending.topics.root]
+    assert agent_cli(config, "borrow", "--status").returncode == 0

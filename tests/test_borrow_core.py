@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from floatkey import protocol
-from floatkey.borrow import verify_token
+from floatkey.borrow import BorrowStore, verify_token
 from floatkey.envelope import open_envelope
+from floatkey.pinning import KnownServers
 from floatkeyd.borrowing import DAY_MS
 from inprocess import (
     MemoryLink,
@@ -79,3 +82,13 @@ async def test_a_borrow_longer_than_allowed_is_denied_with_its_reason(tmp_path):
         assert isinstance(denied, protocol.BorrowDenied)
         assert denied.reason == "borrow_too_long"
         assert "at most 1 day" in denied.message
+
+
+def test_pinning_a_key_keeps_the_borrow_tokens_beside_it(tmp_path):
+    path = tmp_path / "state" / "known.json"
+    BorrowStore(path).keep("floatkey/a", "token", 5)
+    BorrowStore(path).saw(1234)
+    assert KnownServers(path).pin("floatkey/a", Ed25519PrivateKey.generate().public_key())
+    assert BorrowStore(path).entry("floatkey/a") == ("token", 5)
+    assert BorrowStore(path).latest_seen() == 1234
+    assert path.stat().st_mode & 0o777 == 0o600
