@@ -337,6 +337,10 @@ class SeatLedger:
         # A restarted client may still have a revoked lease from before the unlock.
         self.revoked.pop(client, None)
         self._add(lease)
+        if held is not None and licensed:
+            # The seat may have moved to another login, host or user: a waiter held back
+            # by the old one's cap may go now (collected in take_promoted).
+            self.promote(now)
         return Granted(lease, fresh=held is None)
 
     def _enqueue(  # noqa: PLR0913 - the request's fields

@@ -288,6 +288,8 @@ class SeatDesk:
             )
             return
         self._grant(decision.lease, body.nonce, held, now, fresh=decision.fresh)
+        if not decision.fresh:
+            self._settle(now)  # a seat asked for again under another login may free a cap
         if decision.lease.active_at is not None:
             self._idle_moved.set()
 
