@@ -73,7 +73,7 @@ async def refused(node, action: str, topic: str, me: str = "") -> bool:
 
 async def test_the_shipped_topic_permissions_confine_an_agent_to_its_own_topics(rabbitmq_node):
     node, mine = rabbitmq_node, "floatkey/s/seats/floatkey-agent/{me}"
-    for action in ("request", "renew", "release", "cancel"):
+    for action in ("request", "renew", "release", "cancel", "borrow", "return"):
         assert not await refused(node, "write", f"{mine}/{action}")
     for topic in ("identity", "state", "events", "clients/{me}"):
         assert not await refused(node, "read", f"floatkey/s/{topic}")

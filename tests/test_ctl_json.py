@@ -42,7 +42,10 @@ STATUS = {
     "days_left",
     "expiring",
 }
-CLIENT = {"client", "login", "app", "user", "host", "pid", "seat", "since", "lease_expires"}
+CLIENT = {
+    "client", "login", "app", "user", "host", "pid", "seat", "since", "lease_expires",
+    "borrowed_until",
+}  # fmt: skip
 DENIAL = {"at", "client", "login", "app", "user", "host", "reason"}
 WAITING = {"position", "client", "login", "app", "user", "host", "pid", "since"}
 UNLOCKED = {

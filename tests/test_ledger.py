@@ -6,10 +6,12 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from floatkeyd.borrowing import BorrowRules
 from floatkeyd.ledger import Denied, Granted, Lease, Queued, SeatLedger, SeatLimits, Waiter
 
 LEASE_MS = 60_000
 LIMITS = SeatLimits(per_login=2)
+BORROW_RULES = BorrowRules(enabled=True, max_ms=3 * LEASE_MS, max_borrowed=2, keep_on_site=1)
 
 
 def ledger(seats: int = 2, mode: str = "licensed") -> SeatLedger:
@@ -146,6 +148,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.queue_tokens: dict[str, str] = {}
         # Every grant to a waiter, in order, with the queue as it was just before.
         self.order_checked = 0
+        # Borrowed seats granted and not returned: client -> (token, end, generation).
+        self.borrows: dict[str, tuple[str, int, int]] = {}
 
     @staticmethod
     def fresh(mode: str, seats: int, generation: int) -> SeatLedger:
@@ -159,6 +163,7 @@ class LedgerMachine(RuleBasedStateMachine):
             queue_max_wait_ms=3 * LEASE_MS,
             idle_ms=LEASE_MS // 2,
             idle_warning_ms=LEASE_MS // 4,
+            borrow_rules=BORROW_RULES,
         )
 
     def drain(self, before: list[str]) -> None:
@@ -210,25 +215,65 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(client=clients, with_token=st.booleans())
     def release(self, client: str, with_token: bool) -> None:
         before = list(self.book.queue)
-        self.book.release(client, self.tokens.get(client) if with_token else None, self.now)
+        freed = self.book.release(client, self.tokens.get(client) if with_token else None, self.now)
+        if freed is not None and freed.borrowed:  # an administrator's release
+            self.borrows.pop(client, None)
         self.drain(before)
 
-    @rule(client=clients, with_token=st.booleans())
-    def cancel(self, client: str, with_token: bool) -> None:
+    @rule(
+        client=clients,
+        login=st.sampled_from(["l1", "l2"]),
+        ms=st.integers(1, 4 * LEASE_MS),
+    )
+    def borrow(self, client: str, login: str, ms: int) -> None:
         before = list(self.book.queue)
-        self.book.cancel(client, self.queue_tokens.get(client) if with_token else None)
-        assert [c for c in before if c != client] == list(self.book.queue)
+        result = self.book.borrow(client, self.now, ms, login=login)
+        if isinstance(result, Granted):
+            assert result.lease.borrowed
+            assert result.lease.expires_at == self.now + ms
+            assert ms <= BORROW_RULES.max_ms
+            self.borrows[client] = (result.lease.token, self.now + ms, self.book.generation)
+            self.tokens[client] = result.lease.token
+        elif isinstance(result, Denied) and client in self.book.leases:
+            # One borrowed seat per client: never a second, never replaced.
+            assert not self.book.leases[client].borrowed or result.reason == "already_borrowed"
+        before = [c for c in before if c != client]  # a waiter that borrows leaves the line
+        self.drain(before)
 
     @rule(client=clients)
-    def will(self, client: str) -> None:
-        self.book.orphan_waiter(client, self.now, 5000)
-        self.book.orphan(client, self.now, 5000)
+    def give_back(self, client: str) -> None:
+        """The agent returns its borrowed seat early: freed at once."""
+        held = self.borrows.get(client)
+        if held is None:
+            return
+        before = list(self.book.queue)
+        freed = self.book.release(client, held[0], self.now)
+        assert freed is not None
+        assert freed.borrowed
+        del self.borrows[client]
+        assert client not in self.book.leases
+        assert client not in self.book.revoked
+        self.drain(before)
+
+    @rule(ms=st.integers(0, LEASE_MS))
+    def broker_outage(self, ms: int) -> None:
+        """Nothing expires while the broker is away; the time is given back after it."""
+        ends = {c: lease.expires_at for c, lease in self.book.leases.items() if lease.borrowed}
+        self.now += ms
+        self.book.extend_all(ms)
+        # A borrow's end is in its signed token: an outage does not move it.
+        assert ends == {c: lease.expires_at for c, lease in self.book.leases.items() if c in ends}
+        self.time_passes(0)
 
     @rule(ms=st.integers(0, 2 * LEASE_MS))
     def time_passes(self, ms: int) -> None:
         self.now += ms
         before = list(self.book.queue)
-        self.book.expire(self.now)
+        gone = self.book.expire(self.now)
+        for lease in gone:
+            if lease.borrowed:  # freed at its end by the daemon's own clock
+                assert lease.expires_at <= self.now
+                self.borrows.pop(lease.client, None)
         self.drain(before)
         before = list(self.book.queue)
         warned, reclaimed = self.book.idle(self.now)
@@ -307,6 +352,26 @@ class LedgerMachine(RuleBasedStateMachine):
         assert all(lease.generation == self.book.generation for lease in self.book.leases.values())
         assert all(lease.revoked for lease in self.book.revoked.values())
         assert not set(self.book.leases) & set(self.book.revoked)
+
+    @invariant()
+    def borrowed_seats_are_counted_until_returned_or_ended(self) -> None:
+        book = self.book
+        borrowed = [lease for lease in book.leases.values() if lease.borrowed]
+        assert len(borrowed) == book.borrowed
+        if book.mode == "licensed":
+            assert book.borrowed <= max(book.seats - BORROW_RULES.keep_on_site, 0)
+            assert book.borrowed <= BORROW_RULES.max_borrowed
+        for client, (token, end, generation) in self.borrows.items():
+            assert end > self.now  # one at its end was freed when the time came
+            lease = book.leases.get(client) or book.revoked.get(client)
+            assert lease is not None
+            assert lease.token == token
+            assert lease.borrowed
+            assert lease.expires_at == end
+            if generation == book.generation:
+                assert lease is book.leases.get(client)  # counted in in_use
+            else:
+                assert lease.revoked  # a new license: it holds none of its seats
 
     @invariant()
     def nothing_outlives_its_lease(self) -> None:
@@ -543,3 +608,68 @@ def test_a_waiter_whose_will_came_is_passed_over_until_it_is_back():
     assert list(book.queue) == ["b"]
     assert book.renew("b", first.waiter.token, 3_000) is first.waiter  # back in the grace
     assert not first.waiter.orphaned
+
+
+def borrow_ledger(seats: int = 4, **rules: int | bool) -> SeatLedger:
+    book = ledger(seats)
+    book.borrow_rules = BorrowRules(**{"enabled": True, "max_ms": 3 * LEASE_MS, **rules})  # type: ignore[arg-type]
+    return book
+
+
+def test_each_borrow_limit_refuses_with_its_reason_and_a_sentence():
+    off = ledger(4)
+    refused = off.borrow("a", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "borrow_disabled"
+    assert "[borrow] enabled" in refused.message
+    book = borrow_ledger(4, max_borrowed=1, keep_on_site=2)
+    refused = book.borrow("a", 0, 4 * LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "borrow_too_long"
+    assert "at most" in refused.message
+    assert isinstance(book.borrow("a", 0, LEASE_MS), Granted)
+    refused = book.borrow("b", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "borrow_limit"
+    book = borrow_ledger(3, keep_on_site=2)
+    assert isinstance(book.borrow("a", 0, LEASE_MS), Granted)
+    refused = book.borrow("b", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "on_site_reserved"
+    assert "kept for computers on the network" in refused.message
+    refused = book.borrow("a", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "already_borrowed"
+    book = borrow_ledger(1)
+    assert isinstance(book.request("x", 0), Granted)
+    refused = book.borrow("b", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "seats_exhausted"
+    unlicensed = borrow_ledger(2)
+    unlicensed.mode = "unlicensed"
+    refused = unlicensed.borrow("a", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "unlicensed"
+
+
+def test_a_borrowed_seat_is_counted_until_its_end_and_neither_renewed_nor_orphaned():
+    book = borrow_ledger(2)
+    granted = book.borrow("laptop", 0, 3 * LEASE_MS)
+    assert isinstance(granted, Granted)
+    assert (book.in_use, book.borrowed) == (1, 1)
+    assert book.renew("laptop", granted.lease.token, 10) is None
+    assert book.orphan("laptop", 10, 5000) is None
+    book.extend_all(LEASE_MS)
+    assert book.expire(3 * LEASE_MS - 1) == []
+    assert [lease.client for lease in book.expire(3 * LEASE_MS)] == ["laptop"]
+    assert (book.in_use, book.borrowed) == (0, 0)
+
+
+def test_a_seat_held_becomes_the_borrowed_one_and_a_return_frees_it_at_once():
+    book = borrow_ledger(1)
+    assert isinstance(book.request("laptop", 0), Granted)
+    granted = book.borrow("laptop", 0, LEASE_MS)
+    assert isinstance(granted, Granted)
+    assert book.in_use == 1
+    assert book.release("laptop", granted.lease.token, 5) is not None
+    assert book.in_use == 0

@@ -3,6 +3,9 @@
 ::
 
     floatkey-agent run [--config FILE] [--app NAME] -- COMMAND [ARGS...]
+    floatkey-agent borrow --days N [--app NAME] [--config FILE]
+    floatkey-agent borrow --status [--config FILE]
+    floatkey-agent return [--config FILE]
 
 The agent asks for a seat, then starts COMMAND with the license in its environment
 (``FLOATKEY_FEATURES=dataflow,subflow,workflow``, ``FLOATKEY_LICENSEE``, ...) and in a
@@ -26,6 +29,12 @@ Exit status: COMMAND's own when it exits by itself (128+N when killed by signal 
 (all in use, or the license expired); 76 license server unreachable (after
 ``connect_timeout``; the unit starts it again, so an agent started before its server
 finds it once it is up); 78 bad configuration; 2 bad arguments.
+
+``borrow`` takes a seat off the network for ``--days`` (``floatkey.borrow``): while the
+token is held, ``run`` starts COMMAND without the server and stops it (75) when the
+borrow ends. ``return`` gives it back early. Exit status: 0 done; 69 refused (the
+sentence names the limit); 76 license server unreachable; 78 bad configuration;
+``borrow --status`` 1 when nothing is borrowed.
 """
 
 from __future__ import annotations
@@ -45,9 +54,10 @@ from pathlib import Path
 
 import structlog
 
+from floatkey import borrow as borrowing
 from floatkey.agent import Agent, ExpiryWarning, LicenseView, ShutdownReason
-from floatkey.config import load_agent_config
-from floatkey.errors import ConfigError, NoAnswer, ServerKeyChanged
+from floatkey.config import LoadedAgentConfig, load_agent_config
+from floatkey.errors import BorrowError, ConfigError, NoAnswer, ServerKeyChanged
 from floatkey.logs import configure_logging
 from floatkey.protocol import SeatIdleWarning  # noqa: TC001 - a listener annotation
 from floatkey.version import version_line
@@ -109,7 +119,50 @@ def _parser() -> argparse.ArgumentParser:
         "program's last activity, so the server may reclaim an idle seat after warning",
     )
     run.add_argument("program", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    borrow = commands.add_parser(
+        "borrow",
+        help="borrow a seat to run offline (on a laptop away from the network) for days",
+        epilog="exit status: 0 borrowed (or, --status, a borrow is held); 1 (--status) "
+        "nothing borrowed; 69 refused by the server (the message names the limit); 76 "
+        "the license server did not answer; 78 bad configuration",
+    )
+    borrow.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="agent config file (default: %(default)s)",
+    )
+    borrow.add_argument("--app", help="application name shown to administrators")
+    what = borrow.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--days",
+        type=_days,
+        help="how long to borrow the seat, in days (fractions allowed: 0.5 is 12 hours)",
+    )
+    what.add_argument("--status", action="store_true", help="show what is borrowed and until when")
+    give_back = commands.add_parser(
+        "return",
+        help="give a borrowed seat back early (needs the license server)",
+        epilog="exit status: 0 returned (or nothing to return any more); 69 nothing "
+        "borrowed; 76 the license server did not answer; 78 bad configuration",
+    )
+    give_back.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help="agent config file (default: %(default)s)",
+    )
     return parser
+
+
+def _days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+    if not 0 < days <= 366:
+        raise argparse.ArgumentTypeError("give a number of days above 0 and at most 366")
+    return days
 
 
 def license_environment(agent: Agent, license_file: Path) -> dict[str, str]:
@@ -162,6 +215,14 @@ def _license_document(
         },
         # Everything above is a convenience copy anyone can edit; this is what proves it.
         "signed": seat.section() if seat is not None else None,
+        # Running on a borrowed seat: until when (Unix ms), and its signed token.
+        "borrowed": None
+        if agent.borrowed is None
+        else {
+            "until": agent.borrowed.ends_at,
+            "token": agent.borrowed.envelope,
+            "topic": agent.topics.borrow_token(agent.borrowed.token.client),
+        },
     }
 
 
@@ -377,6 +438,7 @@ async def _run(args: argparse.Namespace, program: list[str]) -> int:
     )
     try:
         async with agent:
+            _say_borrow(agent)
             if agent.queued is not None:
                 print(
                     f"floatkey-agent: all {agent.queued.seats} seats are in use; waiting in "
@@ -401,11 +463,77 @@ async def _run(args: argparse.Namespace, program: list[str]) -> int:
             with tempfile.TemporaryDirectory(prefix="floatkey-agent-") as workdir:
                 return await supervise(agent, program, Path(workdir))
     except NoAnswer as exc:
+        _say_borrow(agent)
         print(f"floatkey-agent: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ServerKeyChanged as exc:
         print(f"floatkey-agent: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
+
+
+def _say_borrow(agent: Agent) -> None:
+    """Say on standard error that the agent runs on a borrowed seat, or why not."""
+    if agent.borrow_problem is not None:
+        print(f"floatkey-agent: {agent.borrow_problem.message}", file=sys.stderr)
+    held = agent.borrowed
+    if held is not None:
+        print(
+            f"floatkey-agent: running on the seat borrowed from {agent.config.server!r} until "
+            f"{borrowing.when(held.ends_at)}, without the license server.",
+            file=sys.stderr,
+        )
+
+
+async def _borrow(loaded: LoadedAgentConfig, args: argparse.Namespace) -> int:
+    if args.status:
+        return _borrow_status(loaded)
+    held = await borrowing.borrow_seat(loaded, days=args.days, app=args.app or loaded.config.app)
+    token = held.token
+    print(
+        f"Borrowed a seat from {loaded.config.server!r} until {borrowing.when(held.ends_at)} "
+        f"(features: {', '.join(sorted(token.features)) or 'none'}). floatkey-agent run "
+        "works without the license server until then; floatkey-agent return gives it back "
+        "early."
+    )
+    return 0
+
+
+def _borrow_status(loaded: LoadedAgentConfig) -> int:
+    held = borrowing.held_borrow(loaded)
+    if held is None:
+        print(f"Nothing is borrowed from {loaded.config.server!r}.")
+        return 1
+    token = held.token
+    print(
+        f"Borrowed from {loaded.config.server!r} until {borrowing.when(held.ends_at)}: "
+        f"features {', '.join(sorted(token.features)) or 'none'}, licensee "
+        f"{token.licensee!r} ({token.organization}), host {token.host!r}, user "
+        f"{token.user!r}, client {token.client}."
+    )
+    return 0
+
+
+async def _return(loaded: LoadedAgentConfig) -> int:
+    print(await borrowing.return_seat(loaded))
+    return 0
+
+
+def _borrowing_command(args: argparse.Namespace) -> int:
+    """``floatkey-agent borrow`` and ``floatkey-agent return``."""
+    try:
+        loaded = load_agent_config(args.config)
+        if args.command == "return":
+            return asyncio.run(_return(loaded))
+        return asyncio.run(_borrow(loaded, args))
+    except ConfigError as exc:
+        print(f"floatkey-agent: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except NoAnswer as exc:
+        print(f"floatkey-agent: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except BorrowError as exc:
+        print(f"floatkey-agent: {exc.message}", file=sys.stderr)
+        return EXIT_NO_SEAT
 
 
 def _follow_activity(agent: Agent, path: Path) -> None:
@@ -450,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``floatkey-agent``; return the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in {"borrow", "return"}:
+        configure_logging(os.environ.get("FLOATKEY_LOG_LEVEL", "warning"))
+        return _borrowing_command(args)
     program = list(args.program)
     if program[:1] == ["--"]:
         program = program[1:]

@@ -19,6 +19,12 @@
                 the application to stop when the daemon has been silent too long
 ``shutdown``    once a stop is requested: the application's hooks, then the seat release
 
+While a borrow token is held (``floatkey-agent borrow``, :meth:`Agent.borrow`), the agent
+runs without the server instead: the features are the token's, nothing is renewed, and
+no offline grace applies; ``borrow-end`` asks the application to stop when the borrow
+ends. The connection task still reaches the broker when it can: a new license, or an
+administrator's release of the borrowed seat, stops the application as usual.
+
 Every daemon message is verified against the pinned server key before it is parsed;
 anything unsigned, wrongly signed, addressed to another topic or replayed is dropped,
 logged and counted in :attr:`Agent.drops`.
@@ -42,10 +48,17 @@ import aiomqtt
 import msgspec
 import structlog
 
+from floatkey import borrow as borrowing
 from floatkey import protocol
 from floatkey.broker import Backoff, connect, connection_advice, settled
 from floatkey.envelope import EnvelopeError, open_envelope, peek
-from floatkey.errors import ConfigError, FeatureNotLicensed, NoAnswer, ServerKeyChanged
+from floatkey.errors import (
+    BorrowError,
+    ConfigError,
+    FeatureNotLicensed,
+    NoAnswer,
+    ServerKeyChanged,
+)
 from floatkey.licensefile import SignedSeat
 from floatkey.notices import (
     Denial,
@@ -103,6 +116,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_:-]")
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
 _Told = TypeVar("_Told")
+_borrow_reply_decoder: msgspec.json.Decoder[protocol.BorrowReply] = msgspec.json.Decoder(
+    protocol.BorrowReply
+)
 
 
 def default_client_id(app: str) -> str:
@@ -205,6 +221,11 @@ class Agent:
         self._children: list[asyncio.Task[None]] = []
         self._released = False
         self._closing = False
+        #: The borrow the agent runs under (no server needed), if any.
+        self.borrowed: borrowing.HeldBorrow | None = None
+        #: Why a borrow token held was not used (edited, another computer's), if so.
+        self.borrow_problem: BorrowError | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     # --- what the application reads -------------------------------------------------
 
@@ -212,6 +233,16 @@ class Agent:
     def license(self) -> LicenseView:
         """The verified current license state (``unlicensed`` until one is seen)."""
         state = self._state
+        held = self.borrowed
+        if held is not None and (state is None or state.generation <= held.token.generation):
+            token = held.token
+            return LicenseView(
+                status="licensed",
+                generation=token.generation,
+                licensee=token.licensee,
+                organization=token.organization,
+                features=frozenset(token.features),
+            )
         if state is None:
             return LicenseView(status="unlicensed", generation=0)
         info = state.license
@@ -390,6 +421,9 @@ class Agent:
         if self._stack is not None:
             msg = "this Agent is already entered"
             raise RuntimeError(msg)
+        held = self._held_borrow()
+        if held is not None:
+            return await self._enter_borrowed(held)
         if self._server_key is None:
             self._known_servers.check_writable()
         stack = contextlib.AsyncExitStack()
@@ -405,6 +439,7 @@ class Agent:
                 self._shutdown_sequence(), name=f"agent-shutdown-{self.client_id}"
             ),
         ]
+        self._shutdown_task = self._children[3]
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 answered = asyncio.ensure_future(self._answered.wait())
@@ -453,7 +488,9 @@ class Agent:
             if self.shutdown_requested.is_set():
                 # Bounded (the hooks are), and asyncio.wait raises nothing of the task's:
                 # a CancelledError here is the caller's.
-                await asyncio.wait({self._children[3]}, timeout=self.config.hook_timeout + 1)
+                shutdown = self._shutdown_task
+                if shutdown is not None:
+                    await asyncio.wait({shutdown}, timeout=self.config.hook_timeout + 1)
         finally:
             try:
                 await self.release()
@@ -474,6 +511,113 @@ class Agent:
             f"No answer from the license server {self.config.server!r} ({broker}) "
             f"within {self.config.connect_timeout:g} s (connect_timeout). Check that floatkeyd "
             "is running and connected to the same broker."
+        )
+
+    # --- borrowed seats -------------------------------------------------------------
+
+    async def borrow(self, days: float) -> borrowing.HeldBorrow:
+        """Borrow a seat from the server for ``days`` (fractions allowed) and keep its token.
+
+        Needs the server (call it on the network, entered or not: it uses a connection of
+        its own); afterwards, an ``Agent`` entered on this computer runs without the server
+        until the borrow ends. Raises ``BorrowError`` (the server's refusal: ``problem`` is
+        its reason code and the message says which limit was hit), ``NoAnswer``.
+        """
+        return await borrowing.borrow_seat(self._loaded, days=days, app=self.app)
+
+    async def return_borrow(self) -> str:
+        """Give the borrowed seat back early; return the server's sentence.
+
+        Raises ``BorrowError`` (``nothing_borrowed``), ``NoAnswer``.
+        """
+        return await borrowing.return_seat(self._loaded)
+
+    def _held_borrow(self) -> borrowing.HeldBorrow | None:
+        """The borrow token held for this server, verified; a refused one is logged."""
+        try:
+            held = borrowing.held_borrow(self._loaded)
+        except BorrowError as exc:
+            self.borrow_problem = exc
+            log.error("borrow token refused", client=self.client_id, problem=exc.problem)
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("borrow token unreadable", client=self.client_id, error=str(exc))
+            return None
+        if held is None:
+            return None
+        return held
+
+    async def _enter_borrowed(self, held: borrowing.HeldBorrow) -> Self:
+        """Run under ``held``: no seat request, no renewal, no offline grace."""
+        token = held.token
+        self.borrowed = held
+        self.client_id = token.client  # the borrow's: only it may ask after the seat
+        self._server_key = borrowing.server_key(self._loaded)
+        grant = SeatGranted(
+            nonce="",
+            lease=token.lease,
+            generation=token.generation,
+            licensed=True,
+            features=list(token.features),
+            expires_at=token.end,
+            renew_after_s=_RETRY_MAX_S,
+            ts=token.ts,
+        )
+        self._grant = self._last_grant = grant
+        log.info(
+            "running on a borrowed seat, without the license server",
+            client=self.client_id,
+            until=token.end,
+            features=token.features,
+        )
+        stack = contextlib.AsyncExitStack()
+        self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.push_async_callback(self._stop_tasks)
+        self._stack = stack
+        self._children = [
+            self._tasks.create_task(self._connection(), name=f"agent-connection-{self.client_id}"),
+            self._tasks.create_task(
+                self._borrow_end(held), name=f"agent-borrow-end-{self.client_id}"
+            ),
+            self._tasks.create_task(
+                self._shutdown_sequence(), name=f"agent-shutdown-{self.client_id}"
+            ),
+        ]
+        self._shutdown_task = self._children[2]
+        return self
+
+    async def _borrow_end(self, held: borrowing.HeldBorrow) -> None:
+        """Ask the application to stop when the borrow ends (a clock set back changes nothing)."""
+        clock = borrowing.BorrowClock(borrowing.BorrowStore(self._known_servers.path))
+        while True:
+            left = held.ends_at - clock.now()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left / 1000, 60.0))  # the clock is read again each minute
+        borrowing.BorrowStore(self._known_servers.path).forget(held.root)
+        self.request_shutdown(
+            "borrow.ended",
+            f"The seat borrowed from the license server {self.config.server!r} until "
+            f"{borrowing.when(held.token.end)} has been given back (the borrow ended); the "
+            "application must stop. Connect to the network to get a seat, or borrow again.",
+            held.token.generation,
+        )
+
+    def _take_borrow_reply(self, reply: protocol.BorrowReply) -> None:
+        """The daemon's answer to the borrow check sent on reconnecting."""
+        held = self.borrowed
+        if held is None or not isinstance(reply, protocol.BorrowStatus):
+            self._drop("stale_reply", self.topics.client(self.client_id))
+            return
+        self._contact(answer=True)
+        if reply.held:
+            return
+        borrowing.BorrowStore(self._known_servers.path).forget(held.root)
+        self.request_shutdown(
+            "seat.revoked",
+            "The license server no longer lends this computer its borrowed seat (an "
+            "administrator released it); the application must stop.",
+            held.token.generation,
         )
 
     async def request_seat(self) -> bool:
@@ -498,7 +642,10 @@ class Agent:
         return self.has_seat
 
     async def release(self) -> None:
-        """Give the seat back now (idempotent)."""
+        """Give the seat back now (idempotent). A borrowed seat stays lent (see return)."""
+        if self.borrowed is not None:
+            self._released = True
+            return
         if self._grant is None and self.queued is not None and self._client is not None:
             cancel = SeatCancel(client=self.client_id, lease=self.queued.lease)
             self.queued = None
@@ -525,6 +672,10 @@ class Agent:
     ) -> None:
         """Ask the application to stop (also used by the agent itself)."""
         reason = ShutdownReason(code, message, generation, time.time())
+        held = self.borrowed
+        if held is not None and code in {"license.activated", "license.expired"}:
+            # A borrow of a license no longer in force: the next start asks the server.
+            borrowing.BorrowStore(self._known_servers.path).forget(held.root)
         if self.shutdown_requested._set(reason):  # noqa: SLF001
             log.warning("shutdown requested", client=self.client_id, reason=code, message=message)
 
@@ -614,6 +765,17 @@ class Agent:
         self._connected.set()
         if self._released:
             return
+        held = self.borrowed
+        if held is not None:
+            # Does the server still lend it? (An administrator may have released it.)
+            self._nonce = secrets.token_hex(8)
+            await self._send(
+                protocol.SeatBorrowCheck(
+                    client=self.client_id, nonce=self._nonce, lease=held.token.lease
+                ),
+                "borrow",
+            )
+            return
         if self._grant is not None:
             # Back after a reconnect: check the daemon still holds our lease.
             await self._send(self._renewal(self._grant), "renew")
@@ -653,7 +815,9 @@ class Agent:
                 )
             )
 
-    async def _send(self, body: msgspec.Struct, action: Literal["request", "renew"]) -> None:
+    async def _send(
+        self, body: msgspec.Struct, action: Literal["request", "renew", "borrow"]
+    ) -> None:
         client = self._client
         if client is None:
             return
@@ -730,7 +894,7 @@ class Agent:
 
     def _grace_left(self, now: float) -> float | None:
         """How long the application may still run unanswered (``None``: no seat, no limit)."""
-        if self._last_grant is None:
+        if self._last_grant is None or self.borrowed is not None:
             return None
         return max(self.config.offline_grace - (now - self._last_contact), 0.0)
 
@@ -830,6 +994,8 @@ class Agent:
                 self._take_state(protocol.decode(body, protocol.State))
             elif topic == self.topics.events:
                 self._take_event(protocol.decode(body, protocol.Event))
+            elif topic == self.topics.client(self.client_id) and self.borrowed is not None:
+                self._take_borrow_reply(_borrow_reply_decoder.decode(body))
             elif topic == self.topics.client(self.client_id):
                 reply = protocol.decode_client_topic(body)
                 if isinstance(reply, protocol.State):

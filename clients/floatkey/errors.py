@@ -21,7 +21,8 @@ and in exit codes) and ``message``, a sentence a customer can act on.
         ├── NoAnswer                     no_answer: broker or license server unreachable in time
         ├── ServerKeyChanged             server_key_changed: the server's key is not the pinned one
         ├── FeatureNotLicensed           feature_not_licensed: the license lacks a feature
-        └── LicenseFileInvalid           license_file_invalid: the license file does not verify
+        ├── LicenseFileInvalid           license_file_invalid: the license file does not verify
+        └── BorrowError                  borrow: a borrow refused, or a borrow token unusable
 
 The daemon's own errors (``StoreError``, ``Refused``) live in ``floatkeyd.errors``.
 ``PRODUCT_KEY_REASONS`` are the reason codes of a refused product key, for the tools
@@ -35,6 +36,7 @@ from typing import ClassVar, Final
 __all__ = [
     "PRODUCT_KEY_REASONS",
     "AgentError",
+    "BorrowError",
     "ConfigError",
     "FeatureNotLicensed",
     "FloatkeyError",
@@ -200,6 +202,22 @@ class LicenseFileInvalid(AgentError):
     """
 
     reason: ClassVar[str] = "license_file_invalid"
+
+    def __init__(self, message: str, *, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
+class BorrowError(AgentError):
+    """A borrow the server refused, or a borrow token this computer may not use.
+
+    ``problem`` is the daemon's reason code (``borrow_disabled``, ``borrow_too_long``,
+    ``borrow_limit``, ``on_site_reserved``, ``seats_exhausted``, ...) or the token's
+    (``nothing_borrowed``, ``bad_signature``, ``other_server``, ``other_host``,
+    ``ended``, ``superseded``).
+    """
+
+    reason: ClassVar[str] = "borrow"
 
     def __init__(self, message: str, *, problem: str) -> None:
         super().__init__(message)

@@ -11,8 +11,11 @@ the agent received and verified them::
                "renewal": "<the latest seat.renewed envelope of that lease, or null>"}
 
 :func:`verify_license_file` checks them against the server key the *application* trusts
-and returns the features they grant. docs/PROTOCOL.md ("The license file") gives the
-rule for other languages and says what such a check can and cannot stop.
+and returns the features they grant. An agent running on a borrowed seat writes no
+``signed`` section but ``borrowed`` ``{"until", "token", "topic"}``: the daemon's signed
+borrow token, checked the same way (and against this computer's identity).
+docs/PROTOCOL.md ("The license file") gives the rule for other languages and says what
+such a check can and cannot stop.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from floatkey import protocol
+from floatkey.borrow import host_identity
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import LicenseFileInvalid
 from floatkey.pinning import KnownServers
@@ -91,10 +95,22 @@ class _Signed(msgspec.Struct, forbid_unknown_fields=True):
     renewal: str | None = None
 
 
+class _Borrowed(msgspec.Struct):
+    token: Annotated[str, msgspec.Meta(max_length=16_384)]
+    topic: Annotated[str, msgspec.Meta(max_length=300)]
+    until: int = 0
+
+
+_BORROW_TOPIC = re.compile(
+    r"[A-Za-z0-9._-]{1,64}/[A-Za-z0-9._-]{1,64}/borrows/(?P<client>[A-Za-z0-9._:-]{1,128})"
+)
+
+
 class _LicenseFile(msgspec.Struct):
     # Unknown fields are allowed: the unsigned fields (status, licensee, ...) are a
     # convenience copy for applications that do not verify.
     signed: _Signed | None = None
+    borrowed: _Borrowed | None = None
     features: list[str] | None = None
     generation: int | None = None
 
@@ -128,6 +144,8 @@ def verify_license_file(
     key = parse_public_key(server_key) if isinstance(server_key, str) else server_key
     document = _read(Path(path))
     signed = document.signed
+    if signed is None and document.borrowed is not None:
+        return _verify_borrowed(document, document.borrowed, key, now_ms)
     if signed is None:
         raise LicenseFileInvalid(
             "The license file carries no signed seat: it was not written by a floatkey "
@@ -181,6 +199,53 @@ def verify_license_file(
         generation=grant.generation,
         client_id=topic["client"],
         expires_at=expires_at,
+    )
+
+
+def _verify_borrowed(
+    document: _LicenseFile, borrowed: _Borrowed, key: Ed25519PublicKey, now_ms: int | None
+) -> VerifiedLicense:
+    """A license file of an agent running on a borrowed seat: its token must verify."""
+    topic = _BORROW_TOPIC.fullmatch(borrowed.topic)
+    if topic is None:
+        raise LicenseFileInvalid(
+            f"The license file names {borrowed.topic[:128]!r}, which is not a borrow's topic.",
+            problem="malformed",
+        )
+    try:
+        body = open_envelope(borrowed.token.encode(), borrowed.topic, {key_id(key): key})
+        token = protocol.decode(body, protocol.BorrowToken)
+    except (EnvelopeError, msgspec.DecodeError):
+        raise LicenseFileInvalid(
+            "The license file's borrow token does not carry the signature of the license "
+            "server key this application trusts: it was changed, or comes from elsewhere.",
+            problem="bad_signature",
+        ) from None
+    if token.client != topic["client"] or token.host_id != host_identity():
+        raise LicenseFileInvalid(
+            "The license file's borrow token was lent to another computer.",
+            problem="other_host",
+        )
+    grant = protocol.SeatGranted(
+        nonce="",
+        lease=token.lease,
+        generation=token.generation,
+        licensed=True,
+        features=token.features,
+        expires_at=token.end,
+        renew_after_s=0,
+    )
+    _check_unsigned_copy(document, grant)
+    now = protocol.now_ms() if now_ms is None else now_ms
+    if now > token.end:
+        raise LicenseFileInvalid(
+            "The license file's borrowed seat has ended.", problem="lease_ended"
+        )
+    return VerifiedLicense(
+        features=frozenset(token.features),
+        generation=token.generation,
+        client_id=token.client,
+        expires_at=token.end,
     )
 
 

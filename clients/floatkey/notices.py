@@ -26,10 +26,10 @@ __all__ = [
 ]
 
 #: Why an application must stop: a new license, an expired one, a seat an administrator
-#: took back, a seat lost with none free in time, or a license server silent past the
-#: offline grace.
+#: took back, a seat lost with none free in time, a license server silent past the
+#: offline grace, or the end of a borrowed seat.
 ShutdownCode = Literal[
-    "license.activated", "license.expired", "seat.revoked", "seat.lost", "offline"
+    "license.activated", "license.expired", "seat.revoked", "seat.lost", "offline", "borrow.ended"
 ]
 
 

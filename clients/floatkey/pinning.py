@@ -1,9 +1,10 @@
 """Trust on first use: the license servers' keys an agent has pinned.
 
 Like SSH's ``known_hosts``: one private JSON state file, mode 0600 in a 0700 directory,
-``{"servers": {topic_root: "ed25519:..."}}``, holds one key per server (topic root). A
-key, once pinned, is never replaced here: a server that presents another one is refused
-by the agent.
+``{"servers": {topic_root: "ed25519:..."}}``, holds one key per server (topic root), and,
+kept there by ``floatkey.borrow``, borrow tokens and the latest time seen. A key, once
+pinned, is never replaced here: a server that presents another one is refused by the
+agent.
 """
 
 from __future__ import annotations
@@ -63,20 +64,26 @@ class KnownServers:
         if root in known:
             return False
         known[root] = public_key_text(key)
-        self._write({"servers": known})
+        data = self._data()
+        data["servers"] = known  # and whatever else the file keeps (floatkey.borrow)
+        self.write(data)
         return True
 
-    def _servers(self) -> dict[str, str]:
+    def _data(self) -> dict[str, object]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
-        servers = data.get("servers") if isinstance(data, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    def _servers(self) -> dict[str, str]:
+        servers = self._data().get("servers")
         if not isinstance(servers, dict):
             return {}
         return {k: v for k, v in servers.items() if isinstance(v, str)}
 
-    def _write(self, data: object) -> None:
+    def write(self, data: object) -> None:
+        """Replace the whole file with ``data`` (JSON), atomically. Raises ``OSError``."""
         path = self.path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Written beside and renamed: a reader never sees half a file.

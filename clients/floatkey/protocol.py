@@ -28,6 +28,12 @@ __all__ = [
     "AdminUsage",
     "AuditRow",
     "AuditVerdict",
+    "BorrowDenied",
+    "BorrowGranted",
+    "BorrowReply",
+    "BorrowReturned",
+    "BorrowStatus",
+    "BorrowToken",
     "ClientRow",
     "ClientTopicBody",
     "DaemonToClient",
@@ -37,8 +43,11 @@ __all__ = [
     "LicenseInfo",
     "QueueRow",
     "SealedKey",
+    "SeatBorrow",
+    "SeatBorrowCheck",
     "SeatCancel",
     "SeatDenied",
+    "SeatDeniedReason",
     "SeatGranted",
     "SeatIdleWarning",
     "SeatLost",
@@ -47,6 +56,7 @@ __all__ = [
     "SeatRenew",
     "SeatRenewed",
     "SeatRequest",
+    "SeatReturn",
     "SeatRevoked",
     "State",
     "StateRequest",
@@ -215,6 +225,48 @@ class StateRequest(_Body, tag="state.request", omit_defaults=True):
     identity: bool = False
 
 
+#: The longest borrow any daemon may grant (its ``[borrow] max_borrow_days`` is less).
+BORROW_MAX_S: Final = 366 * 86_400
+#: A host identity: the hex of a hash of the machine id (``floatkey.borrow``).
+HostId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+
+
+class SeatBorrow(_Body, tag="seat.borrow"):
+    """Borrow a seat for ``seconds``, to run offline on this host until it ends.
+
+    ``host_id`` binds the token to this computer (docs/SECURITY.md). The answer is a
+    ``borrow.granted`` (with the signed token) or a ``borrow.denied``.
+    """
+
+    client: ClientId
+    nonce: Token
+    seconds: Annotated[int, msgspec.Meta(ge=1, le=BORROW_MAX_S)]
+    host_id: HostId
+    app: Label = ""
+    user: Label = ""
+    host: Label = ""
+
+
+class SeatBorrowCheck(_Body, tag="seat.borrow_check"):
+    """Does the daemon still hold this borrowed seat? (on the ``borrow`` topic).
+
+    Sent by an agent running under a borrow token whenever it reaches the broker: an
+    administrator may have released the seat meanwhile. Answered ``borrow.status``.
+    """
+
+    client: ClientId
+    nonce: Token
+    lease: Token
+
+
+class SeatReturn(_Body, tag="seat.return"):
+    """Give a borrowed seat back before its end (``lease``: the token's)."""
+
+    client: ClientId
+    nonce: Token
+    lease: Token
+
+
 # --- daemon -> one agent (signed) ----------------------------------------------------
 
 
@@ -230,22 +282,28 @@ class SeatGranted(_Body, tag="seat.granted"):
     renew_after_s: float
 
 
+SeatDeniedReason = Literal[
+    "seats_exhausted",
+    "expired",
+    "limit_reached",
+    "queue_full",
+    "queue_timeout",
+    "license_changed",
+    "already_borrowed",
+]
+
+
 class SeatDenied(_Body, tag="seat.denied"):
-    """No seat: ``reason`` is ``seats_exhausted``, ``expired`` or ``limit_reached``.
+    """No seat: ``reason`` is ``seats_exhausted``, ``expired``, ``limit_reached``, ...
+
+    ``already_borrowed``: the client id holds a borrowed seat.
 
     Only to an agent that asked to wait: ``queue_full``, ``queue_timeout``, and
     ``license_changed`` (the queue was cleared by a new license: ask again).
     """
 
     nonce: str
-    reason: Literal[
-        "seats_exhausted",
-        "expired",
-        "limit_reached",
-        "queue_full",
-        "queue_timeout",
-        "license_changed",
-    ]
+    reason: SeatDeniedReason
     message: str
     seats: int
     in_use: int
@@ -297,6 +355,71 @@ class SeatRevoked(_Body, tag="seat.revoked"):
     reason: str
     message: str
 
+
+class BorrowToken(_Body, tag="borrow.token"):
+    """A borrowed seat, signed with the server key on ``Topics.borrow_token(client)``.
+
+    Held by the agent (in its state file) and verified at every start against the pinned
+    server key; ``host_id`` must be this computer's. ``start`` and ``end`` are Unix ms of
+    the daemon's clock; ``lease`` is the secret that returns it early.
+    """
+
+    server: str
+    client: str
+    lease: str
+    generation: int
+    licensee: str
+    organization: str
+    features: list[str]
+    host: str
+    host_id: str
+    user: str
+    app: str
+    start: int
+    end: int
+
+
+class BorrowGranted(_Body, tag="borrow.granted"):
+    """A seat is lent until ``end``: ``token`` is the signed :class:`BorrowToken` envelope."""
+
+    nonce: str
+    token: Annotated[str, msgspec.Meta(max_length=16_384)]
+    end: int
+
+
+class BorrowDenied(_Body, tag="borrow.denied"):
+    """No seat lent: ``reason`` names the limit hit, ``message`` says what to do.
+
+    Reasons: ``borrow_disabled``, ``borrow_too_long``, ``borrow_limit``,
+    ``on_site_reserved``, ``already_borrowed``, ``seats_exhausted``, ``limit_reached``,
+    ``expired``, ``unlicensed``, ``store_failed``.
+    """
+
+    nonce: str
+    reason: Annotated[str, msgspec.Meta(max_length=64)]
+    message: Annotated[str, msgspec.Meta(max_length=1024)]
+    seats: int = 0
+    in_use: int = 0
+    borrowed: int = 0
+
+
+class BorrowReturned(_Body, tag="borrow.returned"):
+    """The answer to ``seat.return``: ``returned`` false when the daemon held no such seat."""
+
+    nonce: str
+    returned: bool
+    message: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class BorrowStatus(_Body, tag="borrow.status"):
+    """The answer to ``seat.borrow_check``: ``held`` false when the seat is no longer lent."""
+
+    nonce: str
+    held: bool
+    message: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+
+
+BorrowReply = BorrowGranted | BorrowDenied | BorrowReturned | BorrowStatus
 
 DaemonToClient = (
     SeatGranted | SeatDenied | SeatRenewed | SeatLost | SeatRevoked | SeatQueued | SeatIdleWarning
@@ -444,6 +567,8 @@ class ClientRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     since: int
     expires_at: int
     revoked: bool
+    #: A borrowed seat: ``expires_at`` is the borrow's end (floatkey-agent borrow).
+    borrowed: bool = False
 
 
 class QueueRow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -693,7 +818,11 @@ class Topics:
         """The daemon's answer to one admin command, for the client ``reply_to`` only."""
         return f"{self.root}/admin/reply/{reply_to}/{request_id}"
 
-    def seat(self, client_id: str, action: Literal["request", "renew", "release", "cancel"]) -> str:
+    def seat(
+        self,
+        client_id: str,
+        action: Literal["request", "renew", "release", "cancel", "borrow", "return"],
+    ) -> str:
         """An agent's seat topic: ``seats/{login}/{client_id}/{action}``.
 
         The broker login is in the topic so that the broker's ACL can vouch for it
@@ -715,6 +844,10 @@ class Topics:
         """The daemon's messages to one agent."""
         return f"{self.root}/clients/{client_id}"
 
+    def borrow_token(self, client_id: str) -> str:
+        """The topic a borrow token is signed for (never published: kept by the agent)."""
+        return f"{self.root}/borrows/{client_id}"
+
     def parse_seat(self, topic: str) -> tuple[str, str, str] | None:
         """``(login, client_id, action)`` for a seat topic of this server, else ``None``."""
         parts = topic.split("/")
@@ -725,7 +858,7 @@ class Topics:
         if (
             not LOGIN.fullmatch(login)
             or not CLIENT_ID.fullmatch(client_id)
-            or action not in {"request", "renew", "release", "cancel"}
+            or action not in {"request", "renew", "release", "cancel", "borrow", "return"}
         ):
             return None
         return login, client_id, action

@@ -101,6 +101,13 @@ def clients_text(
     else:
         header = ("CLIENT", "LOGIN", "APP", "USER", "HOST", "SEAT", "SINCE (UTC)")
         parts.append(columns((*header, "LEASE EXPIRES (UTC)"), [_client_row(c) for c in clients]))
+    borrowed = [c for c in clients if c.borrowed and not c.revoked]
+    if borrowed:
+        lent = [(c.client, c.user, c.host, when(c.expires_at)) for c in borrowed]
+        parts.append(
+            "\nBorrowed seats (run offline; counted until returned or until they end):\n"
+            + columns(("CLIENT", "USER", "HOST", "BORROWED UNTIL (UTC)"), lent)
+        )
     if queue:
         header = ("POSITION", "CLIENT", "LOGIN", "APP", "USER", "HOST", "WAITING SINCE (UTC)")
         rows = [
@@ -122,7 +129,7 @@ def _client_row(row: ClientRow) -> tuple[str, ...]:
         row.app,
         row.user,
         row.host,
-        seat_of(row),
+        "borrowed" if row.borrowed and not row.revoked else seat_of(row),
         when(row.since),
         when(row.expires_at),
     )

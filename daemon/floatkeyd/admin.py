@@ -393,13 +393,19 @@ class AdminDesk:
         return AdminResult(request_id=command.request_id, ok=True, usage=report)
 
     async def _release(self, command: AdminRelease, kid: str) -> AdminResult:
+        ledger = self._seats.ledger
+        held = ledger.leases.get(command.client) or ledger.revoked.get(command.client)
+        borrowed = held is not None and held.borrowed
         if not await self._seats.release_by_admin(command.client, kid):
             raise Refused("unknown_client", f"No client {clip(command.client)!r} holds a seat.")
-        return AdminResult(
-            request_id=command.request_id,
-            ok=True,
-            message=f"Released the seat of {command.client}.",
-        )
+        message = f"Released the seat of {command.client}."
+        if borrowed:
+            message += (
+                " It was a borrowed seat: the computer that borrowed it keeps running under its "
+                "token until it next reaches the license server (then it stops) or the borrow "
+                "ends; the seat counts as free from now on."
+            )
+        return AdminResult(request_id=command.request_id, ok=True, message=message)
 
     async def _refuse_unverified(self, payload: bytes, exc: EnvelopeError) -> None:
         """Answer a command we cannot trust with ``not_authorized``, if it says where."""

@@ -21,6 +21,7 @@ from floatkey.configfile import load_toml
 from floatkey.errors import ConfigError
 from floatkey.protocol import Topics
 from floatkey.signing import parse_public_key
+from floatkeyd.borrowing import DAY_MS, BorrowRules
 from floatkeyd.catalogue import Catalogue, load_catalogue
 from floatkeyd.configkind import kind_of, wrong_kind
 from floatkeyd.statedir import embedded_password_file
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
+    "BorrowConfig",
     "ConsoleConfig",
     "DaemonConfig",
     "EmbeddedBroker",
@@ -86,6 +88,38 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for name in ("seats_per_login", "seats_per_host", "seats_per_user"):
             if not 0 <= getattr(self, name) <= 100_000:
                 raise msgspec.ValidationError(f"limits.{name} must be between 0 and 100000")
+
+
+class BorrowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[borrow]``: lending seats for offline use (``floatkey-agent borrow``); off by default.
+
+    ``max_borrow_days`` is the longest borrow (fractions of a day allowed: 0.5 is 12
+    hours); ``max_borrowed`` the most seats borrowed at once (0: no cap but the seats);
+    ``keep_on_site`` seats never lent, kept for the computers on the network. Read at
+    start.
+    """
+
+    enabled: bool = False
+    max_borrow_days: float = 7
+    max_borrowed: int = 0
+    keep_on_site: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_borrow_days <= 365:
+            raise msgspec.ValidationError("borrow.max_borrow_days must be above 0, at most 365")
+        for name in ("max_borrowed", "keep_on_site"):
+            if not 0 <= getattr(self, name) <= 1_000_000:
+                raise msgspec.ValidationError(f"borrow.{name} must be between 0 and 1000000")
+
+    @property
+    def rules(self) -> BorrowRules:
+        """The seat ledger's rules for borrowing."""
+        return BorrowRules(
+            enabled=self.enabled,
+            max_ms=round(self.max_borrow_days * DAY_MS),
+            max_borrowed=self.max_borrowed,
+            keep_on_site=self.keep_on_site,
+        )
 
 
 class MetricsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -248,6 +282,8 @@ class DaemonConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     admin_broker: BrokerOptions | None = None
     embedded_broker: EmbeddedBroker = msgspec.field(default_factory=EmbeddedBroker)
     limits: Limits = msgspec.field(default_factory=Limits)
+    #: Lending seats for offline use (off by default).
+    borrow: BorrowConfig = msgspec.field(default_factory=BorrowConfig)
     #: The Prometheus endpoint (off by default).
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     #: When the daemon warns that the license expires.

@@ -142,6 +142,8 @@ class Client(msgspec.Struct, kw_only=True):
     seat: Literal["licensed", "unlicensed", "revoked"]
     since: dt.datetime
     lease_expires: dt.datetime
+    #: A borrowed seat (``floatkey-agent borrow``): when the borrow ends; else null.
+    borrowed_until: dt.datetime | None = None
 
 
 class Denial(msgspec.Struct, kw_only=True):
@@ -395,6 +397,7 @@ def clients_of(
                 seat=seat_of(r),
                 since=from_ms(r.since),
                 lease_expires=from_ms(r.expires_at),
+                borrowed_until=from_ms(r.expires_at) if r.borrowed else None,
             )
             for r in rows
         ],

@@ -18,6 +18,11 @@ who may take it waits.
 Leases of agents that report activity (``active_at`` not ``None``) may be reclaimed
 when idle (:meth:`SeatLedger.idle`): always warned first, then revoked no earlier than
 ``idle_warning_ms`` after the warning.
+
+A **borrowed** seat (:meth:`SeatLedger.borrow`, rules in ``floatkeyd.borrowing``) is a
+licensed lease whose end is fixed when granted: counted until its agent returns it
+(:meth:`SeatLedger.release`) or it ends (:meth:`SeatLedger.expire`, by the daemon's own
+clock), never renewed, never shortened by a will nor lengthened by a broker outage.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
+
+from floatkeyd.borrowing import BorrowRefusal, BorrowRules
 
 __all__ = [
     "Denied",
@@ -64,6 +71,8 @@ class Lease:
     active_at: int | None = None
     #: When the idle warning was sent (``None``: not warned since the last activity).
     warned_at: int | None = None
+    #: A borrowed seat: ``expires_at`` is the borrow's end, fixed when it was granted.
+    borrowed: bool = False
 
 
 @dataclass(slots=True)
@@ -119,7 +128,17 @@ class Granted:
 class Denied:
     """No seat, with the reason code and the sentence the client application shows."""
 
-    reason: Literal["seats_exhausted", "expired", "limit_reached", "queue_full"]
+    reason: (
+        Literal[
+            "seats_exhausted",
+            "expired",
+            "limit_reached",
+            "queue_full",
+            "unlicensed",
+            "already_borrowed",
+        ]
+        | BorrowRefusal
+    )
     message: str
     seats: int
     in_use: int
@@ -158,11 +177,14 @@ class SeatLedger:
     #: Idle reclaim: a seat idle this long is revoked (0: never), warned this much before.
     idle_ms: int = 0
     idle_warning_ms: int = 0
+    #: What may be borrowed (off by default).
+    borrow_rules: BorrowRules = field(default_factory=BorrowRules)
     _promoted: list[tuple[Waiter, Lease]] = field(default_factory=list)
     _unqueued: list[Unqueued] = field(default_factory=list)
     _seq: int = 0
     _now: int = 0
     _licensed_in_use: int = 0
+    _borrowed: int = 0
     # Licensed seats held now, by login, host and user: for the limits.
     _held: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (expires_at, client, token): entries go stale when a lease is renewed or
@@ -171,8 +193,13 @@ class SeatLedger:
 
     @property
     def in_use(self) -> int:
-        """Licensed seats held under the current generation."""
+        """Licensed seats held under the current generation (borrowed ones included)."""
         return self._licensed_in_use
+
+    @property
+    def borrowed(self) -> int:
+        """Seats borrowed under the current generation (counted in :attr:`in_use` too)."""
+        return self._borrowed
 
     def _add(self, lease: Lease) -> None:
         old = self.leases.get(lease.client)
@@ -193,6 +220,8 @@ class SeatLedger:
 
     def _count(self, lease: Lease, delta: int) -> None:
         self._licensed_in_use += delta
+        if lease.borrowed:
+            self._borrowed += delta
         for key in (("login", lease.login), ("host", lease.host), ("user", lease.user)):
             self._held[key] += delta
             if self._held[key] <= 0:
@@ -225,7 +254,7 @@ class SeatLedger:
         else:
             self._add(lease)
 
-    def request(  # noqa: PLR0913 - the request's fields, as the wire carries them
+    def request(  # noqa: PLR0913, PLR0911 - the request's fields; one return per outcome
         self,
         client: str,
         now: int,
@@ -251,6 +280,15 @@ class SeatLedger:
         held = self.leases.get(client)
         queued = self.queue.pop(client, None)
         licensed = self.mode == "licensed"  # a held lease is of this generation and mode
+        if self._borrowing(client) is not None:
+            # Replacing it would leave its token valid on the laptop, counted nowhere.
+            return Denied(
+                "already_borrowed",
+                "This client id holds a borrowed seat; run the application with floatkey-"
+                "agent on the computer that borrowed it, or return the seat first.",
+                self.seats,
+                self._licensed_in_use,
+            )
         if held is not None:
             if held.licensed:
                 # The same seat, perhaps under another login, host or user: their caps.
@@ -299,6 +337,10 @@ class SeatLedger:
         # A restarted client may still have a revoked lease from before the unlock.
         self.revoked.pop(client, None)
         self._add(lease)
+        if held is not None and licensed:
+            # The seat may have moved to another login, host or user: a waiter held back
+            # by the old one's cap may go now (collected in take_promoted).
+            self.promote(now)
         return Granted(lease, fresh=held is None)
 
     def _enqueue(  # noqa: PLR0913 - the request's fields
@@ -442,8 +484,8 @@ class SeatLedger:
             waiter.orphaned = False
             return waiter
         lease = self.leases.get(client)
-        if lease is None or not secrets.compare_digest(lease.token, token):
-            return None
+        if lease is None or lease.borrowed or not secrets.compare_digest(lease.token, token):
+            return None  # a borrowed seat lasts to its fixed end, never longer
         lease.expires_at = now + self.lease_ms
         heapq.heappush(self._expiry, (lease.expires_at, client, token))
         if active_at is not None:
@@ -478,9 +520,12 @@ class SeatLedger:
         lease = self.leases.get(client)
         if lease is None:
             revoked = self.revoked.get(client)
-            if revoked is not None:
+            if revoked is not None and not revoked.borrowed:
                 self._drop(revoked)
-            return revoked
+                return revoked
+            return None
+        if lease.borrowed:
+            return None  # the borrowing connection's will: the borrow goes on offline
         deadline = now + grace_ms
         if deadline < lease.expires_at:
             lease.expires_at = deadline
@@ -498,7 +543,10 @@ class SeatLedger:
 
     def extend_all(self, delta_ms: int) -> list[Lease]:
         """Push every lease's end ``delta_ms`` later; return them (to be persisted)."""
-        every = [*self.leases.values(), *self.revoked.values()]
+        # A borrow's end is in the token its agent holds: an outage does not move it.
+        every = [
+            lease for lease in (*self.leases.values(), *self.revoked.values()) if not lease.borrowed
+        ]
         for lease in every:
             lease.expires_at += delta_ms
             # Nobody could report activity meanwhile: the outage is not idleness.
@@ -608,13 +656,115 @@ class SeatLedger:
             default=None,
         )
 
+    # --- borrowed seats ---------------------------------------------------------------
+
+    def _borrow_refused(
+        self, held: Lease | None, duration_ms: int, login: str, host: str, user: str
+    ) -> Denied | None:
+        """The rules, caps and seats that refuse a borrow; a seat ``held`` is not counted."""
+        counted = held is not None and held.licensed
+        if counted:
+            assert held is not None
+            self._count(held, -1)  # the seat it holds becomes the borrowed one
+        try:
+            refusal = self.borrow_rules.refusal(duration_ms, self._borrowed, self.seats)
+            if refusal is not None:
+                return Denied(*refusal, self.seats, self._licensed_in_use)
+            over = self._over_limit(login, host, user)
+            if over is None and self._licensed_in_use >= self.seats:
+                over = Denied(
+                    "seats_exhausted",
+                    f"All {self.seats} seats are in use; none is free to borrow. Try again "
+                    "later, or ask your administrator for more seats.",
+                    self.seats,
+                    self._licensed_in_use,
+                )
+            return over
+        finally:
+            if counted:
+                assert held is not None
+                self._count(held, +1)
+
+    def _borrowing(self, client: str) -> Lease | None:
+        """``client``'s borrowed seat (of this license, or revoked by a new one), if any."""
+        lease = self.leases.get(client) or self.revoked.get(client)
+        return lease if lease is not None and lease.borrowed else None
+
+    def borrow(  # noqa: PLR0913 - the request's fields
+        self,
+        client: str,
+        now: int,
+        duration_ms: int,
+        *,
+        app: str = "",
+        user: str = "",
+        host: str = "",
+        login: str = "",
+    ) -> Granted | Denied:
+        """Lend a seat until ``now + duration_ms``, or say which limit refuses it.
+
+        The client's current seat, if it holds one, becomes the borrowed seat (it is not
+        counted twice). A borrowed seat is counted until :meth:`release` (its return) or
+        :meth:`expire` at its end.
+        """
+        self._now = max(self._now, now)
+        held = self.leases.get(client)
+
+        def denied(reason: BorrowRefusal | Literal["expired", "unlicensed"], why: str) -> Denied:
+            return Denied(reason, why, self.seats, self._licensed_in_use)
+
+        if self._borrowing(client) is not None:
+            return Denied(
+                "already_borrowed",
+                "This computer has borrowed a seat from this server already; return it "
+                "first (floatkey-agent return) to borrow again.",
+                self.seats,
+                self._licensed_in_use,
+            )
+        if self.mode == "expired":
+            return denied(
+                "expired",
+                "The license on this server has expired; there is no seat to borrow.",
+            )
+        if self.mode != "licensed":
+            return denied(
+                "unlicensed",
+                "This license server has no license yet; there is no seat to borrow.",
+            )
+        over = self._borrow_refused(held, duration_ms, login, host, user)
+        if over is not None:
+            return over
+        lease = Lease(
+            client=client,
+            token=secrets.token_urlsafe(16),
+            generation=self.generation,
+            licensed=True,
+            since=now,
+            expires_at=now + duration_ms,
+            app=app,
+            user=user,
+            host=host,
+            login=login,
+            borrowed=True,
+        )
+        self.revoked.pop(client, None)
+        waiting = self.queue.pop(client, None)
+        if waiting is not None:
+            self._unqueued.append(Unqueued(waiting, "cancel"))
+        self._add(lease)
+        return Granted(lease, fresh=held is None)
+
     def awaiting_release(self, generation: int) -> int:
         """Revoked leases of ``generation`` still held by their agents.
 
         After an unlock to generation ``g`` these are the clients told to shut down that
         have not yet gone; leases revoked by earlier changes are not counted.
         """
-        return sum(1 for lease in self.revoked.values() if lease.generation == generation)
+        return sum(
+            1
+            for lease in self.revoked.values()
+            if lease.generation == generation and not lease.borrowed
+        )
 
     def change_license(self, mode: LedgerMode, seats: int, generation: int) -> list[Lease]:
         """Switch to a new license generation; revoke and return every current lease."""
@@ -624,6 +774,7 @@ class SeatLedger:
             self.revoked[lease.client] = lease
         self.leases.clear()
         self._licensed_in_use = 0
+        self._borrowed = 0
         self._held.clear()
         # The waiters ask again under the new license (told through take_unqueued).
         self._unqueued += [Unqueued(w, "license_changed") for w in self.queue.values()]

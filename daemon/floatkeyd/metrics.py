@@ -85,6 +85,11 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "floatkey_seats_in_use", "Licensed seats held now.", value=ledger.in_use
         )
+        yield GaugeMetricFamily(
+            "floatkey_seats_borrowed",
+            "Seats lent for offline use now (floatkey-agent borrow), counted in seats_in_use.",
+            value=ledger.borrowed,
+        )
         unlicensed = sum(1 for lease in ledger.leases.values() if not lease.licensed)
         yield GaugeMetricFamily(
             "floatkey_unlicensed_sessions",

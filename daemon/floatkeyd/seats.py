@@ -27,7 +27,7 @@ import contextlib
 import sqlite3
 import time
 from collections import Counter, OrderedDict, deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 import structlog
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from floatkey.envelope import Signer
+    from floatkey.protocol import SeatDeniedReason
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.clock import Clock
     from floatkeyd.config import DaemonConfig, Limits
@@ -224,6 +225,19 @@ class SeatDesk:
             waiter is None or waiter.login == login
         )
 
+    def rate_limited(self, client_id: str) -> bool:
+        """Count one message of ``client_id``; whether it is over the rate (to be dropped)."""
+        return self._rate_limited(client_id)
+
+    def same_login(self, client_id: str, login: str) -> bool:
+        """Whether ``login`` may touch what ``client_id`` holds (its own login's)."""
+        return self._same_login(client_id, login)
+
+    def settle(self, now: int) -> None:
+        """A seat freed outside this desk (a borrow returned): grants to waiters go out."""
+        self.ledger.promote(now)
+        self._settle(now)
+
     def _rate_limited(self, client_id: str) -> bool:
         window = int(time.monotonic())
         if window != self._rate_window:
@@ -282,7 +296,8 @@ class SeatDesk:
                 body.client,
                 SeatDenied(
                     nonce=body.nonce,
-                    reason=decision.reason,
+                    # request() never answers with a borrow rule's refusal.
+                    reason=cast("SeatDeniedReason", decision.reason),
                     message=decision.message,
                     seats=decision.seats,
                     in_use=decision.in_use,
@@ -290,6 +305,8 @@ class SeatDesk:
             )
             return
         self._grant(decision.lease, body.nonce, held, now, fresh=decision.fresh)
+        if not decision.fresh:
+            self._settle(now)  # a seat asked for again under another login may free a cap
         if decision.lease.active_at is not None:
             self._idle_moved.set()
 
@@ -658,7 +675,13 @@ class SeatDesk:
             willed = lease.client in self._willed
             self._willed.discard(lease.client)
             if lease.licensed and not lease.revoked:
-                self._usage.stage(usage.released(lease, now, "will" if willed else "expiry"))
+                self._usage.stage(
+                    usage.released(
+                        lease,
+                        now,
+                        "borrow_ended" if lease.borrowed else "will" if willed else "expiry",
+                    )
+                )
             log.info(
                 "lease expired",
                 client=lease.client,
@@ -745,6 +768,7 @@ class SeatDesk:
                 since=lease.since,
                 expires_at=lease.expires_at,
                 revoked=lease.revoked,
+                borrowed=lease.borrowed,
             )
             for lease in sorted(leases, key=lambda lease: lease.since)
         ]

@@ -10,6 +10,7 @@ and owns the tasks:
 ``authority``          the license, status, generation and revision (the one writer)
 ``seats``              seat messages, the seat ledger, lease expiry and persistence
 ``statereplies``       the signed state on an agent's own topic, when it asks
+``borrows``            borrowed seats: ``seat.borrow`` and ``seat.return``, signed tokens
 ``usage``              the seat usage history: its fold loop and its answers
 ``admin``              admin keyring, freshness and replay, commands, audit, reports
 ``link``               the broker connection (a seam tests can replace)
@@ -43,6 +44,7 @@ from floatkey.errors import ConfigError
 from floatkey.signing import public_key_text
 from floatkeyd.admin import AdminDesk, Keyring
 from floatkeyd.authority import LicenseAuthority
+from floatkeyd.borrowdesk import BorrowDesk
 from floatkeyd.clock import Clock
 from floatkeyd.config import load_config
 from floatkeyd.drops import Drops
@@ -96,12 +98,14 @@ class Daemon:
         notifier: Notifier,
         expiring: ExpiryWarnings,
         metrics: MetricsEndpoint | None = None,
+        borrows: BorrowDesk | None = None,
     ) -> None:
         self.loaded = loaded
         self.topics = loaded.topics
         self.link = link
         self.authority = authority
         self.seats = seats
+        self.borrows = borrows
         self.usage = usage
         self.admin = admin
         self.retained = retained
@@ -147,7 +151,11 @@ class Daemon:
             elif topic in {self.topics.state, self.topics.identity}:
                 await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
-                self.seats.handle(*seat, payload)
+                if seat[2] in {"borrow", "return"}:
+                    if self.borrows is not None:
+                        await self.borrows.handle(*seat, payload)
+                else:
+                    self.seats.handle(*seat, payload)
             else:
                 self.drops("unknown_topic", topic)
         except Exception:
@@ -306,6 +314,7 @@ async def open_daemon(
             queue_max_wait_ms=config.queue_max_wait_seconds * 1000,
             idle_ms=round(config.idle_timeout * 1000),
             idle_warning_ms=round(config.idle_warning * 1000),
+            borrow_rules=config.borrow.rules,
         )
         for lease in stored.leases:
             ledger.restore(lease)
@@ -345,6 +354,17 @@ async def open_daemon(
             link=link,
             drops=drops,
             answer_state=state_replies.answer,
+        )
+        borrows = BorrowDesk(
+            server=config.server,
+            topics=loaded.topics,
+            seats=seats,
+            store=store,
+            clock=clock,
+            authority=authority,
+            signer=signer,
+            link=link,
+            drops=drops,
         )
         usage = UsageHistory(store, clock, config.usage)
         keyring = Keyring(list(config.admin_keys), store)
@@ -404,5 +424,6 @@ async def open_daemon(
             notifier=notifier,
             metrics=metrics,
             expiring=expiring,
+            borrows=borrows,
         )
         log.info("stopped", drops=dict(drops.counts))

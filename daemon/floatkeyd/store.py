@@ -180,6 +180,21 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE usage_hours ADD COLUMN wait_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_hours ADD COLUMN wait_longest_ms INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: borrowed seats (floatkeyd.borrowdesk), written before their token is sent.
+    """
+    CREATE TABLE borrows (
+        client TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        since INTEGER NOT NULL,
+        ends_at INTEGER NOT NULL,
+        app TEXT NOT NULL,
+        user TEXT NOT NULL,
+        host TEXT NOT NULL,
+        host_id TEXT NOT NULL,
+        login TEXT NOT NULL
+    ) STRICT;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _CHAIN_SCHEMA = 3  # the migration that starts the audit chain
@@ -440,6 +455,7 @@ class Store:
                 )
                 async for r in cursor
             ]
+        leases += await self._borrows()
         return StoredState(
             queue=queue,
             generation=int(meta["generation"]),
@@ -450,6 +466,68 @@ class Store:
             leases=leases,
             admin_keys=await self.admin_keys(),
         )
+
+    async def _borrows(self) -> list[Lease]:
+        """Borrowed seats, as leases of the ledger (the ledger frees those that ended)."""
+        async with self._db.execute(
+            "SELECT client, token, generation, since, ends_at, app, user, host, login FROM borrows"
+        ) as cursor:
+            return [
+                Lease(
+                    client=r[0],
+                    token=r[1],
+                    generation=r[2],
+                    licensed=True,
+                    since=r[3],
+                    expires_at=r[4],
+                    app=r[5],
+                    user=r[6],
+                    host=r[7],
+                    login=r[8],
+                    borrowed=True,
+                )
+                async for r in cursor
+            ]
+
+    async def add_borrow(
+        self, lease: Lease, host_id: str, now: int, usage: UsageEvent, audit: AuditEntry
+    ) -> None:
+        """Record a borrowed seat, its usage event and its audit row, in one transaction.
+
+        Before its token is sent: a borrow is never forgotten by a restart. Borrows that
+        ended are deleted on the way (their end was recorded by the ledger's expiry).
+        """
+        async with self._transaction():
+            await self._db.execute("DELETE FROM borrows WHERE ends_at <= ?", (now,))
+            await self._db.execute(
+                "INSERT OR REPLACE INTO borrows VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    lease.client,
+                    lease.token,
+                    lease.generation,
+                    lease.since,
+                    lease.expires_at,
+                    lease.app,
+                    lease.user,
+                    lease.host,
+                    host_id,
+                    lease.login,
+                ),
+            )
+            await self._db.execute("DELETE FROM leases WHERE client = ?", (lease.client,))
+            await self.usage_log.write([usage])
+            await self._audit(audit, now)
+        self._staged.pop(lease.client, None)  # a seat it held became the borrowed one
+
+    async def end_borrow(
+        self, client: str, now: int, usage: UsageEvent | None, audit: AuditEntry
+    ) -> None:
+        """Delete ``client``'s borrowed seat (returned early), with its usage and audit rows."""
+        async with self._transaction():
+            await self._db.execute("DELETE FROM borrows WHERE client = ?", (client,))
+            if usage is not None:
+                await self.usage_log.write([usage])
+            await self._audit(audit, now)
 
     async def admin_keys(self) -> list[str]:
         """Public keys authorized with ``floatkeyd admin-key add``."""
@@ -550,6 +628,7 @@ class Store:
         """
         async with self._transaction():
             await self._db.execute("DELETE FROM leases WHERE client = ?", (client,))
+            await self._db.execute("DELETE FROM borrows WHERE client = ?", (client,))
             if usage is not None:
                 await self.usage_log.write([usage])
             await self._audit(audit, now)
@@ -641,6 +720,8 @@ class Store:
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
+                # A borrowed seat that ended (or was given back with seat.release) goes too.
+                await self._db.executemany("DELETE FROM borrows WHERE client = ?", deletes)
                 await self._db.executemany(
                     f"INSERT OR REPLACE INTO queue ({_QUEUE_COLUMNS}) "  # noqa: S608 - a constant
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

@@ -3,12 +3,14 @@
 Pure and synchronous; ``floatkeyd.usagelog`` stores the events and the hourly aggregates
 and calls this module to fold and to answer ``admin.usage`` (docs/USAGE.md).
 
-An **event** is one seat decision: ``granted``, ``renewed_after_loss`` (a grant to a
-client the daemon had told ``seat.lost``), ``released`` (reason ``agent``, ``will`` or
-``expiry``), ``revoked`` (``admin``, or a license change: ``unlock``, ``license_expired``,
-``license_refused``), ``denied`` (with the denial's reason) and ``license`` (a new
-license generation: every seat is revoked, ``seats`` is the new limit). Renewals are
-not events: a seat held for a month by one agent is two rows, its grant and its end.
+An **event** is one seat decision: ``granted`` (reason ``borrow`` for a seat lent for
+offline use), ``renewed_after_loss`` (a grant to a client the daemon had told
+``seat.lost``), ``released`` (reason ``agent``, ``will`` or ``expiry``; a borrowed seat:
+``returned`` or ``borrow_ended``), ``revoked`` (``admin``, or a license change:
+``unlock``, ``license_expired``, ``license_refused``), ``denied`` (with the denial's
+reason) and ``license`` (a new license generation: every seat is revoked, ``seats`` is
+the new limit). Renewals are not events: a seat held for a month by one agent is two
+rows, its grant and its end.
 
 A :class:`Replay` walks the events in the order they were decided, from a known
 :class:`UsageState` (the seats held, by whom, and the denials still outstanding), and
@@ -159,9 +161,21 @@ def granted(lease: Lease, at: int, *, after_loss: bool = False) -> UsageEvent:
     return _seat_event(lease, at, "renewed_after_loss" if after_loss else "granted")
 
 
-def released(lease: Lease, at: int, reason: Literal["agent", "will", "expiry"]) -> UsageEvent:
-    """A licensed seat freed by its agent, by its MQTT will, or at the end of its lease."""
+def released(
+    lease: Lease,
+    at: int,
+    reason: Literal["agent", "will", "expiry", "returned", "borrow_ended"],
+) -> UsageEvent:
+    """A licensed seat freed by its agent, by its MQTT will, or at the end of its lease.
+
+    A borrowed seat: ``returned`` early by its agent, or ``borrow_ended`` at its end.
+    """
     return _seat_event(lease, at, "released", reason)
+
+
+def borrowed(lease: Lease, at: int) -> UsageEvent:
+    """A seat lent for offline use: a grant (reason ``borrow``), held until its release."""
+    return _seat_event(lease, at, "granted", "borrow")
 
 
 def revoked(lease: Lease, at: int, reason: str) -> UsageEvent:

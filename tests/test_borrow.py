@@ -1,0 +1,292 @@
+"""Borrowed seats end to end: real daemon, real Mosquitto, real ``floatkey-agent`` processes.
+
+A borrowed seat runs its application with the daemon and the broker stopped, until the
+borrow ends (the agent's clock is moved ahead with libfaketime, not waited for); it is
+counted by the daemon until returned; every limit refuses with its reason; a token
+edited or taken to another computer is refused; a clock set back does not lengthen it.
+Every wait is for a condition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import command
+from floatkey import borrow as borrowing
+from floatkey.config import load_agent_config
+from floatkey.errors import BorrowError
+from floatkey.licensefile import verify_license_file
+from floatkey.signing import b64url_decode, b64url_encode
+from licensing import ctl, issue, unlock
+from servers import clients, eventually, make_agent, required_tool, write_agent_config
+
+pytestmark = pytest.mark.broker
+CHILD = Path(__file__).with_name("child_app.py")
+DAY_S = 86_400
+BORROWING = """
+[borrow]
+enabled = true
+max_borrow_days = 2
+max_borrowed = 1
+"""
+
+
+def faked(offset_s: int) -> tuple[str, ...]:
+    """The command prefix running a process with its clock ``offset_s`` seconds away."""
+    required_tool("faketime")
+    libfaketime = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
+    assert libfaketime is not None, "libfaketime.so.1 not found"
+    return ("env", f"LD_PRELOAD={libfaketime}", f"FAKETIME={offset_s:+d}")
+
+
+def agent_cli(
+    config: Path, *args: str, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: PLW1510 - the caller checks the status
+        [*prefix, command("floatkey-agent"), *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def supervised(
+    config: Path, tmp_path: Path, name: str, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``floatkey-agent run`` of the stand-in application (tests/child_app.py)."""
+    argv = [*prefix, command("floatkey-agent"), "run", "--config", str(config)]
+    argv += ["--app", "flowdesigner", "--", sys.executable, str(CHILD), str(tmp_path / name)]
+    with (tmp_path / f"{name}.out").open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def output(tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.out").read_text(errors="replace")
+
+
+async def exited(process: subprocess.Popen[bytes], within: float = 60) -> int:
+    await eventually(lambda: process.poll() is not None, within=within)
+    return process.returncode
+
+
+def borrowed_rows(server) -> list[dict[str, object]]:
+    return [row for row in clients(server) if row["borrowed_until"] is not None]
+
+
+def stop_everything(server) -> None:
+    """The laptop leaves: neither the daemon nor the broker can be reached any more."""
+    for daemon in server.processes:
+        if daemon.process and daemon.process.poll() is None:
+            daemon.stop()
+    server.mosquitto.stop()
+
+
+@pytest.fixture
+def lending(server_factory):
+    server = server_factory("mosquitto", BORROWING)
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    return server
+
+
+async def test_a_borrowed_seat_runs_without_the_server_until_it_ends(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    done = agent_cli(config, "borrow", "--days", "1", "--app", "flowdesigner")
+    assert done.returncode == 0, done.stderr
+    assert "Borrowed a seat" in done.stdout
+    state = json.loads((tmp_path / "laptop-known.json").read_text())
+    assert list(state["borrows"]) == [lending.topics.root]
+    assert (tmp_path / "laptop-known.json").stat().st_mode & 0o777 == 0o600
+    rows = await asyncio.to_thread(borrowed_rows, lending)
+    assert len(rows) == 1
+    assert rows[0]["app"] == "flowdesigner"
+    until = dt.datetime.fromisoformat(str(rows[0]["borrowed_until"]))
+    assert until.timestamp() > time.time() + DAY_S - 60
+
+    stop_everything(lending)
+    # The agent's clock 20 s before the borrow's end: it runs, then stops at the end.
+    app = supervised(config, tmp_path, "app", prefix=faked(DAY_S - 20))
+    await eventually((tmp_path / "app.env").exists, within=30)
+    env = json.loads((tmp_path / "app.env").read_text())
+    assert env["FLOATKEY_FEATURES"] == "dataflow,subflow,workflow"
+    license_file = tmp_path / "license-copy.json"
+    license_file.write_text(env["license_file_contents"])
+    verified = verify_license_file(license_file, lending.server_key_text())
+    assert verified.features == {"dataflow", "subflow", "workflow"}
+    assert "running on the seat borrowed" in output(tmp_path, "app")
+    assert await exited(app) == 75
+    assert (tmp_path / "app.term").exists()  # asked to stop, like any expiry
+    assert "the borrow ended" in output(tmp_path, "app")
+    # Ended: forgotten; the next start asks the server (unreachable now: 76).
+    assert (
+        "borrows" not in json.loads((tmp_path / "laptop-known.json").read_text())
+        or not (json.loads((tmp_path / "laptop-known.json").read_text())["borrows"])
+    )
+
+
+async def test_setting_the_clock_back_does_not_lengthen_a_borrow(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    stop_everything(lending)
+    # The laptop saw a time 25 s before the end...
+    seen = agent_cli(config, "borrow", "--status", prefix=faked(DAY_S - 25))
+    assert seen.returncode == 0, seen.stderr
+    assert "Borrowed from" in seen.stdout
+    # ...then its clock is set back a day: the borrow still ends 25 s after that time.
+    app = supervised(config, tmp_path, "app")
+    await eventually((tmp_path / "app.env").exists, within=30)
+    assert await exited(app) == 75
+    assert "the borrow ended" in output(tmp_path, "app")
+
+
+async def test_return_frees_the_seat_at_once_for_the_first_in_line(server_factory, tmp_path):
+    server = server_factory("mosquitto", BORROWING)
+    server.start_daemon()
+    assert unlock(server, issue(seats=1)).returncode == 0
+    config = write_agent_config(server, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "0.5").returncode == 0
+    status = agent_cli(config, "borrow", "--status")
+    assert status.returncode == 0
+    assert "Borrowed from" in status.stdout
+    other = write_agent_config(server, tmp_path / "desk.toml")
+    argv = [command("floatkey-agent"), "run", "--config", str(other), "--wait"]
+    argv += ["--", sys.executable, str(CHILD), str(tmp_path / "w")]
+    with (tmp_path / "w.out").open("ab") as out:
+        waiter = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        await eventually(lambda: "waiting in line" in output(tmp_path, "w"), within=30)
+        done = agent_cli(config, "return")
+        assert done.returncode == 0, done.stderr
+        assert "returned" in done.stdout
+        await eventually((tmp_path / "w.env").exists, within=20)
+        assert await asyncio.to_thread(borrowed_rows, server) == []
+        assert agent_cli(config, "borrow", "--status").returncode == 1
+        nothing = agent_cli(config, "return")
+        assert nothing.returncode == 69
+        assert "no borrowed seat" in nothing.stderr
+    finally:
+        waiter.terminate()
+        waiter.wait(20)
+
+
+async def test_borrowing_is_off_unless_enabled(server_factory, tmp_path):
+    closed = server_factory("mosquitto")
+    closed.start_daemon()
+    assert unlock(closed, issue(seats=3)).returncode == 0
+    refused = agent_cli(write_agent_config(closed, tmp_path / "a.toml"), "borrow", "--days", "1")
+    assert refused.returncode == 69
+    assert "does not lend seats for offline use" in refused.stderr
+    assert "[borrow] enabled" in refused.stderr
+
+
+async def test_each_limit_refuses_with_its_reason(lending, tmp_path):
+    first = write_agent_config(lending, tmp_path / "b.toml")
+    too_long = agent_cli(first, "borrow", "--days", "3")
+    assert too_long.returncode == 69
+    assert "at most 2 days" in too_long.stderr
+    assert agent_cli(first, "borrow", "--days", "2").returncode == 0
+    again = agent_cli(first, "borrow", "--days", "1")
+    assert again.returncode == 69
+    assert "already borrows a seat" in again.stderr
+    second = agent_cli(write_agent_config(lending, tmp_path / "c.toml"), "borrow", "--days", "1")
+    assert second.returncode == 69
+    assert "the most this server lends at once" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+async def test_an_edited_or_copied_token_is_refused(lending, tmp_path, monkeypatch):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    loaded = load_agent_config(config)
+    assert borrowing.held_borrow(loaded) is not None
+    # Another computer (another machine id): refused, as a copy would be.
+    monkeypatch.setattr(borrowing, "host_identity", lambda: "0" * 32)
+    with pytest.raises(BorrowError) as copied:
+        borrowing.held_borrow(loaded)
+    assert copied.value.problem == "other_host"
+    monkeypatch.undo()
+
+    # A week more, written into the token: the signature no longer holds.
+    state_file = tmp_path / "laptop-known.json"
+    state = json.loads(state_file.read_text())
+    entry = state["borrows"][lending.topics.root]
+    envelope = json.loads(entry["token"])
+    body = json.loads(b64url_decode(envelope["body"]))
+    body["end"] += 7 * DAY_S * 1000
+    envelope["body"] = b64url_encode(json.dumps(body).encode())
+    entry["token"] = json.dumps(envelope)
+    entry["local_end_ms"] += 7 * DAY_S * 1000
+    state_file.write_text(json.dumps(state))
+    status = agent_cli(config, "borrow", "--status")
+    assert status.returncode == 69
+    assert "does not carry the license server's signature" in status.stderr
+
+    stop_everything(lending)
+    app = supervised(config, tmp_path, "app")
+    assert await exited(app) == 76  # not run offline: it needs the server, unreachable
+    assert "does not carry the license server's signature" in output(tmp_path, "app")
+    assert not (tmp_path / "app.env").exists()
+
+
+async def test_an_administrator_release_ends_the_borrow_when_the_laptop_connects(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    (row,) = await asyncio.to_thread(borrowed_rows, lending)
+    listing = await asyncio.to_thread(ctl, lending, "clients")
+    assert "Borrowed seats" in listing.stdout
+    released = await asyncio.to_thread(ctl, lending, "release", str(row["client"]))
+    assert released.returncode == 0, released.stderr
+    assert "borrowed" in released.stdout
+    assert await asyncio.to_thread(borrowed_rows, lending) == []
+    # Offline it would still run; connected, it learns at once.
+    app = supervised(config, tmp_path, "app")
+    assert await exited(app) == 77
+    assert "administrator released it" in output(tmp_path, "app")
+
+
+async def test_a_new_license_stops_a_borrowed_seat_that_reconnects(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    assert unlock(lending, issue(seats=5)).returncode == 0
+    app = supervised(config, tmp_path, "app")
+    assert await exited(app) == 75
+    assert "A new license was activated" in output(tmp_path, "app")
+    # The token of the old license is dropped: the next start asks the server.
+    assert agent_cli(config, "borrow", "--status").returncode == 1
+
+
+async def test_the_library_borrows_runs_without_the_daemon_and_returns(lending, tmp_path):
+    held = await make_agent(lending, tmp_path, "lib").borrow(days=0.5)
+    assert held.features == {"dataflow", "subflow", "workflow"}
+    for daemon in lending.processes:
+        daemon.stop()
+    async with make_agent(lending, tmp_path, "lib") as agent:  # no daemon to answer
+        assert agent.borrowed is not None
+        assert agent.licensed
+        agent.require("dataflow")
+        assert agent.license.licensee == "Ada Lovelace"
+        assert not agent.shutdown_requested.is_set()
+    lending.start_daemon()
+    assert (await asyncio.to_thread(borrowed_rows, lending))[0]["user"]
+    message = await make_agent(lending, tmp_path, "lib").return_borrow()
+    assert "returned" in message
+    assert await asyncio.to_thread(borrowed_rows, lending) == []
+    assert borrowing.held_borrow(load_agent_config(tmp_path / "lib.toml")) is None
+
+
+async def test_a_borrow_trusts_the_server_key_on_first_use_and_keeps_both(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "fresh.toml", pin=False)
+    done = agent_cli(config, "borrow", "--days", "1")
+    assert done.returncode == 0, done.stderr
+    state = json.loads((tmp_path / "fresh-known.json").read_text())
+    assert state["servers"] == {lending.topics.root: lending.server_key_text()}
+    assert list(state["borrows"]) == [lending.topics.root]
+    assert agent_cli(config, "borrow", "--status").returncode == 0
