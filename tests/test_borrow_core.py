@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -58,7 +59,8 @@ async def test_a_borrow_is_counted_across_a_restart_and_freed_once_at_its_end(tm
         await daemon.handle(topic, borrow_body("lap-1"))
         (granted,) = replies(daemon, link, "lap-1")
         assert isinstance(granted, protocol.BorrowGranted)
-        token = verify_token(granted.token, daemon.topics, *trusted(daemon).values(), HOST_ID)
+        key = next(iter(trusted(daemon).values()))
+        token = verify_token(granted.token, daemon.topics, key, HOST_ID, "lap-1")
         assert token.end - token.start == 3_600_000
         assert token.features == ["dataflow"]
         assert (daemon.seats.ledger.in_use, daemon.seats.ledger.borrowed) == (1, 1)
@@ -87,11 +89,15 @@ async def test_a_borrow_longer_than_allowed_is_denied_with_its_reason(tmp_path):
 
 def test_pinning_a_key_keeps_the_borrow_tokens_beside_it(tmp_path):
     path = tmp_path / "state" / "known.json"
-    BorrowStore(path).keep("floatkey/a", "token", 5)
+    BorrowStore(path).hold_pending("floatkey/a", "lap-1", "n1")
+    BorrowStore(path).keep("floatkey/a", "token", "lap-1", 5, 1000)
     BorrowStore(path).saw(1234)
     assert KnownServers(path).pin("floatkey/a", Ed25519PrivateKey.generate().public_key())
-    assert BorrowStore(path).entry("floatkey/a") == ("token", 5)
+    entry = BorrowStore(path).entry("floatkey/a")
+    assert entry is not None
+    assert (entry.envelope, entry.client, entry.local_end) == ("token", "lap-1", 5)
     assert BorrowStore(path).latest_seen() == 1234
+    assert BorrowStore(path).pending("floatkey/a") is None  # kept: no longer pending
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -108,7 +114,8 @@ async def lend(daemon, link: MemoryLink, client: str, seconds: int = 3600) -> pr
     await daemon.handle(daemon.topics.seat(client, "borrow"), borrow_body(client, seconds))
     granted = replies(daemon, link, client)[-1]
     assert isinstance(granted, protocol.BorrowGranted), granted
-    return verify_token(granted.token, daemon.topics, *trusted(daemon).values(), HOST_ID)
+    key = next(iter(trusted(daemon).values()))
+    return verify_token(granted.token, daemon.topics, key, HOST_ID, client)
 
 
 def check_body(token: protocol.BorrowToken) -> bytes:
@@ -238,3 +245,42 @@ async def test_seat_messages_on_a_borrowed_client_id_leave_the_borrow_alone(tmp_
         assert (lease.token, lease.expires_at) == (token.lease, token.end)
         assert (ledger.in_use, ledger.borrowed) == (1, 1)
     assert usage_reasons(tmp_path) == [("granted", "borrow"), ("denied", "already_borrowed")]
+
+
+async def test_a_borrow_asked_again_after_a_lost_answer_gets_the_same_seat(tmp_path):
+    config, link, wall = write_config(tmp_path, BORROWING), MemoryLink(), Wall()
+    async with running(config, link, wall) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(seats=2), "u1"))).ok
+        first = await lend(daemon, link, "lap-1")
+        again = await lend(daemon, link, "lap-1")  # the same request: the answer was lost
+        assert (again.lease, again.end) == (first.lease, first.end)
+        assert daemon.seats.ledger.borrowed == 1
+        # Another request on that client id (another nonce) is not the lost one.
+        other = protocol.SeatBorrow(client="lap-1", nonce="n2", seconds=60, host_id=HOST_ID)
+        await daemon.handle(daemon.topics.seat("lap-1", "borrow"), protocol.encode(other))
+        denied = replies(daemon, link, "lap-1")[-1]
+        assert isinstance(denied, protocol.BorrowDenied)
+        assert denied.reason == "already_borrowed"
+    assert usage_reasons(tmp_path)[0] == ("granted", "borrow")
+    assert usage_reasons(tmp_path).count(("granted", "borrow")) == 1
+
+
+def test_the_state_file_keeps_every_writer_s_change(tmp_path):
+    """Read-modify-write under the file's lock: concurrent writers lose nothing."""
+    path = tmp_path / "state" / "known.json"
+    store = BorrowStore(path)
+    store.keep("floatkey/a", "token", "lap-1", 5, 1000)
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            BorrowStore(path).saw(1000 + n * 1000 + i)
+            BorrowStore(path).hold_pending(f"floatkey/p{n}", f"c{i}", "n")
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.entry("floatkey/a") is not None
+    assert all(store.pending(f"floatkey/p{n}") == ("c49", "n") for n in range(4))
+    assert store.latest_seen() == 4049

@@ -75,6 +75,9 @@ class BorrowDesk:
         self._signer = signer
         self._drops = drops
         self.reply = seats.reply  # one sender of signed replies to agents
+        # Each borrowed seat's request, (host_id, nonce), by client: a request repeated
+        # after a lost answer gets the same seat's token again. Not kept across restarts.
+        self._asked: dict[str, tuple[str, str]] = {}
 
     async def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/borrow`` or ``.../return``."""
@@ -162,8 +165,56 @@ class BorrowDesk:
             ),
         )
 
+    def _seal(self, lease: Lease, host_id: str, now: int) -> str:
+        """The signed borrow token of ``lease``, lent to the computer ``host_id``."""
+        info = self._authority.info
+        token = BorrowToken(
+            server=self._server,
+            client=lease.client,
+            lease=lease.token,
+            generation=lease.generation,
+            licensee=info.licensee if info else "",
+            organization=info.organization if info else "",
+            features=self._authority.features,
+            host=lease.host,
+            host_id=host_id,
+            user=lease.user,
+            app=lease.app,
+            start=lease.since,
+            end=lease.expires_at,
+            ts=now,
+        )
+        topic = self._topics.borrow_token(lease.client)
+        return self._signer.seal(topic, protocol.encode(token)).decode()
+
+    def _asked_again(self, body: SeatBorrow) -> Lease | None:
+        """The seat lent to this very request before (its answer was lost), if any."""
+        lease = self._ledger.leases.get(body.client)
+        if (
+            lease is None
+            or not lease.borrowed
+            or lease.generation != self._ledger.generation
+            or self._asked.get(body.client) != (body.host_id, body.nonce)
+        ):
+            return None
+        return lease
+
     async def _borrow(self, body: SeatBorrow, login: str) -> None:
         now = self._clock.now()
+        again = self._asked_again(body)
+        if again is not None:
+            # The agent asks again as the same client, from the same computer, with the
+            # same nonce: the answer was lost. The same seat, not a second one.
+            log.info("borrow token sent again", client=body.client)
+            self.reply(
+                body.client,
+                BorrowGranted(
+                    nonce=body.nonce,
+                    token=self._seal(again, body.host_id, now),
+                    end=again.expires_at,
+                ),
+            )
+            return
         who = usage.Who(body.app[:128], body.user[:128], body.host[:256])
         decision = self._ledger.borrow(
             body.client,
@@ -179,25 +230,7 @@ class BorrowDesk:
             self._deny(body, login, who, decision.reason, decision.message, now)
             return
         lease = decision.lease
-        info = self._authority.info
-        token = BorrowToken(
-            server=self._server,
-            client=lease.client,
-            lease=lease.token,
-            generation=lease.generation,
-            licensee=info.licensee if info else "",
-            organization=info.organization if info else "",
-            features=self._authority.features,
-            host=lease.host,
-            host_id=body.host_id,
-            user=lease.user,
-            app=lease.app,
-            start=lease.since,
-            end=lease.expires_at,
-            ts=now,
-        )
-        topic = self._topics.borrow_token(lease.client)
-        sealed = self._signer.seal(topic, protocol.encode(token))
+        sealed = self._seal(lease, body.host_id, now)
         audit = AuditEntry(
             f"agent:{login}",
             "seat.borrow",
@@ -243,6 +276,13 @@ class BorrowDesk:
             )
             return
         self._seats.count_grant("borrowed")
+        # Forget requests whose borrows are over; remember this one (see _asked_again).
+        self._asked = {
+            client: asked
+            for client, asked in self._asked.items()
+            if client in self._ledger.leases and self._ledger.leases[client].borrowed
+        }
+        self._asked[lease.client] = (body.host_id, body.nonce)
         log.info(
             "seat borrowed",
             client=lease.client,
@@ -255,7 +295,7 @@ class BorrowDesk:
         )
         self.reply(
             lease.client,
-            BorrowGranted(nonce=body.nonce, token=sealed.decode(), end=lease.expires_at),
+            BorrowGranted(nonce=body.nonce, token=sealed, end=lease.expires_at),
         )
 
     def _deny(  # noqa: PLR0913, PLR0917 - what a denial reports
