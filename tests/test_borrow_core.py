@@ -12,7 +12,9 @@ from floatkey import protocol
 from floatkey.borrow import BorrowStore, verify_token
 from floatkey.envelope import open_envelope
 from floatkey.pinning import KnownServers
+from floatkeyd._ctl_text import clients_text
 from floatkeyd.borrowing import DAY_MS
+from floatkeyd.metrics import DaemonCollector
 from inprocess import (
     MemoryLink,
     Wall,
@@ -135,6 +137,20 @@ async def test_borrows_stay_counted_across_a_new_license_until_their_laptop_chec
         ledger = daemon.seats.ledger
         assert (ledger.in_use, ledger.borrowed) == (2, 2)
         assert sum(row.borrowed for row in daemon.seats.client_rows()) == 2
+        collector = DaemonCollector(
+            authority=daemon.authority,
+            seats=daemon.seats,
+            admin=daemon.admin,
+            drops=daemon.drops,
+            link=link,
+            store=daemon.seats._store,
+        )
+        figures = {m.name: m.samples[0].value for m in collector.collect() if m.samples}
+        assert figures["floatkey_seats_borrowed"] == 2
+        listing = clients_text(daemon.seats.client_rows(), [])
+        assert "Borrowed seats" in listing
+        assert "lap-1" in listing.split("Borrowed seats")[1]
+        assert "lap-2" in listing.split("Borrowed seats")[1]
         request = protocol.SeatRequest(client="desk", nonce="r1")
         await daemon.handle(daemon.topics.seat("desk", "request"), protocol.encode(request))
         (denied,) = seat_replies(daemon, link, "desk")
