@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import json
 import sqlite3
 import threading
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from floatkey import protocol
+from floatkey import _supervisor, protocol
 from floatkey.borrow import BorrowStore, verify_token
 from floatkey.envelope import open_envelope
+from floatkey.errors import ConfigError, LicenseFileInvalid
+from floatkey.licensefile import verify_license_file
 from floatkey.pinning import KnownServers
 from floatkeyd._ctl_text import clients_text
 from floatkeyd.borrowing import DAY_MS
+from floatkeyd.config import load_config
 from floatkeyd.metrics import DaemonCollector
 from inprocess import (
     MemoryLink,
@@ -300,3 +306,32 @@ def test_the_state_file_keeps_every_writer_s_change(tmp_path):
     assert store.entry("floatkey/a") is not None
     assert all(store.pending(f"floatkey/p{n}") == ("c49", "n") for n in range(4))
     assert store.latest_seen() == 4049
+
+
+def test_max_borrow_days_and_the_agent_s_days_share_one_bound(tmp_path):
+    assert load_config(write_config(tmp_path, "[borrow]\nmax_borrow_days = 366\n"))
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(tmp_path, "[borrow]\nmax_borrow_days = 367\n"))
+    assert "at most 366" in refused.value.message
+    assert protocol.BORROW_MAX_S == 366 * 86_400
+    assert _supervisor._days("366") == 366
+    with pytest.raises(argparse.ArgumentTypeError):
+        _supervisor._days("367")
+
+
+async def test_a_license_file_whose_token_names_another_server_is_refused(tmp_path):
+    config, link, wall = write_config(tmp_path, BORROWING), MemoryLink(), Wall()
+    async with running(config, link, wall) as daemon:
+        token = protocol.BorrowToken(
+            server="elsewhere", client="lap-1", lease="l", generation=1, licensee="",
+            organization="", features=["dataflow"], host="lap", host_id=HOST_ID, user="",
+            app="", start=0, end=protocol.now_ms() + DAY_MS, ts=0,
+        )  # fmt: skip
+        topic = daemon.topics.borrow_token("lap-1")
+        sealed = daemon.seats._signer.seal(topic, protocol.encode(token)).decode()
+        key = next(iter(trusted(daemon).values()))
+    path = tmp_path / "license.json"
+    path.write_text(json.dumps({"borrowed": {"token": sealed, "topic": topic}}))
+    with pytest.raises(LicenseFileInvalid) as refused:
+        verify_license_file(path, key)
+    assert refused.value.problem == "other_server"
