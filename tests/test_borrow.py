@@ -21,6 +21,7 @@ import pytest
 
 from conftest import command
 from floatkey import borrow as borrowing
+from floatkey import hostid
 from floatkey.config import load_agent_config
 from floatkey.errors import BorrowError, NoAnswer
 from floatkey.licensefile import verify_license_file
@@ -360,3 +361,35 @@ async def test_a_borrow_trusts_the_server_key_on_first_use_and_keeps_both(lendin
     assert state["servers"] == {lending.topics.root: lending.server_key_text()}
     assert list(state["borrows"]) == [lending.topics.root]
     assert agent_cli(config, "borrow", "--status").returncode == 0
+
+
+async def test_a_clock_once_ahead_spoils_no_later_borrow_and_one_already_ended_goes_back(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto", "[borrow]\nenabled = true\nmax_borrow_days = 2\n")
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    config = write_agent_config(server, tmp_path / "laptop.toml")
+    # Two days ahead, a borrow of one day ends, on this clock, before it starts: given back.
+    ahead = agent_cli(config, "borrow", "--days", "1", prefix=faked(2 * DAY_S))
+    assert ahead.returncode == 69
+    assert "has passed already" in ahead.stderr
+    assert await asyncio.to_thread(borrowed_rows, server) == []
+    # A borrow seen from two days ahead: ended there (the latest time seen is now ahead).
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    assert agent_cli(config, "borrow", "--status", prefix=faked(2 * DAY_S)).returncode == 1
+    # The clock set right, a new borrow is not taken for a clock set back, nor ended.
+    done = agent_cli(config, "borrow", "--days", "1")
+    assert done.returncode == 0, done.stderr
+    status = agent_cli(config, "borrow", "--status")
+    assert status.returncode == 0, status.stderr
+    assert "Borrowed from" in status.stdout
+
+
+async def test_a_computer_without_a_machine_id_may_not_borrow(lending, tmp_path, monkeypatch):
+    monkeypatch.setattr(hostid, "MACHINE_ID_FILES", (tmp_path / "no-machine-id",))
+    with pytest.raises(BorrowError) as refused:
+        await make_agent(lending, tmp_path, "lib").borrow(days=1)
+    assert refused.value.problem == "no_machine_id"
+    assert "/etc/machine-id" in refused.value.message
+    assert await asyncio.to_thread(borrowed_rows, lending) == []
