@@ -524,7 +524,8 @@ class Agent:
     async def return_borrow(self) -> str:
         """Give the borrowed seat back early; return the server's sentence.
 
-        Raises ``BorrowError`` (``nothing_borrowed``), ``NoAnswer``.
+        Raises ``BorrowError`` (``nothing_borrowed``; ``in_use`` while an ``Agent``, in
+        this process or another, runs on the borrowed seat), ``NoAnswer``.
         """
         return await borrowing.return_seat(self._loaded)
 
