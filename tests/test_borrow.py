@@ -21,8 +21,9 @@ import pytest
 
 from conftest import command
 from floatkey import borrow as borrowing
+from floatkey import hostid
 from floatkey.config import load_agent_config
-from floatkey.errors import BorrowError
+from floatkey.errors import BorrowError, NoAnswer
 from floatkey.licensefile import verify_license_file
 from floatkey.signing import b64url_decode, b64url_encode
 from licensing import ctl, issue, unlock
@@ -132,19 +133,69 @@ async def test_a_borrowed_seat_runs_without_the_server_until_it_ends(lending, tm
     )
 
 
-async def test_setting_the_clock_back_does_not_lengthen_a_borrow(lending, tmp_path):
+async def test_a_clock_set_back_between_two_starts_is_refused_offline(lending, tmp_path):
     config = write_agent_config(lending, tmp_path / "laptop.toml")
     assert agent_cli(config, "borrow", "--days", "1").returncode == 0
     stop_everything(lending)
-    # The laptop saw a time 25 s before the end...
-    seen = agent_cli(config, "borrow", "--status", prefix=faked(DAY_S - 25))
-    assert seen.returncode == 0, seen.stderr
-    assert "Borrowed from" in seen.stdout
-    # ...then its clock is set back a day: the borrow still ends 25 s after that time.
+    # The laptop runs the application two hours later...
+    first = supervised(config, tmp_path, "first", prefix=faked(7200))
+    await eventually((tmp_path / "first.env").exists, within=30)
+    first.terminate()
+    await exited(first)
+    # ...then its clock is set back two hours: taken as the latest time seen, no time
+    # would have passed while the application was closed. Not run offline.
+    second = supervised(config, tmp_path, "second")
+    assert await exited(second) == 76  # it needs the server, unreachable
+    assert "clock is behind the latest time floatkey saw" in output(tmp_path, "second")
+    assert not (tmp_path / "second.env").exists()
+    # Set right again (a little behind is a clock corrected, not set back): it runs.
+    third = supervised(config, tmp_path, "third", prefix=faked(7200 - 60))
+    await eventually((tmp_path / "third.env").exists, within=30)
+    third.terminate()
+    await exited(third)
+
+
+async def test_one_borrowed_seat_runs_one_application_and_is_not_returned_under_it(
+    lending, tmp_path
+):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    stop_everything(lending)
     app = supervised(config, tmp_path, "app")
-    await eventually((tmp_path / "app.env").exists, within=30)
-    assert await exited(app) == 75
-    assert "the borrow ended" in output(tmp_path, "app")
+    try:
+        await eventually((tmp_path / "app.env").exists, within=30)
+        second = supervised(config, tmp_path, "second")
+        assert await exited(second) == 76  # asked the server for a seat of its own
+        assert "in use by another application on this computer" in output(tmp_path, "second")
+        assert not (tmp_path / "second.env").exists()
+        refused = agent_cli(config, "return")
+        assert refused.returncode == 69
+        assert "stop the application first" in refused.stderr
+        assert app.poll() is None  # not knocked off
+    finally:
+        app.terminate()
+        await exited(app)
+    assert agent_cli(config, "borrow", "--status").returncode == 0  # still held
+
+
+async def test_a_borrow_whose_answer_was_lost_is_asked_for_again_as_the_same_seat(
+    lending, tmp_path, monkeypatch
+):
+    asked = borrowing._ask
+
+    async def answer_lost(*args, **kwargs):
+        await asked(*args, **kwargs)
+        raise NoAnswer("the answer was lost")
+
+    agent = make_agent(lending, tmp_path, "lib")
+    with monkeypatch.context() as patch:
+        patch.setattr(borrowing, "_ask", answer_lost)
+        with pytest.raises(NoAnswer):
+            await agent.borrow(days=0.5)
+    # max_borrowed = 1: a second seat would be refused; the same one is sent again.
+    held = await make_agent(lending, tmp_path, "lib").borrow(days=0.5)
+    (row,) = await asyncio.to_thread(borrowed_rows, lending)
+    assert row["client"] == held.token.client
 
 
 async def test_return_frees_the_seat_at_once_for_the_first_in_line(server_factory, tmp_path):
@@ -249,18 +300,38 @@ async def test_an_administrator_release_ends_the_borrow_when_the_laptop_connects
     # Offline it would still run; connected, it learns at once.
     app = supervised(config, tmp_path, "app")
     assert await exited(app) == 77
-    assert "administrator released it" in output(tmp_path, "app")
+    assert "an administrator released it" in output(tmp_path, "app")
+
+
+async def test_an_administrator_release_stops_a_borrowed_seat_running_connected(lending, tmp_path):
+    config = write_agent_config(lending, tmp_path / "laptop.toml")
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    app = supervised(config, tmp_path, "app")
+    await eventually(
+        lambda: "borrowed seat confirmed by the license server" in output(tmp_path, "app"),
+        within=30,
+    )
+    (row,) = await asyncio.to_thread(borrowed_rows, lending)
+    released = await asyncio.to_thread(ctl, lending, "release", str(row["client"]))
+    assert released.returncode == 0, released.stderr
+    assert await exited(app) == 77
+    assert "An administrator released this seat" in output(tmp_path, "app")
+    assert agent_cli(config, "borrow", "--status").returncode == 1  # forgotten
 
 
 async def test_a_new_license_stops_a_borrowed_seat_that_reconnects(lending, tmp_path):
     config = write_agent_config(lending, tmp_path / "laptop.toml")
     assert agent_cli(config, "borrow", "--days", "1").returncode == 0
     assert unlock(lending, issue(seats=5)).returncode == 0
+    # Until the laptop connects, its seat stays counted (it runs on under its token).
+    assert len(await asyncio.to_thread(borrowed_rows, lending)) == 1
     app = supervised(config, tmp_path, "app")
     assert await exited(app) == 75
     assert "A new license was activated" in output(tmp_path, "app")
     # The token of the old license is dropped: the next start asks the server.
     assert agent_cli(config, "borrow", "--status").returncode == 1
+    # Connected, it told the daemon, which ended the borrow.
+    await eventually(lambda: borrowed_rows(lending) == [], within=20)
 
 
 async def test_the_library_borrows_runs_without_the_daemon_and_returns(lending, tmp_path):
@@ -290,3 +361,35 @@ async def test_a_borrow_trusts_the_server_key_on_first_use_and_keeps_both(lendin
     assert state["servers"] == {lending.topics.root: lending.server_key_text()}
     assert list(state["borrows"]) == [lending.topics.root]
     assert agent_cli(config, "borrow", "--status").returncode == 0
+
+
+async def test_a_clock_once_ahead_spoils_no_later_borrow_and_one_already_ended_goes_back(
+    server_factory, tmp_path
+):
+    server = server_factory("mosquitto", "[borrow]\nenabled = true\nmax_borrow_days = 2\n")
+    server.start_daemon()
+    assert unlock(server, issue(seats=3)).returncode == 0
+    config = write_agent_config(server, tmp_path / "laptop.toml")
+    # Two days ahead, a borrow of one day ends, on this clock, before it starts: given back.
+    ahead = agent_cli(config, "borrow", "--days", "1", prefix=faked(2 * DAY_S))
+    assert ahead.returncode == 69
+    assert "has passed already" in ahead.stderr
+    assert await asyncio.to_thread(borrowed_rows, server) == []
+    # A borrow seen from two days ahead: ended there (the latest time seen is now ahead).
+    assert agent_cli(config, "borrow", "--days", "1").returncode == 0
+    assert agent_cli(config, "borrow", "--status", prefix=faked(2 * DAY_S)).returncode == 1
+    # The clock set right, a new borrow is not taken for a clock set back, nor ended.
+    done = agent_cli(config, "borrow", "--days", "1")
+    assert done.returncode == 0, done.stderr
+    status = agent_cli(config, "borrow", "--status")
+    assert status.returncode == 0, status.stderr
+    assert "Borrowed from" in status.stdout
+
+
+async def test_a_computer_without_a_machine_id_may_not_borrow(lending, tmp_path, monkeypatch):
+    monkeypatch.setattr(hostid, "MACHINE_ID_FILES", (tmp_path / "no-machine-id",))
+    with pytest.raises(BorrowError) as refused:
+        await make_agent(lending, tmp_path, "lib").borrow(days=1)
+    assert refused.value.problem == "no_machine_id"
+    assert "/etc/machine-id" in refused.value.message
+    assert await asyncio.to_thread(borrowed_rows, lending) == []

@@ -237,8 +237,23 @@ class LedgerMachine(RuleBasedStateMachine):
         elif isinstance(result, Denied) and client in self.book.leases:
             # One borrowed seat per client: never a second, never replaced.
             assert not self.book.leases[client].borrowed or result.reason == "already_borrowed"
-        before = [c for c in before if c != client]  # a waiter that borrows leaves the line
+        elif isinstance(result, Denied) and result.reason == "seat_held":
+            assert client in self.book.leases or client in self.book.queue
         self.drain(before)
+
+    @rule(client=clients, with_token=st.booleans())
+    def cancel(self, client: str, with_token: bool) -> None:
+        before = list(self.book.queue)
+        self.book.cancel(client, self.queue_tokens.get(client) if with_token else None)
+        assert [c for c in before if c != client] == list(self.book.queue)
+
+    @rule(client=clients)
+    def will(self, client: str) -> None:
+        ends = {c: lease.expires_at for c, lease in self.book.leases.items() if lease.borrowed}
+        self.book.orphan_waiter(client, self.now, 5000)
+        self.book.orphan(client, self.now, 5000)
+        # The borrowing connection's will: the borrow goes on offline, to its end.
+        assert ends == {c: lease.expires_at for c, lease in self.book.leases.items() if c in ends}
 
     @rule(client=clients)
     def give_back(self, client: str) -> None:
@@ -330,12 +345,19 @@ class LedgerMachine(RuleBasedStateMachine):
         seqs = [w.seq for w in self.book.queue.values()]
         assert seqs == sorted(seqs)  # first in, first out
 
+    def lent_before(self) -> int:
+        """Seats borrowed under an earlier license, still counted."""
+        book = self.book
+        return sum(1 for x in book.leases.values() if x.borrowed and x.generation < book.generation)
+
     @invariant()
     def never_more_licensed_leases_than_seats(self) -> None:
         licensed = [lease for lease in self.book.leases.values() if lease.licensed]
         assert len(licensed) == self.book.in_use
         if self.book.mode == "licensed":
-            assert self.book.in_use <= self.book.seats
+            # Seats borrowed under a bigger license may hold more than a new one has:
+            # then nothing more is granted until they go.
+            assert self.book.in_use <= max(self.book.seats, self.lent_before())
 
     @invariant()
     def no_login_holds_more_than_its_cap(self) -> None:
@@ -349,7 +371,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def current_leases_are_of_the_current_generation(self) -> None:
-        assert all(lease.generation == self.book.generation for lease in self.book.leases.values())
+        # A borrowed seat keeps its generation: its laptop runs on under its token.
+        assert all(
+            lease.generation == self.book.generation
+            or (lease.borrowed and lease.generation < self.book.generation)
+            for lease in self.book.leases.values()
+        )
         assert all(lease.revoked for lease in self.book.revoked.values())
         assert not set(self.book.leases) & set(self.book.revoked)
 
@@ -359,7 +386,8 @@ class LedgerMachine(RuleBasedStateMachine):
         borrowed = [lease for lease in book.leases.values() if lease.borrowed]
         assert len(borrowed) == book.borrowed
         if book.mode == "licensed":
-            assert book.borrowed <= max(book.seats - BORROW_RULES.keep_on_site, 0)
+            limit = max(book.seats - BORROW_RULES.keep_on_site, 0)
+            assert book.borrowed <= max(limit, self.lent_before())
             assert book.borrowed <= BORROW_RULES.max_borrowed
         for client, (token, end, generation) in self.borrows.items():
             assert end > self.now  # one at its end was freed when the time came
@@ -368,10 +396,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert lease.token == token
             assert lease.borrowed
             assert lease.expires_at == end
-            if generation == book.generation:
-                assert lease is book.leases.get(client)  # counted in in_use
-            else:
-                assert lease.revoked  # a new license: it holds none of its seats
+            # Counted in in_use and borrowed, also after a new license: its laptop runs
+            # on under its token, until it ends, is returned, or learns of the change.
+            assert lease is book.leases.get(client)
+            assert lease.generation == generation
+            assert not lease.revoked
 
     @invariant()
     def nothing_outlives_its_lease(self) -> None:
@@ -665,11 +694,83 @@ def test_a_borrowed_seat_is_counted_until_its_end_and_neither_renewed_nor_orphan
     assert (book.in_use, book.borrowed) == (0, 0)
 
 
-def test_a_seat_held_becomes_the_borrowed_one_and_a_return_frees_it_at_once():
+def test_a_client_id_that_holds_or_waits_for_a_seat_may_not_borrow_and_a_return_frees_at_once():
     book = borrow_ledger(1)
-    assert isinstance(book.request("laptop", 0), Granted)
+    book.queue_max = 2
+    assert isinstance(book.request("desk", 0), Granted)
+    refused = book.borrow("desk", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "seat_held"
+    assert "client id of its own" in refused.message
+    assert isinstance(book.request("waiting", 0, wait=True), Queued)
+    refused = book.borrow("waiting", 0, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "seat_held"
+    assert book.release("desk") is not None
+    book.take_promoted()
+    assert book.release("waiting") is not None
     granted = book.borrow("laptop", 0, LEASE_MS)
     assert isinstance(granted, Granted)
     assert book.in_use == 1
     assert book.release("laptop", granted.lease.token, 5) is not None
     assert book.in_use == 0
+
+
+def test_borrowed_seats_stay_counted_across_a_new_license_and_hold_back_new_grants():
+    book = borrow_ledger(4)
+    book.queue_max = 2
+    lent = [book.borrow(c, 0, 3 * LEASE_MS) for c in ("l1", "l2", "l3")]
+    assert all(isinstance(g, Granted) for g in lent)
+    assert isinstance(book.request("desk", 0), Granted)
+    revoked = book.change_license("licensed", 2, 2)  # fewer seats than are lent
+    assert [lease.client for lease in revoked] == ["desk"]
+    assert (book.in_use, book.borrowed) == (3, 3)
+    assert all(not lease.revoked and lease.generation == 1 for lease in book.leases.values())
+    refused = book.request("new", 10)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "seats_exhausted"
+    refused = book.borrow("l4", 10, LEASE_MS)
+    assert isinstance(refused, Denied)
+    assert refused.reason == "on_site_reserved"
+    assert isinstance(book.request("new", 10, wait=True), Queued)
+    for g in lent[:2]:
+        assert isinstance(g, Granted)
+        assert book.release(g.lease.client, g.lease.token, 20) is not None
+    # Below the new license's seats at last: the waiter gets one.
+    assert [w.client for w, _ in book.take_promoted()] == ["new"]
+    assert book.in_use == 2
+    # A restart keeps the old generation's borrow counted too.
+    again = borrow_ledger(2)
+    again.generation = 2
+    for lease in book.leases.values():
+        again.restore(lease)
+    assert (again.in_use, again.borrowed) == (2, 1)
+    assert "l3" in [x.client for x in again.expire(3 * LEASE_MS)]
+    assert again.borrowed == 0
+
+
+def test_a_borrow_never_outlasts_the_license():
+    book = borrow_ledger(2)
+    granted = book.borrow("laptop", 0, 3 * LEASE_MS, until=LEASE_MS)
+    assert isinstance(granted, Granted)
+    assert granted.lease.expires_at == LEASE_MS
+    granted = book.borrow("other", 0, LEASE_MS // 2, until=LEASE_MS)
+    assert isinstance(granted, Granted)
+    assert granted.lease.expires_at == LEASE_MS // 2
+
+
+def test_a_seat_asked_for_again_under_another_login_grants_the_waiter_its_cap_held_back():
+    """Regression (d4badc7): the re-grant frees room under the old login's cap at once."""
+    book = ledger(2)
+    book.limits = SeatLimits(per_login=1)
+    book.queue_max = 2
+    assert isinstance(book.request("a", 0, login="l2"), Granted)
+    b = book.request("b", 0, login="l3")
+    assert isinstance(b, Granted)
+    assert isinstance(book.request("w", 0, login="l1", wait=True), Queued)
+    assert isinstance(book.request("a", 0, login="l1"), Granted)  # a moves to l1
+    assert book.release("b", b.lease.token, 1) is not None
+    assert book.take_promoted() == []  # a seat is free, but l1 is at its cap
+    assert isinstance(book.request("a", 1, login="l2"), Granted)  # the seat moves to l2
+    assert [w.client for w, _ in book.take_promoted()] == ["w"]
+    assert book.queue == {}

@@ -59,7 +59,10 @@ from floatkey.agent import Agent, ExpiryWarning, LicenseView, ShutdownReason
 from floatkey.config import LoadedAgentConfig, load_agent_config
 from floatkey.errors import BorrowError, ConfigError, NoAnswer, ServerKeyChanged
 from floatkey.logs import configure_logging
-from floatkey.protocol import SeatIdleWarning  # noqa: TC001 - a listener annotation
+from floatkey.protocol import (
+    BORROW_MAX_DAYS,
+    SeatIdleWarning,
+)
 from floatkey.version import version_line
 
 EXIT_NO_SEAT = 69
@@ -160,8 +163,10 @@ def _days(text: str) -> float:
         days = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
-    if not 0 < days <= 366:
-        raise argparse.ArgumentTypeError("give a number of days above 0 and at most 366")
+    if not 0 < days <= BORROW_MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"give a number of days above 0 and at most {BORROW_MAX_DAYS}"
+        )
     return days
 
 

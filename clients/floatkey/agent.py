@@ -37,7 +37,6 @@ import contextlib
 import getpass
 import os
 import random
-import re
 import secrets
 import socket
 import time
@@ -59,6 +58,7 @@ from floatkey.errors import (
     NoAnswer,
     ServerKeyChanged,
 )
+from floatkey.hostid import default_client_id
 from floatkey.licensefile import SignedSeat
 from floatkey.notices import (
     Denial,
@@ -109,22 +109,15 @@ __all__ = [
 
 log = structlog.get_logger("floatkey.agent")
 
-# Not even '.', though a client id may have one: on RabbitMQ's MQTT plugin a '.' in a
-# topic level is a level separator too (a host name with dots would break its topics).
-_UNSAFE = re.compile(r"[^A-Za-z0-9_:-]")
 # Without a seat, ask again every renew_after_s of the last grant, within these bounds.
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
 _Told = TypeVar("_Told")
-_borrow_reply_decoder: msgspec.json.Decoder[protocol.BorrowReply] = msgspec.json.Decoder(
-    protocol.BorrowReply
+# In borrowed mode the daemon answers borrow checks, and an administrator's release of
+# the borrowed seat comes as a seat.revoked (of the token's lease).
+_borrow_reply_decoder: msgspec.json.Decoder[protocol.BorrowReply | protocol.SeatRevoked] = (
+    msgspec.json.Decoder(protocol.BorrowReply | protocol.SeatRevoked)
 )
-
-
-def default_client_id(app: str) -> str:
-    """A client id unique to this process: app, host, pid and a random suffix."""
-    raw = f"{app or 'agent'}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-    return _UNSAFE.sub("_", raw)[:128]
 
 
 class Agent:
@@ -423,7 +416,17 @@ class Agent:
             raise RuntimeError(msg)
         held = self._held_borrow()
         if held is not None:
-            return await self._enter_borrowed(held)
+            lock = borrowing.BorrowLock(self._known_servers.path, held.root)
+            if lock.acquire():
+                return await self._enter_borrowed(held, lock)
+            # One borrowed seat runs one application: this one asks for a seat of its own.
+            self.borrow_problem = BorrowError(
+                f"The seat borrowed from {self.config.server!r} is in use by another "
+                "application on this computer (a borrowed seat runs one application at a "
+                "time); this one asks the license server for a seat of its own.",
+                problem="in_use",
+            )
+            log.warning("borrowed seat in use", client=self.client_id)
         if self._server_key is None:
             self._known_servers.check_writable()
         stack = contextlib.AsyncExitStack()
@@ -528,7 +531,8 @@ class Agent:
     async def return_borrow(self) -> str:
         """Give the borrowed seat back early; return the server's sentence.
 
-        Raises ``BorrowError`` (``nothing_borrowed``), ``NoAnswer``.
+        Raises ``BorrowError`` (``nothing_borrowed``; ``in_use`` while an ``Agent``, in
+        this process or another, runs on the borrowed seat), ``NoAnswer``.
         """
         return await borrowing.return_seat(self._loaded)
 
@@ -543,12 +547,10 @@ class Agent:
         except (OSError, ValueError) as exc:
             log.error("borrow token unreadable", client=self.client_id, error=str(exc))
             return None
-        if held is None:
-            return None
         return held
 
-    async def _enter_borrowed(self, held: borrowing.HeldBorrow) -> Self:
-        """Run under ``held``: no seat request, no renewal, no offline grace."""
+    async def _enter_borrowed(self, held: borrowing.HeldBorrow, lock: borrowing.BorrowLock) -> Self:
+        """Run under ``held`` (holding ``lock``): no seat request, renewal nor offline grace."""
         token = held.token
         self.borrowed = held
         self.client_id = token.client  # the borrow's: only it may ask after the seat
@@ -571,6 +573,7 @@ class Agent:
             features=token.features,
         )
         stack = contextlib.AsyncExitStack()
+        stack.callback(lock.release)  # last: held until every task has stopped
         self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
         stack.push_async_callback(self._stop_tasks)
         self._stack = stack
@@ -603,21 +606,45 @@ class Agent:
             held.token.generation,
         )
 
-    def _take_borrow_reply(self, reply: protocol.BorrowReply) -> None:
-        """The daemon's answer to the borrow check sent on reconnecting."""
+    def _take_borrow_reply(self, reply: protocol.BorrowReply | protocol.SeatRevoked) -> None:
+        """The daemon's answer to a borrow check, or its administrator's release."""
         held = self.borrowed
-        if held is None or not isinstance(reply, protocol.BorrowStatus):
-            self._drop("stale_reply", self.topics.client(self.client_id))
+        topic = self.topics.client(self.client_id)
+        if held is None:
+            self._drop("stale_reply", topic)
+            return
+        if isinstance(reply, protocol.SeatRevoked):
+            if not secrets.compare_digest(reply.lease, held.token.lease):
+                self._drop("stale_reply", topic)
+                return
+            message = reply.message
+        elif isinstance(reply, protocol.BorrowStatus) and reply.nonce == self._nonce:
+            if reply.held:
+                self._contact(answer=True)
+                log.info("borrowed seat confirmed by the license server", client=self.client_id)
+                return
+            message = reply.message
+        else:
+            self._drop("stale_reply", topic)
             return
         self._contact(answer=True)
-        if reply.held:
-            return
         borrowing.BorrowStore(self._known_servers.path).forget(held.root)
         self.request_shutdown(
             "seat.revoked",
-            "The license server no longer lends this computer its borrowed seat (an "
-            "administrator released it); the application must stop.",
+            message
+            or "The license server no longer lends this computer its borrowed seat; the "
+            "application must stop.",
             held.token.generation,
+        )
+
+    async def _check_borrow(self, held: borrowing.HeldBorrow) -> None:
+        """Ask whether the daemon still lends ``held`` (it ends one of an older license)."""
+        self._nonce = secrets.token_hex(8)
+        await self._send(
+            protocol.SeatBorrowCheck(
+                client=self.client_id, nonce=self._nonce, lease=held.token.lease
+            ),
+            "borrow",
         )
 
     async def request_seat(self) -> bool:
@@ -676,6 +703,11 @@ class Agent:
         if held is not None and code in {"license.activated", "license.expired"}:
             # A borrow of a license no longer in force: the next start asks the server.
             borrowing.BorrowStore(self._known_servers.path).forget(held.root)
+            if self._tasks is not None and self._client is not None:
+                # Tell the daemon, which ends the borrow and frees its seat.
+                self._tasks.create_task(
+                    self._check_borrow(held), name=f"agent-borrow-check-{self.client_id}"
+                )
         if self.shutdown_requested._set(reason):  # noqa: SLF001
             log.warning("shutdown requested", client=self.client_id, reason=code, message=message)
 
@@ -767,14 +799,9 @@ class Agent:
             return
         held = self.borrowed
         if held is not None:
-            # Does the server still lend it? (An administrator may have released it.)
-            self._nonce = secrets.token_hex(8)
-            await self._send(
-                protocol.SeatBorrowCheck(
-                    client=self.client_id, nonce=self._nonce, lease=held.token.lease
-                ),
-                "borrow",
-            )
+            # Does the server still lend it? (An administrator may have released it; a
+            # borrow of an older license ends on the daemon's side with this check.)
+            await self._check_borrow(held)
             return
         if self._grant is not None:
             # Back after a reconnect: check the daemon still holds our lease.

@@ -198,7 +198,8 @@ class LicenseFileInvalid(AgentError):
     """A license file that does not prove a seat: missing, malformed, forged or ended.
 
     ``problem`` says which: ``unreadable``, ``malformed``, ``unsigned``, ``other_key``,
-    ``bad_signature``, ``unlicensed``, ``other_lease``, ``edited`` or ``lease_ended``.
+    ``bad_signature``, ``unlicensed``, ``other_lease``, ``edited``, ``lease_ended``, or,
+    for a borrowed seat's file, ``other_server`` or ``other_host``.
     """
 
     reason: ClassVar[str] = "license_file_invalid"
@@ -212,9 +213,9 @@ class BorrowError(AgentError):
     """A borrow the server refused, or a borrow token this computer may not use.
 
     ``problem`` is the daemon's reason code (``borrow_disabled``, ``borrow_too_long``,
-    ``borrow_limit``, ``on_site_reserved``, ``seats_exhausted``, ...) or the token's
+    ``borrow_limit``, ``on_site_reserved``, ``seats_exhausted``, ...) or this computer's
     (``nothing_borrowed``, ``bad_signature``, ``other_server``, ``other_host``,
-    ``ended``, ``superseded``).
+    ``clock_set_back``, ``in_use``, ``no_machine_id``, ``ended``).
     """
 
     reason: ClassVar[str] = "borrow"

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 
 from floatkey import protocol
-from floatkey.borrow import host_identity
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import LicenseFileInvalid
+from floatkey.hostid import host_identity
 from floatkey.pinning import KnownServers
 from floatkey.signing import key_id, parse_public_key, public_key_text
 
@@ -98,11 +98,11 @@ class _Signed(msgspec.Struct, forbid_unknown_fields=True):
 class _Borrowed(msgspec.Struct):
     token: Annotated[str, msgspec.Meta(max_length=16_384)]
     topic: Annotated[str, msgspec.Meta(max_length=300)]
-    until: int = 0
 
 
 _BORROW_TOPIC = re.compile(
-    r"[A-Za-z0-9._-]{1,64}/[A-Za-z0-9._-]{1,64}/borrows/(?P<client>[A-Za-z0-9._:-]{1,128})"
+    r"[A-Za-z0-9._-]{1,64}/(?P<server>[A-Za-z0-9._-]{1,64})/borrows/"
+    r"(?P<client>[A-Za-z0-9._:-]{1,128})"
 )
 
 
@@ -221,6 +221,12 @@ def _verify_borrowed(
             "server key this application trusts: it was changed, or comes from elsewhere.",
             problem="bad_signature",
         ) from None
+    if token.server != topic["server"]:
+        raise LicenseFileInvalid(
+            f"The license file's borrow token was issued by the license server "
+            f"{token.server[:64]!r}, not by {topic['server']!r} it names.",
+            problem="other_server",
+        )
     if token.client != topic["client"] or token.host_id != host_identity():
         raise LicenseFileInvalid(
             "The license file's borrow token was lent to another computer.",

@@ -10,20 +10,24 @@ agent.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from floatkey.configfile import private_directory_problem
 from floatkey.errors import ConfigError
 from floatkey.signing import parse_public_key, public_key_text
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["KnownServers"]
+
+_T = TypeVar("_T")
 
 
 class KnownServers:
@@ -60,16 +64,19 @@ class KnownServers:
         Returns whether it was written. Raises ``OSError`` when the file cannot be
         written (it was checked at start; it went away since).
         """
-        known = self._servers()
-        if root in known:
-            return False
-        known[root] = public_key_text(key)
-        data = self._data()
-        data["servers"] = known  # and whatever else the file keeps (floatkey.borrow)
-        self.write(data)
-        return True
 
-    def _data(self) -> dict[str, object]:
+        def add(data: dict[str, object]) -> bool:
+            known = _servers_in(data)
+            if root in known:
+                return False
+            known[root] = public_key_text(key)
+            data["servers"] = known  # and whatever else the file keeps (floatkey.borrow)
+            return True
+
+        return self.update(add)
+
+    def read(self) -> dict[str, object]:
+        """The whole file's JSON object (``{}`` when missing or unreadable)."""
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -77,18 +84,50 @@ class KnownServers:
         return data if isinstance(data, dict) else {}
 
     def _servers(self) -> dict[str, str]:
-        servers = self._data().get("servers")
-        if not isinstance(servers, dict):
-            return {}
-        return {k: v for k, v in servers.items() if isinstance(v, str)}
+        return _servers_in(self.read())
 
-    def write(self, data: object) -> None:
-        """Replace the whole file with ``data`` (JSON), atomically. Raises ``OSError``."""
+    def update(self, change: Callable[[dict[str, object]], _T]) -> _T:
+        """Read, ``change`` in place, and write back the file, under an exclusive lock.
+
+        Every writer of the file goes through here (the pins, ``floatkey.borrow``'s
+        tokens and latest time seen), so that two agents on one account never lose each
+        other's change. Written only when ``change`` returns a true value. Raises
+        ``OSError``.
+        """
         path = self.path
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Written beside and renamed: a reader never sees half a file.
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = self.read()
+            result = change(data)
+            if result:
+                self._write(data)
+            return result
+        finally:
+            os.close(fd)  # and with it the lock
+
+    def _write(self, data: object) -> None:
+        path = self.path
+        # Written beside, flushed to disk, and renamed: a reader never sees half a file,
+        # and a crash just after never leaves an empty one.
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(data, out, indent=2)
+            out.flush()
+            os.fsync(out.fileno())
         tmp.replace(path)
+        with contextlib.suppress(OSError):
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+def _servers_in(data: dict[str, object]) -> dict[str, str]:
+    servers = data.get("servers")
+    if not isinstance(servers, dict):
+        return {}
+    return {k: v for k, v in servers.items() if isinstance(v, str)}

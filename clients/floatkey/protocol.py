@@ -226,7 +226,10 @@ class StateRequest(_Body, tag="state.request", omit_defaults=True):
 
 
 #: The longest borrow any daemon may grant (its ``[borrow] max_borrow_days`` is less).
-BORROW_MAX_S: Final = 366 * 86_400
+#: The longest borrow, in days: the daemon's ``max_borrow_days`` and the agent's
+#: ``--days`` have the same bound.
+BORROW_MAX_DAYS: Final = 366
+BORROW_MAX_S: Final = BORROW_MAX_DAYS * 86_400
 #: A host identity: the hex of a hash of the machine id (``floatkey.borrow``).
 HostId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
 

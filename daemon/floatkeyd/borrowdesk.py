@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from floatkeyd.clock import Clock
     from floatkeyd.drops import Drops
     from floatkeyd.ledger import Lease
-    from floatkeyd.link import Link
     from floatkeyd.seats import SeatDesk
     from floatkeyd.store import Store
 
@@ -64,7 +63,6 @@ class BorrowDesk:
         clock: Clock,
         authority: LicenseAuthority,
         signer: Signer,
-        link: Link,
         drops: Drops,
     ) -> None:
         self._server = server
@@ -75,8 +73,11 @@ class BorrowDesk:
         self._clock = clock
         self._authority = authority
         self._signer = signer
-        self._link = link
         self._drops = drops
+        self.reply = seats.reply  # one sender of signed replies to agents
+        # Each borrowed seat's request, (host_id, nonce), by client: a request repeated
+        # after a lost answer gets the same seat's token again. Not kept across restarts.
+        self._asked: dict[str, tuple[str, str]] = {}
 
     async def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/borrow`` or ``.../return``."""
@@ -102,7 +103,7 @@ class BorrowDesk:
         if isinstance(body, SeatBorrow):
             await self._borrow(body, login)
         elif isinstance(body, SeatBorrowCheck):
-            self._check(body)
+            await self._check(body)
         else:
             await self._return(body)
 
@@ -112,37 +113,60 @@ class BorrowDesk:
             return None
         return lease
 
-    def _check(self, body: SeatBorrowCheck) -> None:
-        held = self._held(body.client, body.lease) is not None
-        self._reply(
+    async def _check(self, body: SeatBorrowCheck) -> None:
+        """Does the daemon still lend the seat? One lent under an earlier license ends here.
+
+        Its laptop reached the broker, so it now reads the new generation and restarts
+        for a seat of the new license: the borrow ends (recorded), freeing its seat.
+        """
+        lease = self._held(body.client, body.lease)
+        if lease is None:
+            self.reply(
+                body.client,
+                BorrowStatus(
+                    nonce=body.nonce,
+                    held=False,
+                    message="The license server no longer lends this seat: an administrator "
+                    "released it, it was returned, or it ended. Connect to the network to get "
+                    "a seat, or borrow again.",
+                ),
+            )
+            return
+        if lease.generation == self._ledger.generation:
+            self.reply(body.client, BorrowStatus(nonce=body.nonce, held=True))
+            return
+        now = self._clock.now()
+        audit = AuditEntry(
+            f"agent:{lease.login}",
+            "seat.return",
+            "done",
+            "license_changed",
+            {"client": body.client, "generation": lease.generation},
+        )
+        try:
+            await self._store.end_borrow(
+                body.client, now, usage.released(lease, now, "license_changed"), audit
+            )
+        except sqlite3.Error as exc:
+            # Still counted until its end; the laptop restarts on the new state anyway.
+            log.error("database write failed; borrow kept", client=body.client, error=str(exc))
+            return
+        self._ledger.release(body.client, body.lease, now)
+        self._seats.settle(now)
+        log.info("borrowed seat of an earlier license ended", client=body.client)
+        self.reply(
             body.client,
             BorrowStatus(
                 nonce=body.nonce,
-                held=held,
-                message=""
-                if held
-                else "The license server no longer lends this seat: an administrator released "
-                "it, or it ended.",
+                held=False,
+                message="A new license is active on the license server; the seat borrowed "
+                "under the previous one has ended. The application restarts to get a seat "
+                "under the new license.",
             ),
         )
 
-    async def _borrow(self, body: SeatBorrow, login: str) -> None:
-        now = self._clock.now()
-        who = usage.Who(body.app[:128], body.user[:128], body.host[:256])
-        decision = self._ledger.borrow(
-            body.client,
-            now,
-            body.seconds * 1000,
-            app=who.app,
-            user=who.user,
-            host=who.host,
-            login=login,
-        )
-        if isinstance(decision, Denied):
-            self._deny(body, login, who, decision.reason, decision.message, now)
-            return
-        lease = decision.lease
-        held_before = not decision.fresh
+    def _seal(self, lease: Lease, host_id: str, now: int) -> str:
+        """The signed borrow token of ``lease``, lent to the computer ``host_id``."""
         info = self._authority.info
         token = BorrowToken(
             server=self._server,
@@ -153,7 +177,7 @@ class BorrowDesk:
             organization=info.organization if info else "",
             features=self._authority.features,
             host=lease.host,
-            host_id=body.host_id,
+            host_id=host_id,
             user=lease.user,
             app=lease.app,
             start=lease.since,
@@ -161,7 +185,52 @@ class BorrowDesk:
             ts=now,
         )
         topic = self._topics.borrow_token(lease.client)
-        sealed = self._signer.seal(topic, protocol.encode(token))
+        return self._signer.seal(topic, protocol.encode(token)).decode()
+
+    def _asked_again(self, body: SeatBorrow) -> Lease | None:
+        """The seat lent to this very request before (its answer was lost), if any."""
+        lease = self._ledger.leases.get(body.client)
+        if (
+            lease is None
+            or not lease.borrowed
+            or lease.generation != self._ledger.generation
+            or self._asked.get(body.client) != (body.host_id, body.nonce)
+        ):
+            return None
+        return lease
+
+    async def _borrow(self, body: SeatBorrow, login: str) -> None:
+        now = self._clock.now()
+        again = self._asked_again(body)
+        if again is not None:
+            # The agent asks again as the same client, from the same computer, with the
+            # same nonce: the answer was lost. The same seat, not a second one.
+            log.info("borrow token sent again", client=body.client)
+            self.reply(
+                body.client,
+                BorrowGranted(
+                    nonce=body.nonce,
+                    token=self._seal(again, body.host_id, now),
+                    end=again.expires_at,
+                ),
+            )
+            return
+        who = usage.Who(body.app[:128], body.user[:128], body.host[:256])
+        decision = self._ledger.borrow(
+            body.client,
+            now,
+            body.seconds * 1000,
+            until=self._authority.expiry_deadline(),
+            app=who.app,
+            user=who.user,
+            host=who.host,
+            login=login,
+        )
+        if isinstance(decision, Denied):
+            self._deny(body, login, who, decision.reason, decision.message, now)
+            return
+        lease = decision.lease
+        sealed = self._seal(lease, body.host_id, now)
         audit = AuditEntry(
             f"agent:{login}",
             "seat.borrow",
@@ -193,7 +262,27 @@ class BorrowDesk:
                 now,
             )
             return
-        self._seats.granted["borrowed"] += 1
+        if self._ledger.generation != lease.generation:
+            # The license changed while the borrow was being recorded: its token would
+            # name a license no longer in force. Undone (still counted if that fails).
+            await self._undo(lease, now)
+            self._deny(
+                body,
+                login,
+                who,
+                "license_changed",
+                "The license on the server changed while the seat was being lent; borrow again.",
+                now,
+            )
+            return
+        self._seats.count_grant("borrowed")
+        # Forget requests whose borrows are over; remember this one (see _asked_again).
+        self._asked = {
+            client: asked
+            for client, asked in self._asked.items()
+            if client in self._ledger.leases and self._ledger.leases[client].borrowed
+        }
+        self._asked[lease.client] = (body.host_id, body.nonce)
         log.info(
             "seat borrowed",
             client=lease.client,
@@ -202,20 +291,18 @@ class BorrowDesk:
             host=lease.host,
             until=lease.expires_at,
             days=days_text(lease.expires_at - lease.since),
-            replaced_seat=held_before,
             borrowed=self._ledger.borrowed,
         )
-        self._reply(
+        self.reply(
             lease.client,
-            BorrowGranted(nonce=body.nonce, token=sealed.decode(), end=lease.expires_at),
+            BorrowGranted(nonce=body.nonce, token=sealed, end=lease.expires_at),
         )
 
     def _deny(  # noqa: PLR0913, PLR0917 - what a denial reports
         self, body: SeatBorrow, login: str, who: usage.Who, reason: str, message: str, now: int
     ) -> None:
-        self._seats.denied[reason] += 1
         log.info("borrow denied", client=body.client, login=login, reason=reason)
-        self._seats.denials.append(
+        self._seats.count_denial(
             DenialRow(
                 at=now,
                 client=body.client,
@@ -236,7 +323,7 @@ class BorrowDesk:
                 generation=self._ledger.generation,
             )
         )
-        self._reply(
+        self.reply(
             body.client,
             BorrowDenied(
                 nonce=body.nonce,
@@ -252,7 +339,7 @@ class BorrowDesk:
         now = self._clock.now()
         lease = self._held(body.client, body.lease)
         if lease is None:
-            self._reply(
+            self.reply(
                 body.client,
                 BorrowReturned(
                     nonce=body.nonce,
@@ -271,7 +358,7 @@ class BorrowDesk:
             await self._store.end_borrow(body.client, now, returned, audit)
         except sqlite3.Error as exc:
             log.error("database write failed; return refused", client=body.client, error=str(exc))
-            self._reply(
+            self.reply(
                 body.client,
                 BorrowDenied(
                     nonce=body.nonce,
@@ -283,7 +370,7 @@ class BorrowDesk:
         self._ledger.release(body.client, body.lease, now)
         self._seats.settle(now)  # the seat goes to the first waiter at once
         log.info("borrowed seat returned", client=body.client, in_use=self._ledger.in_use)
-        self._reply(
+        self.reply(
             body.client,
             BorrowReturned(
                 nonce=body.nonce,
@@ -292,6 +379,16 @@ class BorrowDesk:
             ),
         )
 
-    def _reply(self, client_id: str, body: msgspec.Struct) -> None:
-        topic = self._topics.client(client_id)
-        self._link.send(topic, self._signer.seal(topic, protocol.encode(body)))
+    async def _undo(self, lease: Lease, now: int) -> None:
+        """Take back a borrow recorded but never sent (its row, and its seat)."""
+        audit = AuditEntry(
+            f"agent:{lease.login}", "seat.borrow", "refused", "license_changed",
+            {"client": lease.client},
+        )  # fmt: skip
+        try:
+            await self._store.end_borrow(lease.client, now, None, audit)
+        except sqlite3.Error as exc:
+            log.error("database write failed; borrow kept", client=lease.client, error=str(exc))
+            return
+        self._ledger.release(lease.client, lease.token, now)
+        self._seats.settle(now)

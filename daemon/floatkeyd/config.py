@@ -19,7 +19,7 @@ import msgspec
 from floatkey.broker import BrokerOptions
 from floatkey.configfile import load_toml
 from floatkey.errors import ConfigError
-from floatkey.protocol import Topics
+from floatkey.protocol import BORROW_MAX_DAYS, Topics
 from floatkey.signing import parse_public_key
 from floatkeyd.borrowing import DAY_MS, BorrowRules
 from floatkeyd.catalogue import Catalogue, load_catalogue
@@ -105,8 +105,10 @@ class BorrowConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keep_on_site: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_borrow_days <= 365:
-            raise msgspec.ValidationError("borrow.max_borrow_days must be above 0, at most 365")
+        if not 0 < self.max_borrow_days <= BORROW_MAX_DAYS:
+            raise msgspec.ValidationError(
+                f"borrow.max_borrow_days must be above 0, at most {BORROW_MAX_DAYS}"
+            )
         for name in ("max_borrowed", "keep_on_site"):
             if not 0 <= getattr(self, name) <= 1_000_000:
                 raise msgspec.ValidationError(f"borrow.{name} must be between 0 and 1000000")

@@ -22,7 +22,11 @@ when idle (:meth:`SeatLedger.idle`): always warned first, then revoked no earlie
 A **borrowed** seat (:meth:`SeatLedger.borrow`, rules in ``floatkeyd.borrowing``) is a
 licensed lease whose end is fixed when granted: counted until its agent returns it
 (:meth:`SeatLedger.release`) or it ends (:meth:`SeatLedger.expire`, by the daemon's own
-clock), never renewed, never shortened by a will nor lengthened by a broker outage.
+clock), never renewed, never shortened by a will nor lengthened by a broker outage. A
+license change does not revoke it (its laptop runs on and cannot be told): it stays in
+``leases``, under its old generation, counted, until it ends, is returned, or its laptop
+next reaches the daemon and learns of the change (the borrow desk then ends it). While
+such seats hold more than a new license's seats, nothing new is granted.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ class Denied:
             "queue_full",
             "unlicensed",
             "already_borrowed",
+            "seat_held",
         ]
         | BorrowRefusal
     )
@@ -160,7 +165,10 @@ class SeatLimits:
 
 @dataclass(slots=True)
 class SeatLedger:
-    """Leases of the current generation plus revoked ones awaiting release."""
+    """Leases of the current generation plus revoked ones awaiting release.
+
+    ``leases`` also holds seats borrowed under an earlier generation (still counted).
+    """
 
     mode: LedgerMode
     seats: int
@@ -193,12 +201,12 @@ class SeatLedger:
 
     @property
     def in_use(self) -> int:
-        """Licensed seats held under the current generation (borrowed ones included)."""
+        """Licensed seats held now (borrowed ones included, also those of earlier licenses)."""
         return self._licensed_in_use
 
     @property
     def borrowed(self) -> int:
-        """Seats borrowed under the current generation (counted in :attr:`in_use` too)."""
+        """Seats borrowed now, under this license or an earlier one (in :attr:`in_use` too)."""
         return self._borrowed
 
     def _add(self, lease: Lease) -> None:
@@ -246,8 +254,13 @@ class SeatLedger:
         return None
 
     def restore(self, lease: Lease) -> None:
-        """Put back a lease read from the database at start."""
-        if lease.revoked or lease.generation != self.generation:
+        """Put back a lease read from the database at start.
+
+        A borrowed seat is counted whatever its generation (see :meth:`change_license`).
+        """
+        if lease.borrowed:
+            self._add(lease)
+        elif lease.revoked or lease.generation != self.generation:
             lease.revoked = True
             self.revoked[lease.client] = lease
             heapq.heappush(self._expiry, (lease.expires_at, lease.client, lease.token))
@@ -658,32 +671,21 @@ class SeatLedger:
 
     # --- borrowed seats ---------------------------------------------------------------
 
-    def _borrow_refused(
-        self, held: Lease | None, duration_ms: int, login: str, host: str, user: str
-    ) -> Denied | None:
-        """The rules, caps and seats that refuse a borrow; a seat ``held`` is not counted."""
-        counted = held is not None and held.licensed
-        if counted:
-            assert held is not None
-            self._count(held, -1)  # the seat it holds becomes the borrowed one
-        try:
-            refusal = self.borrow_rules.refusal(duration_ms, self._borrowed, self.seats)
-            if refusal is not None:
-                return Denied(*refusal, self.seats, self._licensed_in_use)
-            over = self._over_limit(login, host, user)
-            if over is None and self._licensed_in_use >= self.seats:
-                over = Denied(
-                    "seats_exhausted",
-                    f"All {self.seats} seats are in use; none is free to borrow. Try again "
-                    "later, or ask your administrator for more seats.",
-                    self.seats,
-                    self._licensed_in_use,
-                )
-            return over
-        finally:
-            if counted:
-                assert held is not None
-                self._count(held, +1)
+    def _borrow_refused(self, duration_ms: int, login: str, host: str, user: str) -> Denied | None:
+        """The rules, caps and seats that refuse a borrow."""
+        refusal = self.borrow_rules.refusal(duration_ms, self._borrowed, self.seats)
+        if refusal is not None:
+            return Denied(*refusal, self.seats, self._licensed_in_use)
+        over = self._over_limit(login, host, user)
+        if over is None and self._licensed_in_use >= self.seats:
+            over = Denied(
+                "seats_exhausted",
+                f"All {self.seats} seats are in use; none is free to borrow. Try again "
+                "later, or ask your administrator for more seats.",
+                self.seats,
+                self._licensed_in_use,
+            )
+        return over
 
     def _borrowing(self, client: str) -> Lease | None:
         """``client``'s borrowed seat (of this license, or revoked by a new one), if any."""
@@ -696,21 +698,24 @@ class SeatLedger:
         now: int,
         duration_ms: int,
         *,
+        until: int | None = None,
         app: str = "",
         user: str = "",
         host: str = "",
         login: str = "",
     ) -> Granted | Denied:
-        """Lend a seat until ``now + duration_ms``, or say which limit refuses it.
+        """Lend a seat until ``now + duration_ms`` (never past ``until``), or say why not.
 
-        The client's current seat, if it holds one, becomes the borrowed seat (it is not
-        counted twice). A borrowed seat is counted until :meth:`release` (its return) or
-        :meth:`expire` at its end.
+        ``until``: when the license expires, if it is dated: a borrow never outlasts the
+        license it was lent under. A client id that holds a seat or waits for one is
+        refused (``seat_held``): a borrow has a client id of its own. A borrowed seat is
+        counted until :meth:`release` (its return) or :meth:`expire` at its end.
         """
         self._now = max(self._now, now)
-        held = self.leases.get(client)
 
-        def denied(reason: BorrowRefusal | Literal["expired", "unlicensed"], why: str) -> Denied:
+        def denied(
+            reason: BorrowRefusal | Literal["expired", "unlicensed", "seat_held"], why: str
+        ) -> Denied:
             return Denied(reason, why, self.seats, self._licensed_in_use)
 
         if self._borrowing(client) is not None:
@@ -731,16 +736,23 @@ class SeatLedger:
                 "unlicensed",
                 "This license server has no license yet; there is no seat to borrow.",
             )
-        over = self._borrow_refused(held, duration_ms, login, host, user)
+        if client in self.leases or client in self.queue:
+            return denied(
+                "seat_held",
+                "This client id holds a seat on the network (or waits for one); a borrowed "
+                "seat is asked for with floatkey-agent borrow, under a client id of its own.",
+            )
+        over = self._borrow_refused(duration_ms, login, host, user)
         if over is not None:
             return over
+        end = now + duration_ms if until is None else min(now + duration_ms, until)
         lease = Lease(
             client=client,
             token=secrets.token_urlsafe(16),
             generation=self.generation,
             licensed=True,
             since=now,
-            expires_at=now + duration_ms,
+            expires_at=end,
             app=app,
             user=user,
             host=host,
@@ -748,11 +760,8 @@ class SeatLedger:
             borrowed=True,
         )
         self.revoked.pop(client, None)
-        waiting = self.queue.pop(client, None)
-        if waiting is not None:
-            self._unqueued.append(Unqueued(waiting, "cancel"))
         self._add(lease)
-        return Granted(lease, fresh=held is None)
+        return Granted(lease, fresh=True)
 
     def awaiting_release(self, generation: int) -> int:
         """Revoked leases of ``generation`` still held by their agents.
@@ -767,15 +776,23 @@ class SeatLedger:
         )
 
     def change_license(self, mode: LedgerMode, seats: int, generation: int) -> list[Lease]:
-        """Switch to a new license generation; revoke and return every current lease."""
-        revoked = list(self.leases.values())
+        """Switch to a new license generation; revoke and return every current lease.
+
+        Borrowed seats are not revoked: their laptops run on under their tokens, so they
+        stay counted (in :attr:`in_use` and :attr:`borrowed`) until they end, are
+        returned, or their laptop learns of the change (the borrow desk then ends them).
+        """
+        lent = {c: lease for c, lease in self.leases.items() if lease.borrowed}
+        revoked = [lease for lease in self.leases.values() if not lease.borrowed]
         for lease in revoked:
             lease.revoked = True
             self.revoked[lease.client] = lease
-        self.leases.clear()
+        self.leases = lent
         self._licensed_in_use = 0
         self._borrowed = 0
         self._held.clear()
+        for lease in lent.values():
+            self._count(lease, +1)
         # The waiters ask again under the new license (told through take_unqueued).
         self._unqueued += [Unqueued(w, "license_changed") for w in self.queue.values()]
         self.queue.clear()

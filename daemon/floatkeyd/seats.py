@@ -148,8 +148,9 @@ class SeatDesk:
         self._rate_counts: Counter[str] = Counter()
         #: The latest seat denials, for ``floatkeyctl clients`` (bounded).
         self.denials: deque[DenialRow] = deque(maxlen=_DENIALS_KEPT)
-        #: Since start, for the metrics: seats granted (``licensed``/``unlicensed``),
-        #: denied by reason, and leases that ran out unrenewed. A counter each, no more:
+        #: Since start, for the metrics: seats granted (``licensed``/``unlicensed``/
+        #: ``borrowed``), denied by reason (written only through :meth:`count_grant` and
+        #: :meth:`count_denial`), and leases that ran out unrenewed. A counter each, no more:
         #: a renewal costs nothing here.
         self.granted: Counter[str] = Counter()
         self.denied: Counter[str] = Counter()
@@ -182,14 +183,14 @@ class SeatDesk:
         if body.client != client_id:
             self._drops("client_mismatch", topic, claimed=body.client)
             return
-        if self._rate_limited(client_id):
+        if self.rate_limited(client_id):
             self._drops("rate_limited", topic)
             return
         if isinstance(body, StateRequest):
             self._answer_state(body)
             return
         now = self._clock.now()
-        if not isinstance(body, SeatRequest) and not self._same_login(client_id, login):
+        if not isinstance(body, SeatRequest) and not self.same_login(client_id, login):
             # A client id taken over under another login (its will, say) must not touch
             # the seat its owner holds; the owner's own login is in its lease.
             self._drops("login_mismatch", topic)
@@ -203,7 +204,7 @@ class SeatDesk:
         elif body.lease is None:
             self._will(client_id, now)
         else:
-            self._release(body, now)
+            self._release(body, now, topic)
 
     def _decode(
         self, action: str, payload: bytes, topic: str
@@ -217,7 +218,8 @@ class SeatDesk:
             self._drops("bad_body", topic, error=exc)
             return None
 
-    def _same_login(self, client_id: str, login: str) -> bool:
+    def same_login(self, client_id: str, login: str) -> bool:
+        """Whether ``login`` may touch what ``client_id`` holds (its own login's)."""
         lease = self.ledger.leases.get(client_id) or self.ledger.revoked.get(client_id)
         waiter = self.ledger.queue.get(client_id)
         # Leases from before logins were recorded carry none.
@@ -225,20 +227,22 @@ class SeatDesk:
             waiter is None or waiter.login == login
         )
 
-    def rate_limited(self, client_id: str) -> bool:
-        """Count one message of ``client_id``; whether it is over the rate (to be dropped)."""
-        return self._rate_limited(client_id)
+    def count_grant(self, kind: str) -> None:
+        """One more seat granted of ``kind`` (``licensed``, ``unlicensed``, ``borrowed``)."""
+        self.granted[kind] += 1
 
-    def same_login(self, client_id: str, login: str) -> bool:
-        """Whether ``login`` may touch what ``client_id`` holds (its own login's)."""
-        return self._same_login(client_id, login)
+    def count_denial(self, row: DenialRow) -> None:
+        """One more denial, for the metrics and ``floatkeyctl clients``."""
+        self.denied[row.reason] += 1
+        self.denials.append(row)
 
     def settle(self, now: int) -> None:
         """A seat freed outside this desk (a borrow returned): grants to waiters go out."""
         self.ledger.promote(now)
         self._settle(now)
 
-    def _rate_limited(self, client_id: str) -> bool:
+    def rate_limited(self, client_id: str) -> bool:
+        """Count one message of ``client_id``; whether it is over the rate (to be dropped)."""
         window = int(time.monotonic())
         if window != self._rate_window:
             self._rate_window, self._rate_counts = window, Counter()
@@ -271,7 +275,6 @@ class SeatDesk:
             self._queued(decision, now)
             return
         if isinstance(decision, Denied):
-            self.denied[decision.reason] += 1
             log.info(
                 "seat denied",
                 client=body.client,
@@ -280,7 +283,7 @@ class SeatDesk:
                 in_use=decision.in_use,
                 seats=decision.seats,
             )
-            self.denials.append(
+            self.count_denial(
                 DenialRow(
                     at=now,
                     client=body.client,
@@ -292,7 +295,7 @@ class SeatDesk:
                 )
             )
             self._record_denial(body, login, decision.reason, now)
-            self._reply(
+            self.reply(
                 body.client,
                 SeatDenied(
                     nonce=body.nonce,
@@ -314,7 +317,7 @@ class SeatDesk:
         self, lease: Lease, nonce: str, held: Lease | None, now: int, *, fresh: bool
     ) -> None:
         self._stage(lease)
-        self.granted["licensed" if lease.licensed else "unlicensed"] += 1
+        self.count_grant("licensed" if lease.licensed else "unlicensed")
         self._record_grant(lease, held, now, fresh=fresh)
         if fresh:
             log.info(
@@ -328,7 +331,7 @@ class SeatDesk:
                 generation=lease.generation,
                 in_use=self.ledger.in_use,
             )
-        self._reply(
+        self.reply(
             lease.client,
             SeatGranted(
                 nonce=nonce,
@@ -363,7 +366,7 @@ class SeatDesk:
 
     def _tell_place(self, waiter: Waiter, ahead: int) -> None:
         self._told_ahead[waiter.client] = ahead
-        self._reply(
+        self.reply(
             waiter.client,
             SeatQueued(
                 nonce=waiter.nonce,
@@ -387,7 +390,7 @@ class SeatDesk:
             # The agent gave up waiting before our grant reached it: the seat it will
             # never use goes back (to the next waiter).
             del self._promoted_from[body.client]
-            self._release(SeatRelease(client=body.client, lease=promoted[1]), now)
+            self._release(SeatRelease(client=body.client, lease=promoted[1]), now, "")
 
     def _unqueued(self, waiter: Waiter, now: int, reason: str) -> None:
         """``waiter`` left the queue without a seat: stored, recorded, places moved."""
@@ -441,7 +444,7 @@ class SeatDesk:
             else:
                 continue  # an entry not renewed: its agent is gone
             self.denied[gone.reason] += 1
-            self._reply(gone.waiter.client, denial)
+            self.reply(gone.waiter.client, denial)
 
     def settle_restored(self) -> None:
         """At the first connection: seats freed while the daemon was down go to waiters.
@@ -527,14 +530,14 @@ class SeatDesk:
             self._lost.move_to_end(body.client)
             if len(self._lost) > _LOST_KEPT:
                 self._lost.popitem(last=False)
-            self._reply(body.client, SeatLost(lease=body.lease, message=message))
+            self.reply(body.client, SeatLost(lease=body.lease, message=message))
             return
         self._willed.discard(body.client)  # back within the will's grace
         self._promoted_from.pop(body.client, None)  # the agent has its grant
         if lease.active_at is not None:
             self._idle_moved.set()
         self._stage(lease)
-        self._reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
+        self.reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
 
     def _will(self, client_id: str, now: int) -> None:
         # The MQTT will cannot know the lease; the agent may only have been cut off by a
@@ -550,7 +553,13 @@ class SeatDesk:
             self._staged.set()
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
-    def _release(self, body: SeatRelease, now: int) -> None:
+    def _release(self, body: SeatRelease, now: int, topic: str) -> None:
+        lease = self.ledger.leases.get(body.client)
+        if lease is not None and lease.borrowed:
+            # A borrowed seat is given back with seat.return (recorded, audited), never
+            # by a seat.release: its laptop may run on under its token.
+            self._drops("borrowed_seat", topic)
+            return
         released = self.ledger.release(body.client, body.lease, now)
         if released is None:
             return
@@ -567,7 +576,8 @@ class SeatDesk:
         )
         self._settle(now)
 
-    def _reply(self, client_id: str, body: msgspec.Struct) -> None:
+    def reply(self, client_id: str, body: msgspec.Struct) -> None:
+        """Send ``body`` to ``client_id``'s agent, signed for its topic."""
         topic = self._topics.client(client_id)
         self._link.send(topic, self._signer.seal(topic, protocol.encode(body)))
 
@@ -610,7 +620,7 @@ class SeatDesk:
         if released is None:
             return True  # its agent released it meanwhile
         self._settle(now)
-        self._reply(
+        self.reply(
             client_id,
             SeatRevoked(
                 lease=released.token,
@@ -707,7 +717,7 @@ class SeatDesk:
         for lease in warned:
             reclaim_at = self.ledger.reclaim_at(lease)
             left = _duration((reclaim_at - now) / 1000)
-            self._reply(
+            self.reply(
                 lease.client,
                 SeatIdleWarning(
                     lease=lease.token,
@@ -720,7 +730,7 @@ class SeatDesk:
             self._store.stage_release(lease.client)
             self._staged.set()
             self._usage.stage(usage.revoked(lease, now, "idle"))
-            self._reply(
+            self.reply(
                 lease.client,
                 SeatRevoked(
                     lease=lease.token,

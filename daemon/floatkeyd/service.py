@@ -97,8 +97,8 @@ class Daemon:
         identity_body: bytes,
         notifier: Notifier,
         expiring: ExpiryWarnings,
+        borrows: BorrowDesk,
         metrics: MetricsEndpoint | None = None,
-        borrows: BorrowDesk | None = None,
     ) -> None:
         self.loaded = loaded
         self.topics = loaded.topics
@@ -152,8 +152,7 @@ class Daemon:
                 await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
                 if seat[2] in {"borrow", "return"}:
-                    if self.borrows is not None:
-                        await self.borrows.handle(*seat, payload)
+                    await self.borrows.handle(*seat, payload)
                 else:
                     self.seats.handle(*seat, payload)
             else:
@@ -363,7 +362,6 @@ async def open_daemon(
             clock=clock,
             authority=authority,
             signer=signer,
-            link=link,
             drops=drops,
         )
         usage = UsageHistory(store, clock, config.usage)

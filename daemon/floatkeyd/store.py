@@ -514,10 +514,8 @@ class Store:
                     lease.login,
                 ),
             )
-            await self._db.execute("DELETE FROM leases WHERE client = ?", (lease.client,))
             await self.usage_log.write([usage])
             await self._audit(audit, now)
-        self._staged.pop(lease.client, None)  # a seat it held became the borrowed one
 
     async def end_borrow(
         self, client: str, now: int, usage: UsageEvent | None, audit: AuditEntry

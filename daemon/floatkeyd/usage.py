@@ -164,11 +164,12 @@ def granted(lease: Lease, at: int, *, after_loss: bool = False) -> UsageEvent:
 def released(
     lease: Lease,
     at: int,
-    reason: Literal["agent", "will", "expiry", "returned", "borrow_ended"],
+    reason: Literal["agent", "will", "expiry", "returned", "borrow_ended", "license_changed"],
 ) -> UsageEvent:
     """A licensed seat freed by its agent, by its MQTT will, or at the end of its lease.
 
-    A borrowed seat: ``returned`` early by its agent, or ``borrow_ended`` at its end.
+    A borrowed seat: ``returned`` early by its agent, ``borrow_ended`` at its end, or
+    ``license_changed`` when its laptop came back after a new license.
     """
     return _seat_event(lease, at, "released", reason)
 
