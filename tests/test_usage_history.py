@@ -134,6 +134,20 @@ async def test_a_failed_write_loses_neither_the_lease_nor_its_event(
         assert events(tmp_path)[1:] == [("granted", "", "a"), ("denied", "seats_exhausted", "b")]
 
 
+async def test_a_flush_cancelled_after_its_commit_writes_each_event_once(tmp_path, link, wall):
+    # A stop that cancels the flush while SQLite's thread runs the COMMIT: the rows are
+    # written, yet the flush cannot know it and stages them again for the next one.
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(seats=1), "u1"))).ok
+        await daemon.handle(*request(daemon, "a"))
+        store = daemon.seats._store
+        staged = list(store.usage_log._staged)
+        await store.flush_leases()
+        store.usage_log.restage(staged)  # what the cancelled flush does
+        await store.flush_leases()
+    assert events(tmp_path) == [("license", "licensed", ""), ("granted", "", "a")]
+
+
 async def test_denials_wait_for_the_next_flush_and_repeats_are_one(tmp_path, link, wall):
     async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
         assert (await ask(daemon, link, unlock_command(product_key(seats=1), "u1"))).ok

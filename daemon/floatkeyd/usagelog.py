@@ -138,9 +138,14 @@ class UsageLog:
         self._staged = staged + self._staged
 
     async def insert(self, rows: list[tuple[int, UsageEvent]]) -> None:
-        """Write numbered events, in the transaction open on the store's connection."""
+        """Write numbered events, in the transaction open on the store's connection.
+
+        Idempotent: a flush cancelled while its COMMIT ran in SQLite's thread cannot know
+        whether it was written, and stages the events again. A number is given to one
+        event only, so a row already there under it is that same event.
+        """
         await self._db.executemany(
-            f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - constants
+            f"INSERT OR IGNORE INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - constants
             [_event_row(seq, event) for seq, event in rows],
         )
 
