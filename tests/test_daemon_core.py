@@ -295,3 +295,60 @@ async def test_a_transaction_cancelled_while_it_begins_is_rolled_back(tmp_path, 
         # The next transaction starts cleanly (it used to find BEGIN's still open).
         await store.audit(AuditEntry("system", "test", "done"), wall())
         assert not store._db.in_transaction
+
+
+def _renew(daemon, client: str, lease: str) -> tuple[str, bytes]:
+    body = protocol.SeatRenew(client=client, lease=lease)
+    return daemon.topics.seat(client, "renew"), protocol.encode(body)
+
+
+def _stored_end(tmp_path, client: str) -> int:
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        return db.execute("SELECT expires_at FROM leases WHERE client = ?", (client,)).fetchone()[0]
+
+
+async def test_renewals_are_not_written_and_a_crash_loses_no_renewed_seat(tmp_path, link, wall):
+    # Lease 30 s. A renewal is not written (issue 17): only a bound on when it was.
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(grant, protocol.SeatGranted)
+        await daemon.seats.flush_step()
+        granted_end = _stored_end(tmp_path, "a")
+        wall.ms += 20_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(renewed, protocol.SeatRenewed)
+        assert renewed.expires_at == granted_end + 20_000
+        await daemon.seats.flush_step()
+        assert _stored_end(tmp_path, "a") == granted_end  # the renewal was not written
+    # Not served: no clean stop wrote the leases back, as after a crash. 15 s later the
+    # stored end has passed, the renewed one has not: the seat is still held, and renews.
+    wall.ms += 15_000
+    async with running(config, link, wall, serve=False) as daemon:
+        lease = daemon.seats.ledger.leases["a"]
+        assert lease.expires_at >= renewed.expires_at
+        daemon.seats.settle_restored()  # what the first connection does: expire what ran out
+        assert "a" in daemon.seats.ledger.leases
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        assert isinstance(
+            protocol.decode_to_client(_body(daemon, *link.sent[-1])), protocol.SeatRenewed
+        )
+
+
+async def test_a_clean_stop_writes_every_renewed_lease_exactly(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        wall.ms += 10_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(renewed, protocol.SeatRenewed)
+    assert _stored_end(tmp_path, "a") == renewed.expires_at
+    async with running(config, link, wall, serve=False) as daemon:
+        # Written exactly, so nothing is added at start.
+        assert daemon.seats.ledger.leases["a"].expires_at == renewed.expires_at
