@@ -25,8 +25,8 @@ moved one renewal interval ahead whenever a renewal comes after it (so at most o
 interval); at start each lease ends no earlier than one lease after that bound (or the
 start, whichever is earlier): :func:`restored_lease_end`. A clean stop writes every lease
 as it is (:meth:`SeatDesk.write_back`). What a crash may cost: a seat whose agent stopped
-renewing shortly before it is held up to one lease longer than it would have been, never
-shorter; no live seat is lost.
+renewing before it (its lease still running) is held up to one lease and one renewal
+interval longer than it would have been, never shorter; no renewed seat is lost.
 """
 
 from __future__ import annotations
