@@ -352,3 +352,29 @@ async def test_a_clean_stop_writes_every_renewed_lease_exactly(tmp_path, link, w
     async with running(config, link, wall, serve=False) as daemon:
         # Written exactly, so nothing is added at start.
         assert daemon.seats.ledger.leases["a"].expires_at == renewed.expires_at
+
+
+async def test_a_borrowed_seat_keeps_its_own_end_through_a_crash_and_a_clean_stop(
+    tmp_path, link, wall
+):
+    config = write_config(tmp_path, "[borrow]\nenabled = true\nmax_borrow_days = 1\n")
+    borrow = protocol.SeatBorrow(
+        client="lap-1", nonce="n1", seconds=3600, host_id="ab" * 16, user="ada", host="lap"
+    )
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        await daemon.handle(daemon.topics.seat("lap-1", "borrow"), protocol.encode(borrow))
+        end = daemon.seats.ledger.leases["lap-1"].expires_at
+        wall.ms += 20_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))  # the bound is written
+        await daemon.seats.flush_step()
+    # As after a crash: the renewed seat is extended to the bound; the borrow is not.
+    async with running(config, link, wall) as daemon:
+        assert daemon.seats.ledger.leases["lap-1"].expires_at == end
+        assert daemon.seats.ledger.leases["a"].expires_at >= wall.ms + 10_000
+    # The clean stop wrote the leases back, but not the borrow into the leases table.
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        assert db.execute("SELECT client FROM leases").fetchall() == [("a",)]
+        assert db.execute("SELECT client FROM borrows").fetchall() == [("lap-1",)]

@@ -621,7 +621,8 @@ class SeatDesk:
         if not self._renewals_before:
             return
         for lease in [*self.ledger.leases.values(), *self.ledger.revoked.values()]:
-            self._store.stage_lease(lease)
+            if not lease.borrowed:  # kept in a table of their own, never renewed
+                self._store.stage_lease(lease)
         self._store.stage_renewals_before(0)
         self._renewals_before = 0
 

@@ -319,11 +319,12 @@ async def open_daemon(
             idle_warning_ms=round(config.idle_warning * 1000),
             borrow_rules=config.borrow.rules,
         )
-        started = clock.now()
+        started, lease_ms = clock.now(), config.lease_seconds * 1000
         for lease in stored.leases:
-            lease.expires_at = restored_lease_end(
-                lease.expires_at, stored.renewals_before_ms, started, config.lease_seconds * 1000
-            )
+            if not lease.borrowed:  # a borrowed seat's end is fixed, and written with it
+                lease.expires_at = restored_lease_end(
+                    lease.expires_at, stored.renewals_before_ms, started, lease_ms
+                )
             ledger.restore(lease)
         for waiter in stored.queue:
             ledger.restore_waiter(waiter)
