@@ -66,7 +66,7 @@ def main() -> int:
         help="agents (default: 100 checkout and queue_wake, 50 flood, 1000 others)",
     )
     parser.add_argument("--rounds", type=int, default=20, help="checkout rounds per agent")
-    parser.add_argument("--leases", type=int, default=10_000, help="scale: leases held")
+    parser.add_argument("--leases", type=int, default=50_000, help="scale: leases held")
     parser.add_argument("--procs", type=int, default=2, help="load-generating processes")
     parser.add_argument(
         "--repeat",

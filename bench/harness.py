@@ -8,13 +8,16 @@ tests use too: Mosquitto from the shipped config, a RabbitMQ node from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +37,7 @@ from floatkey.signing import load_private_key
 from floatkeyd.admin_client import AdminSession
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 DEV_ADMIN_KEY = REPO / "config" / "dev-admin.key"
 NAME, ORG = "Bench Customer", "Benchmarks Ltd"
@@ -317,6 +320,33 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def sampled(pid: int, name: str) -> Iterator[None]:
+    """py-spy samples of process ``pid`` while the block runs, when FLOATKEY_BENCH_PROFILE
+    names a directory (``NAME.txt``: collapsed stacks; ``py-spy`` must be installed).
+
+    A sampler from outside, because the daemon is a real process the benchmark does not
+    change; ``bench.worker``'s cProfile covers the load generators.
+    """
+    directory = os.environ.get("FLOATKEY_BENCH_PROFILE")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if not directory or spy is None:
+        yield
+        return
+    out = Path(directory) / f"{name}.txt"
+    sampler = subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # attached before the load starts
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(30)
 
 
 def issue_key(seats: int, features: str = "dataflow,workflow,subflow") -> str:

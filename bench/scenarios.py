@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from bench.harness import (
     NAME,
     ORG,
@@ -23,13 +25,14 @@ from bench.harness import (
     issue_key,
     percentile,
     rss_bytes,
+    sampled,
     split,
 )
 from floatkey import protocol
 from floatkey.agent import Agent
 from floatkey.broker import BrokerOptions, connect
 from floatkey.config import load_agent_config
-from floatkey.envelope import open_envelope
+from floatkey.envelope import Signer, open_envelope
 from floatkey.signing import key_id
 from floatkeyd.admin_client import AdminSession
 
@@ -323,16 +326,30 @@ async def unlock(broker: str, agents: int = 1000, procs: int = 2) -> Results:
     return results
 
 
-async def _lease_load(env: Environment, action: str, tokens: dict[str, str], count: int) -> int:
+async def _lease_load(
+    env: Environment,
+    action: str,
+    tokens: dict[str, str],
+    count: int,
+    *,
+    topics: protocol.Topics | None = None,
+) -> int:
     """Send ``count`` seat requests (or renewals of ``tokens``) over one raw connection;
-    return how many were answered positively. Fills ``tokens`` from the grants."""
-    topics = env.server.topics
+    return how many were answered positively. Fills ``tokens`` from the grants.
+
+    One connection speaks for all ``count`` clients (the seat topic names the client, and
+    the daemon's own broker login may write every one), so 50,000 leases need no 50,000
+    connections. With ``topics`` (another root) the renewals go to the signing responder
+    of the baseline instead, and every reply counts.
+    """
+    baseline = topics is not None
+    topics = topics or env.server.topics
     key = env.server.server_key()
     trusted = {key_id(key): key}
     ok = 0
     async with connect(
         BrokerOptions(**env.broker_spec()),
-        identifier=f"loader-{action}",
+        identifier=f"loader-{action}-{time.time_ns()}",
         base=Path.cwd(),
         max_queued_incoming=100_000,
         max_in_flight=1_000,  # a window of 500 requests in flight is the point
@@ -363,26 +380,64 @@ async def _lease_load(env: Environment, action: str, tokens: dict[str, str], cou
 
         answered = 0
         sender = asyncio.create_task(send())
-        async with asyncio.timeout(300):
+        async with asyncio.timeout(600):
             async for message in client.messages:
-                topic = message.topic.value
-                reply = protocol.decode_to_client(
-                    open_envelope(bytes(message.payload), topic, trusted)
-                )
                 answered += 1
-                if isinstance(reply, protocol.SeatGranted):
-                    tokens[topic.rsplit("/", 1)[-1]] = reply.lease
+                if baseline:
                     ok += 1
-                elif isinstance(reply, protocol.SeatRenewed):
-                    ok += 1
+                else:
+                    topic = message.topic.value
+                    reply = protocol.decode_to_client(
+                        open_envelope(bytes(message.payload), topic, trusted)
+                    )
+                    if isinstance(reply, protocol.SeatGranted):
+                        tokens[topic.rsplit("/", 1)[-1]] = reply.lease
+                        ok += 1
+                    elif isinstance(reply, protocol.SeatRenewed):
+                        ok += 1
                 if answered == count:
                     break
         await sender
     return ok
 
 
-async def scale(broker: str, leases: int = 10_000) -> Results:
-    """The daemon holding N renewing leases: memory, CPU per renewal, time to READY."""
+async def _signing_baseline(env: Environment, tokens: dict[str, str]) -> tuple[float, int]:
+    """The renewal-cost baseline: the same renewals, answered by a bare signing responder.
+
+    Returns its CPU seconds per message, and how many were answered.
+    """
+    topics = protocol.Topics("floatkey", f"sign{time.time_ns()}")
+    sample = next(iter(tokens.values()), "x" * 43)
+    body = protocol.encode(protocol.SeatRenewed(lease=sample, expires_at=protocol.now_ms()))
+    reply_topic = topics.client("lease-0")
+    reply = Signer(Ed25519PrivateKey.generate()).seal(reply_topic, body)
+    responder = env.worker(
+        "signing-responder",
+        {
+            "broker": env.broker_spec(),
+            "root": topics.root,
+            "prefix": "sig",
+            "body_size": len(body),
+            "reply_size": len(reply),
+        },
+    )
+    pid = (await responder.expect("ready"))["pid"]
+    with sampled(pid, "baseline-renew"):
+        before = cpu_seconds(pid)
+        answered = await _lease_load(env, "renew", tokens, len(tokens), topics=topics)
+        await asyncio.sleep(0.5)  # as for the daemon: what it does after the last reply counts
+    per_message = (cpu_seconds(pid) - before) / max(answered, 1)
+    responder.stop()
+    return per_message, answered
+
+
+#: The default lease (``lease_seconds``): an agent renews every third of it.
+_DEFAULT_RENEW_S = 120 / 3
+
+
+async def scale(broker: str, leases: int = 50_000) -> Results:
+    """The daemon holding N renewing leases: memory, CPU per renewal against a bare
+    signing responder (the baseline), time to READY, the leases restored exactly."""
     results = Results(broker)
     env = Environment(broker)
     try:
@@ -394,18 +449,24 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
         granted = await _lease_load(env, "request", tokens, leases)
         await asyncio.sleep(1)  # the write-behind flush
         rss_full = rss_bytes(env.daemon_pid)
-        cpu_before = cpu_seconds(env.daemon_pid)
-        renewed = await _lease_load(env, "renew", tokens, leases)
-        cpu_per_renewal = (cpu_seconds(env.daemon_pid) - cpu_before) / max(renewed, 1)
+        with sampled(env.daemon_pid, "daemon-renew"):
+            cpu_before = cpu_seconds(env.daemon_pid)
+            renewed = await _lease_load(env, "renew", tokens, leases)
+            await asyncio.sleep(0.5)  # the write-behind flush, if any, counts too
+            cpu_per_renewal = (cpu_seconds(env.daemon_pid) - cpu_before) / max(renewed, 1)
         in_use = (await env.status()).seats_in_use
         env.server.processes[-1].stop(10)
         started = time.monotonic()
         env.start_daemon()
         ready = time.monotonic() - started
         restored = (await env.status()).seats_in_use
+        # Restored exactly: every lease's token is known again, and renews.
+        renewed_after = await _lease_load(env, "renew", tokens, leases)
+        base_cpu, base_answered = await _signing_baseline(env, tokens)
     finally:
         env.close()
     per_lease = (rss_full - rss_empty) / max(leases, 1)
+    share = leases / _DEFAULT_RENEW_S * cpu_per_renewal
     results.rows += [
         Row(
             "scale",
@@ -413,9 +474,9 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
             rss_full / 2**20,
             None,
             "MiB",
-            "≤ 100 MiB",
-            rss_full <= 100 * 2**20,
-            lambda f, _: f <= 100,
+            "≤ 150 MiB",
+            rss_full <= 150 * 2**20,
+            lambda f, _: f <= 150,
         ),
         Row(
             "scale",
@@ -427,21 +488,41 @@ async def scale(broker: str, leases: int = 10_000) -> Results:
             per_lease <= 2048,
             lambda f, _: f <= 2,
         ),
-        Row("scale", "CPU per renewal", cpu_per_renewal * 1e6, None, "µs"),
+        Row(
+            "scale",
+            "CPU per renewal (baseline: a bare responder signing each reply)",
+            cpu_per_renewal * 1e6,
+            base_cpu * 1e6,
+            "µs",
+            "≤ 1.5×",
+            cpu_per_renewal <= 1.5 * base_cpu,
+            lambda f, b: b is not None and f <= 1.5 * b,
+        ),
+        Row(
+            "scale",
+            f"one core's share for {leases} agents renewing every {_DEFAULT_RENEW_S:g} s",
+            share * 100,
+            None,
+            "%",
+            "≤ 50 %",
+            share <= 0.5,
+            lambda f, _: f <= 50,
+        ),
         Row(
             "scale",
             f"start to READY with {leases} leases stored",
             ready * 1000,
             None,
             "ms",
-            "≤ 1000 ms",
-            ready <= 1.0,
-            lambda f, _: f <= 1000,
+            "≤ 2000 ms",
+            ready <= 2.0,
+            lambda f, _: f <= 2000,
         ),
     ]
-    results.checks[f"scale: {leases} granted, renewed, held and restored"] = (
-        granted == renewed == in_use == restored == leases
+    results.checks[f"scale: {leases} granted, renewed, held, restored and renewed again"] = (
+        granted == renewed == in_use == restored == renewed_after == leases
     )
+    results.checks[f"scale: the baseline answered all {leases} renewals"] = base_answered == leases
     return results
 
 

@@ -10,6 +10,7 @@ coordinator can compare them across processes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import cProfile
 import json
@@ -194,6 +195,52 @@ async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
     return {"answered": answered}
 
 
+async def signing_responder(spec: dict[str, Any]) -> dict[str, Any]:
+    """The renewal-cost baseline: a bare responder that signs each reply with Ed25519.
+
+    It reads each request (renewal-sized) from ``{root}/seats/+/+/renew``, signs a reply
+    body of the daemon's renewal-reply size for the client's reply topic (context, topic
+    and body, as the daemon signs), and publishes it, pipelined as floatkeyd pipelines
+    its replies (one queue, batches of up to 1,000, QoS 1 without waiting for each
+    PUBACK). Everything the daemon does beyond this (decoding, checks, the ledger, the
+    store, the envelope) is what the ratio measures.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+        Ed25519PrivateKey,
+    )
+
+    key = Ed25519PrivateKey.generate()
+    body = b"x" * spec["body_size"]
+    pad = b"x" * max(spec["reply_size"] - 86, 0)  # 86: a base64url Ed25519 signature
+    outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    answered = 0
+
+    async def send(client: aiomqtt.Client) -> None:
+        while True:
+            batch = [await outbox.get()]
+            while not outbox.empty() and len(batch) < 1_000:
+                batch.append(outbox.get_nowait())
+            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in batch))
+
+    async with connect(
+        _options(spec),
+        identifier=spec["prefix"] + "-signer",
+        base=Path.cwd(),
+        max_queued_incoming=50_000,
+        max_in_flight=2_000,  # as the daemon's link
+    ) as client:
+        await client.subscribe(f"{spec['root']}/seats/+/+/renew", qos=1)
+        sender = asyncio.create_task(send(client))
+        say(ready=True, pid=os.getpid())
+        async for message in client.messages:
+            topic = f"{spec['root']}/clients/{message.topic.value.split('/')[-2]}"
+            signature = key.sign(b"floatkey/v1\n" + topic.encode() + b"\n" + body)
+            outbox.put_nowait((topic, pad + base64.urlsafe_b64encode(signature).rstrip(b"=")))
+            answered += 1
+        sender.cancel()
+    return {"answered": answered}
+
+
 async def _echo_client(spec: dict[str, Any], index: int) -> tuple[aiomqtt.Client, str]:
     client_id = f"{spec['prefix']}-{index}"
     client = connect(_options(spec), identifier=client_id, base=Path.cwd())
@@ -283,6 +330,7 @@ ROLES = {
     "unlock-agents": unlock_agents,
     "soak-agents": soak_agents,
     "echo-responder": echo_responder,
+    "signing-responder": signing_responder,
     "echo-clients": echo_clients,
     "echo-storm": echo_storm,
     "fanout-subscribers": fanout_subscribers,

@@ -65,8 +65,16 @@ async def test_unlock_smoke():
 
 async def test_scale_smoke():
     results = await scenarios.scale("mosquitto", leases=300)
+    assert len(results.checks) == 2  # the daemon's leases, and the baseline's answers
     assert all(results.checks.values()), results.table()
-    assert any(row.metric.startswith("start to READY") for row in results.rows)
+    metrics = {row.metric: row for row in results.rows}
+    assert any(metric.startswith("start to READY") for metric in metrics)
+    assert any(metric.startswith("one core's share") for metric in metrics)
+    # The renewal-cost baseline: a bare signing responder measured in the same run.
+    cpu = next(row for metric, row in metrics.items() if metric.startswith("CPU per renewal"))
+    assert cpu.baseline is not None
+    assert cpu.baseline > 0
+    assert cpu.ratio is not None
 
 
 async def test_storm_smoke_on_the_embedded_broker():

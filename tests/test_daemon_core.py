@@ -295,3 +295,86 @@ async def test_a_transaction_cancelled_while_it_begins_is_rolled_back(tmp_path, 
         # The next transaction starts cleanly (it used to find BEGIN's still open).
         await store.audit(AuditEntry("system", "test", "done"), wall())
         assert not store._db.in_transaction
+
+
+def _renew(daemon, client: str, lease: str) -> tuple[str, bytes]:
+    body = protocol.SeatRenew(client=client, lease=lease)
+    return daemon.topics.seat(client, "renew"), protocol.encode(body)
+
+
+def _stored_end(tmp_path, client: str) -> int:
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        return db.execute("SELECT expires_at FROM leases WHERE client = ?", (client,)).fetchone()[0]
+
+
+async def test_renewals_are_not_written_and_a_crash_loses_no_renewed_seat(tmp_path, link, wall):
+    # Lease 30 s. A renewal is not written (issue 17): only a bound on when it was.
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(grant, protocol.SeatGranted)
+        await daemon.seats.flush_step()
+        granted_end = _stored_end(tmp_path, "a")
+        wall.ms += 20_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(renewed, protocol.SeatRenewed)
+        assert renewed.expires_at == granted_end + 20_000
+        await daemon.seats.flush_step()
+        assert _stored_end(tmp_path, "a") == granted_end  # the renewal was not written
+    # Not served: no clean stop wrote the leases back, as after a crash. 15 s later the
+    # stored end has passed, the renewed one has not: the seat is still held, and renews.
+    wall.ms += 15_000
+    async with running(config, link, wall, serve=False) as daemon:
+        lease = daemon.seats.ledger.leases["a"]
+        assert lease.expires_at >= renewed.expires_at
+        daemon.seats.settle_restored()  # what the first connection does: expire what ran out
+        assert "a" in daemon.seats.ledger.leases
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        assert isinstance(
+            protocol.decode_to_client(_body(daemon, *link.sent[-1])), protocol.SeatRenewed
+        )
+
+
+async def test_a_clean_stop_writes_every_renewed_lease_exactly(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        wall.ms += 10_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))
+        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(renewed, protocol.SeatRenewed)
+    assert _stored_end(tmp_path, "a") == renewed.expires_at
+    async with running(config, link, wall, serve=False) as daemon:
+        # Written exactly, so nothing is added at start.
+        assert daemon.seats.ledger.leases["a"].expires_at == renewed.expires_at
+
+
+async def test_a_borrowed_seat_keeps_its_own_end_through_a_crash_and_a_clean_stop(
+    tmp_path, link, wall
+):
+    config = write_config(tmp_path, "[borrow]\nenabled = true\nmax_borrow_days = 1\n")
+    borrow = protocol.SeatBorrow(
+        client="lap-1", nonce="n1", seconds=3600, host_id="ab" * 16, user="ada", host="lap"
+    )
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        await daemon.handle(daemon.topics.seat("lap-1", "borrow"), protocol.encode(borrow))
+        end = daemon.seats.ledger.leases["lap-1"].expires_at
+        wall.ms += 20_000
+        await daemon.handle(*_renew(daemon, "a", grant.lease))  # the bound is written
+        await daemon.seats.flush_step()
+    # As after a crash: the renewed seat is extended to the bound; the borrow is not.
+    async with running(config, link, wall) as daemon:
+        assert daemon.seats.ledger.leases["lap-1"].expires_at == end
+        assert daemon.seats.ledger.leases["a"].expires_at >= wall.ms + 10_000
+    # The clean stop wrote the leases back, but not the borrow into the leases table.
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
+        assert db.execute("SELECT client FROM leases").fetchall() == [("a",)]
+        assert db.execute("SELECT client FROM borrows").fetchall() == [("lap-1",)]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from floatkey.envelope import EnvelopeError, Signer, open_envelope
-from floatkey.signing import key_id
+from floatkey.envelope import EnvelopeError, Signer, _Envelope, open_envelope
+from floatkey.signing import b64url_encode, key_id
 
 KEY = Ed25519PrivateKey.generate()
 SIGNER = Signer(KEY)
@@ -77,3 +78,22 @@ def test_no_single_byte_change_of_a_genuine_envelope_opens_to_another_body(posit
     except EnvelopeError:
         return
     assert opened == body  # only a change that JSON or base64 ignores may still open
+
+
+@settings(max_examples=200)
+@given(body=st.binary(max_size=600), topic=st.text(min_size=1, max_size=80))
+def test_a_sealed_envelope_is_byte_identical_to_the_encoded_struct(body, topic):
+    # seal() writes the JSON directly (issue 17); agents in the field see the same bytes.
+    envelope = SIGNER.seal(topic, body)
+    fields = json.loads(envelope)
+    expected = msgspec.json.encode(
+        _Envelope(
+            v=1,
+            kid=SIGNER.kid,
+            body=b64url_encode(body),
+            sig=b64url_encode(KEY.sign(b"floatkey/v1\n" + topic.encode() + b"\n" + body)),
+        )
+    )
+    assert envelope == expected
+    assert base64.urlsafe_b64decode(fields["body"] + "=" * (-len(fields["body"]) % 4)) == body
+    assert open_envelope(envelope, topic, TRUSTED) == body

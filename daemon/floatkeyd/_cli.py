@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -28,6 +29,8 @@ from floatkeyd.store import Store
 DEFAULT_CONFIG = Path("/etc/floatkey/floatkeyd.toml")
 log = structlog.get_logger("floatkeyd")
 _CONFIG_HELP = f"the daemon's config file (default {DEFAULT_CONFIG})"
+#: Collections of the middle generation between two full ones (Python: 10); see _serve.
+_GC_FULL_AFTER = 1_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> int:
     loaded = load_config(args.config, state_dir=args.state_dir, embedded_port=args.embedded_port)
     configure_logging(loaded.config.log_level, loaded.config.log_format)
+    # Each message leaves objects alive for a while (replies in flight); promoted by the
+    # young collections, they made Python run a full collection, a scan of every lease,
+    # every two seconds under load: at 50,000 leases a sixth of the CPU per renewal, and
+    # a 70-150 ms pause each (docs/PERFORMANCE.md). The young collections stay as they
+    # are (their pauses are short); a full one waits for 1,000 middle ones, not 10.
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, _GC_FULL_AFTER)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

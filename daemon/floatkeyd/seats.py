@@ -18,6 +18,15 @@ A seat that frees goes to the first waiter at once, in the same step that freed 
 
 While the broker is unreachable nobody can renew, so no lease expires then, and the
 time it was away is given back to every lease when it returns.
+
+A renewal is not written to the database (at 50,000 agents that was 1,250 rows a second
+for one changed column). Instead the database holds a bound, ``renewals_before_ms``,
+moved one renewal interval ahead whenever a renewal comes after it (so at most once an
+interval); at start each lease ends no earlier than one lease after that bound (or the
+start, whichever is earlier): :func:`restored_lease_end`. A clean stop writes every lease
+as it is (:meth:`SeatDesk.write_back`). What a crash may cost: a seat whose agent stopped
+renewing before it (its lease still running) is held up to one lease and one renewal
+interval longer than it would have been, never shorter; no renewed seat is lost.
 """
 
 from __future__ import annotations
@@ -101,6 +110,18 @@ def _duration(seconds: float) -> str:
     return "1 second" if whole == 1 else f"{whole} seconds"
 
 
+def restored_lease_end(expires_at: int, renewals_before: int, now: int, lease_ms: int) -> int:
+    """When a lease read from the database at start ends.
+
+    ``expires_at`` is as last written; an unwritten renewal (see the module docstring) was
+    no later than ``renewals_before`` nor than ``now`` (the start), so the lease it
+    renewed lasts at most ``lease_ms`` after the earlier of them. 0: none is unwritten.
+    """
+    if not renewals_before:
+        return expires_at
+    return max(expires_at, min(renewals_before, now) + lease_ms)
+
+
 def seat_limits(limits: Limits) -> SeatLimits:
     """The ledger's caps from the config's ``[limits]``."""
     return SeatLimits(
@@ -129,9 +150,13 @@ class SeatDesk:
     ) -> None:
         self._lease_s = config.lease_seconds
         self._answer_state = answer_state
+        self._renew_ms = config.lease_seconds * 1000 // 3
+        # The bound on unwritten renewals staged last (0: every lease is written as is).
+        self._renewals_before = 0
         self._will_grace_ms = config.will_grace_seconds * 1000
         self._max_rate = config.max_requests_per_client
         self._topics = topics
+        self._reply_prefix = topics.client("")
         self.ledger = ledger
         self._store = store
         self._clock = clock
@@ -536,7 +561,10 @@ class SeatDesk:
         self._promoted_from.pop(body.client, None)  # the agent has its grant
         if lease.active_at is not None:
             self._idle_moved.set()
-        self._stage(lease)
+        if now >= self._renewals_before:  # not written: moves the bound (module docstring)
+            self._renewals_before = now + self._renew_ms
+            self._store.stage_renewals_before(self._renewals_before)
+            self._staged.set()
         self.reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
 
     def _will(self, client_id: str, now: int) -> None:
@@ -578,12 +606,25 @@ class SeatDesk:
 
     def reply(self, client_id: str, body: msgspec.Struct) -> None:
         """Send ``body`` to ``client_id``'s agent, signed for its topic."""
-        topic = self._topics.client(client_id)
+        topic = self._reply_prefix + client_id  # self._topics.client(client_id), sooner
         self._link.send(topic, self._signer.seal(topic, protocol.encode(body)))
 
     def _stage(self, lease: Lease) -> None:
         self._store.stage_lease(lease)
         self._staged.set()
+
+    def write_back(self) -> None:
+        """At a clean stop: stage every lease as it is, renewals and all, for the last flush.
+
+        The database then needs no bound on unwritten renewals.
+        """
+        if not self._renewals_before:
+            return
+        for lease in [*self.ledger.leases.values(), *self.ledger.revoked.values()]:
+            if not lease.borrowed:  # kept in a table of their own, never renewed
+                self._store.stage_lease(lease)
+        self._store.stage_renewals_before(0)
+        self._renewals_before = 0
 
     def set_limits(self, limits: Limits) -> None:
         """New caps per login, host and user (a reload); seats already held are kept."""

@@ -60,7 +60,7 @@ from floatkeyd.metrics import (
 )
 from floatkeyd.retained import Retained
 from floatkeyd.sdnotify import Notifier
-from floatkeyd.seats import SeatDesk, seat_limits
+from floatkeyd.seats import SeatDesk, restored_lease_end, seat_limits
 from floatkeyd.statedir import held_state_directory
 from floatkeyd.statereplies import StateReplies
 from floatkeyd.store import Store
@@ -114,6 +114,9 @@ class Daemon:
         self.metrics = metrics
         self.expiring = expiring
         self._identity_body = identity_body
+        # Looked at for every message: computed once (the topics never change).
+        self._admin_request = loaded.topics.admin_request
+        self._retained_topics = frozenset({loaded.topics.state, loaded.topics.identity})
         self._ready = asyncio.Event()
         self._reload_requested = asyncio.Event()
 
@@ -144,11 +147,11 @@ class Daemon:
             self.drops("oversized", topic, size=len(payload))
             return
         try:
-            if topic == self.topics.admin_request:
+            if topic == self._admin_request:
                 await self.admin.handle(payload)
                 self.notifier.status(self.authority.status_line())
                 self.expiring.recheck()  # an unlock: a new license, a new expiry
-            elif topic in {self.topics.state, self.topics.identity}:
+            elif topic in self._retained_topics:
                 await self.retained.check(topic, payload)
             elif (seat := self.topics.parse_seat(topic)) is not None:
                 if seat[2] in {"borrow", "return"}:
@@ -230,6 +233,7 @@ class Daemon:
                 for task in loops:
                     task.cancel()
                 await asyncio.wait(loops)
+            self.seats.write_back()  # renewals too: the store's close writes them
 
     async def _forever(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` again and again; a failed step is logged and counted, not fatal."""
@@ -315,7 +319,12 @@ async def open_daemon(
             idle_warning_ms=round(config.idle_warning * 1000),
             borrow_rules=config.borrow.rules,
         )
+        started, lease_ms = clock.now(), config.lease_seconds * 1000
         for lease in stored.leases:
+            if not lease.borrowed:  # a borrowed seat's end is fixed, and written with it
+                lease.expires_at = restored_lease_end(
+                    lease.expires_at, stored.renewals_before_ms, started, lease_ms
+                )
             ledger.restore(lease)
         for waiter in stored.queue:
             ledger.restore_waiter(waiter)

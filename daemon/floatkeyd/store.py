@@ -9,6 +9,9 @@ them. Lease changes are frequent and cheap to lose (an agent whose lease the dae
 forgot is told ``seat.lost`` and asks again), so they are staged in memory, coalesced per
 client, and written in one transaction per burst by :meth:`Store.flush_leases`, with the
 usage events of the same decisions (and the denials staged since the last burst).
+Renewals are not written one by one: the meta value ``renewals_before_ms`` bounds when
+the latest unwritten one can have been, and the leases' ends are recomputed from it at
+start (``floatkeyd.seats.restored_lease_end``); a clean stop writes every lease exactly.
 """
 
 from __future__ import annotations
@@ -228,6 +231,8 @@ class StoredState:
     admin_keys: list[str]
     #: The clients waiting for a seat, first in line first.
     queue: list[Waiter] = field(default_factory=list)
+    #: No renewal left unwritten was later than this (Unix ms; 0: none was left unwritten).
+    renewals_before_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +302,7 @@ class Store:
         self._db = db
         self._staged: dict[str, Lease | None] = {}
         self._staged_queue: dict[str, Waiter | None] = {}
+        self._staged_renewals_before: int | None = None
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
         #: Transactions that failed since start (disk full, locked), for the metrics.
@@ -464,6 +470,7 @@ class Store:
             latest_time_ms=int(meta["latest_time_ms"]),
             license=license_,
             leases=leases,
+            renewals_before_ms=int(meta.get("renewals_before_ms", "0")),
             admin_keys=await self.admin_keys(),
         )
 
@@ -690,6 +697,10 @@ class Store:
         """Remember to delete ``client``'s lease."""
         self._staged[client] = None
 
+    def stage_renewals_before(self, ms: int) -> None:
+        """Remember to write that no renewal left unwritten is later than ``ms`` (0: none)."""
+        self._staged_renewals_before = ms
+
     def stage_waiter(self, waiter: Waiter) -> None:
         """Remember to write ``waiter`` (queued, or its queue lease renewed)."""
         self._staged_queue[waiter.client] = waiter
@@ -703,10 +714,17 @@ class Store:
 
         Returns how many lease changes.
         """
-        if not self._staged and not self._staged_queue and not self.usage_log.pending:
+        renewals_before = self._staged_renewals_before
+        if (
+            not self._staged
+            and not self._staged_queue
+            and not self.usage_log.pending
+            and renewals_before is None
+        ):
             return 0
         staged, self._staged = self._staged, {}
         queue, self._staged_queue = self._staged_queue, {}
+        self._staged_renewals_before = None
         events = self.usage_log.take_staged()
         upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
         deletes = [(client,) for client, lease in staged.items() if lease is None]
@@ -730,10 +748,17 @@ class Store:
                     [(client,) for client, w in queue.items() if w is None],
                 )
                 await self.usage_log.insert(events)
+                if renewals_before is not None:
+                    await self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('renewals_before_ms', ?)",
+                        (str(renewals_before),),
+                    )
         except BaseException:
             # Not written: stage them again, under anything staged since (newer).
             self._staged = staged | self._staged
             self._staged_queue = queue | self._staged_queue
+            if self._staged_renewals_before is None:
+                self._staged_renewals_before = renewals_before
             self.usage_log.restage(events)
             raise
         return len(staged)
