@@ -145,7 +145,8 @@ class UsageLog:
         event only, so a row already there under it is that same event.
         """
         await self._db.executemany(
-            f"INSERT OR IGNORE INTO usage_events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - constants
+            f"INSERT OR IGNORE INTO usage_events ({_EVENT_COLUMNS}) "  # noqa: S608 - constants
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [_event_row(seq, event) for seq, event in rows],
         )
 
