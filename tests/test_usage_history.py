@@ -11,6 +11,8 @@ from floatkey import protocol
 from floatkey.envelope import open_envelope
 from floatkey.errors import ConfigError
 from floatkeyd.config import load_config
+from floatkeyd.store import Store
+from floatkeyd.usage import UsageEvent
 from inprocess import (
     MemoryLink,
     Wall,
@@ -146,6 +148,22 @@ async def test_a_flush_cancelled_after_its_commit_writes_each_event_once(tmp_pat
         store.usage_log.restage(staged)  # what the cancelled flush does
         await store.flush_leases()
     assert events(tmp_path) == [("license", "licensed", ""), ("granted", "", "a")]
+
+
+async def test_a_stop_whose_last_write_fails_still_closes_the_database(tmp_path):
+    # Else the connection's thread outlives the stop, and the process never exits.
+    path = tmp_path / "floatkeyd.db"
+    store = await Store.open(path)
+    store.usage_log.stage(UsageEvent(at=1, kind="denied", client="b", reason="seats_exhausted"))
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the last write fails (busy)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            await store.close()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert store._db._connection is None  # closed
 
 
 async def test_denials_wait_for_the_next_flush_and_repeats_are_one(tmp_path, link, wall):

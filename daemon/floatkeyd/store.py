@@ -366,9 +366,15 @@ class Store:
         return store
 
     async def close(self) -> None:
-        """Write what is staged and close the database."""
-        await self.flush_leases()
-        await self._db.close()
+        """Write what is staged and close the database.
+
+        Closed even when that last write fails (disk full): the connection's thread
+        would otherwise keep the stopping process alive.
+        """
+        try:
+            await self.flush_leases()
+        finally:
+            await self._db.close()
 
     async def __aenter__(self) -> Self:
         return self
