@@ -393,3 +393,16 @@ async def test_a_computer_without_a_machine_id_may_not_borrow(lending, tmp_path,
     assert refused.value.problem == "no_machine_id"
     assert "/etc/machine-id" in refused.value.message
     assert await asyncio.to_thread(borrowed_rows, lending) == []
+
+
+async def test_a_borrowed_agent_takes_the_daemons_state_answer(lending, tmp_path):
+    # The state.request sent with the borrow check is answered on the client topic: a
+    # borrowed agent takes that state (not a bad body), so it learns a new generation
+    # from the daemon even where the broker node retained no state.
+    await make_agent(lending, tmp_path, "lib").borrow(days=0.5)
+    async with make_agent(lending, tmp_path, "lib") as agent:
+        assert agent.borrowed is not None
+        await eventually(lambda: agent._synced, within=20)
+        assert agent.drops["bad_body"] == 0
+        assert agent.license.generation == 1
+    assert "returned" in await make_agent(lending, tmp_path, "lib").return_borrow()

@@ -113,11 +113,12 @@ log = structlog.get_logger("floatkey.agent")
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
 _Told = TypeVar("_Told")
-# In borrowed mode the daemon answers borrow checks, and an administrator's release of
-# the borrowed seat comes as a seat.revoked (of the token's lease).
-_borrow_reply_decoder: msgspec.json.Decoder[protocol.BorrowReply | protocol.SeatRevoked] = (
-    msgspec.json.Decoder(protocol.BorrowReply | protocol.SeatRevoked)
-)
+# In borrowed mode the daemon answers borrow checks, an administrator's release of the
+# borrowed seat comes as a seat.revoked (of the token's lease), and the daemon's answer to
+# the state.request sent with the check is the state.
+_borrow_reply_decoder: msgspec.json.Decoder[
+    protocol.BorrowReply | protocol.SeatRevoked | protocol.State
+] = msgspec.json.Decoder(protocol.BorrowReply | protocol.SeatRevoked | protocol.State)
 
 
 class Agent:
@@ -1022,7 +1023,12 @@ class Agent:
             elif topic == self.topics.events:
                 self._take_event(protocol.decode(body, protocol.Event))
             elif topic == self.topics.client(self.client_id) and self.borrowed is not None:
-                self._take_borrow_reply(_borrow_reply_decoder.decode(body))
+                borrowed = _borrow_reply_decoder.decode(body)
+                if isinstance(borrowed, protocol.State):
+                    self._synced = True
+                    self._take_state(borrowed)
+                    return
+                self._take_borrow_reply(borrowed)
             elif topic == self.topics.client(self.client_id):
                 reply = protocol.decode_client_topic(body)
                 if isinstance(reply, protocol.State):

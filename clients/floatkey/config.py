@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,27 +47,42 @@ class AgentBrokerOptions(BrokerOptions, kw_only=True):
     """An agent's ``[broker]``: one address (``host``, ``port``), or several (``hosts``).
 
     ``hosts = ["mq1.example.com", "mq2.example.com:8883"]`` names the nodes of a
-    clustered broker (``port`` is the default port): the agent connects to the first,
-    and after a failed or lost connection to the next, in turn. The login and TLS
-    settings are the same for every one.
+    clustered broker (``port`` is the default port). Each agent starts at a node of its
+    own (chosen from its client id, so agents sharing one config spread over the nodes),
+    and after a failed or lost connection, or a daemon that stopped answering through
+    that node, moves to the next, in turn. The login and TLS settings are the same for
+    every one.
     """
 
+    # Empty: not set (the default address unless hosts is set; see __post_init__).
+    host: str = ""
     hosts: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.hosts) > 64:
             raise msgspec.ValidationError("hosts may name at most 64 broker addresses")
-        if self.hosts and self.host != _DEFAULT_HOST:
+        if self.hosts and self.host:
             raise msgspec.ValidationError("set either host or hosts, not both")
+        if not self.hosts and not self.host:
+            self.host = _DEFAULT_HOST
         for entry in self.hosts:
             _split_address(entry, self.port)
 
-    def addresses(self) -> list[tuple[str, int]]:
-        """Every broker address to try, in order: ``[(host, port), ...]``."""
+    def addresses(self, client_id: str | None = None) -> list[tuple[str, int]]:
+        """Every broker address to try, in order: ``[(host, port), ...]``.
+
+        With ``client_id``, the list starts at an address chosen from it (the same one
+        every time for that client, spread evenly over many clients), then goes on in
+        the configured order, wrapping round.
+        """
         if not self.hosts:
             return [(self.host, self.port)]
-        return [_split_address(entry, self.port) for entry in self.hosts]
+        every = [_split_address(entry, self.port) for entry in self.hosts]
+        if client_id is None:
+            return every
+        start = zlib.crc32(client_id.encode()) % len(every)
+        return every[start:] + every[:start]
 
     def at(self, host: str, port: int) -> BrokerOptions:
         """These options for one of :meth:`addresses`."""
@@ -79,6 +95,10 @@ class AgentBrokerOptions(BrokerOptions, kw_only=True):
             keepalive=self.keepalive,
             tls=self.tls,
         )
+
+    def describe(self) -> str:
+        """Every address, ``mqtt://a:1883, mqtt://b:1883`` (one: as ``BrokerOptions``)."""
+        return ", ".join(self.at(host, port).describe() for host, port in self.addresses())
 
 
 def _split_address(entry: str, default_port: int) -> tuple[str, int]:
