@@ -145,14 +145,26 @@ def server(cluster, tmp_path):
 
 
 def cluster_agent(server: Server, tmp_path, name: str, nodes, *, pin: bool = True) -> Agent:
-    """An agent listing ``nodes`` in that order: it connects to the first."""
+    """An agent that tries ``nodes`` in that order: it connects to the first.
+
+    An agent starts at a node chosen from its client id: ``hosts`` is written turned
+    round so that this client's start is ``nodes[0]``.
+    """
     path = write_agent_config(
         server, tmp_path / f"{name}.toml", pin=pin, broker=nodes[0].options("floatkey-agent")
     )
-    hosts = ", ".join(f'"127.0.0.1:{node.port}"' for node in nodes)
-    path.write_text(path.read_text().replace("[broker]\n", f"[broker]\nhosts = [{hosts}]\n"))
     client_id = f"{name}-{uuid.uuid4().hex[:6]}"
-    return Agent(load_agent_config(path), app="test-app", client_id=client_id)
+    template = path.read_text().replace('host = "127.0.0.1"\n', "")
+    for turn in range(len(nodes)):
+        turned = nodes[turn:] + nodes[:turn]
+        hosts = ", ".join(f'"127.0.0.1:{node.port}"' for node in turned)
+        path.write_text(template.replace("[broker]\n", f"[broker]\nhosts = [{hosts}]\n"))
+        loaded = load_agent_config(path)
+        if [port for _, port in loaded.config.broker.addresses(client_id)] == [
+            node.port for node in nodes
+        ]:
+            return Agent(loaded, app="test-app", client_id=client_id)
+    raise AssertionError("no order of hosts starts this client at nodes[0]")
 
 
 async def listed(server) -> set[str]:
@@ -233,7 +245,7 @@ async def test_a_three_node_rabbitmq_cluster_grants_exactly_s_seats_and_stops_ev
         samples: list[int] = []
         sampling = asyncio.create_task(_sample(server, everyone, samples))
         await asyncio.to_thread(two.stop)
-        moved = [a for a in agents if a.config.broker.addresses()[0][1] == two.port]
+        moved = [a for a in agents if a.config.broker.addresses(a.client_id)[0][1] == two.port]
         assert moved
         await eventually(
             lambda: all(

@@ -50,7 +50,7 @@ import structlog
 from floatkey import borrow as borrowing
 from floatkey import protocol
 from floatkey.broker import Backoff, connect, connection_advice, settled
-from floatkey.envelope import EnvelopeError, open_envelope, peek
+from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import (
     BorrowError,
     ConfigError,
@@ -69,7 +69,7 @@ from floatkey.notices import (
     ShutdownSignal,
 )
 from floatkey.outage import OutageLog
-from floatkey.pinning import KnownServers
+from floatkey.pinning import KnownServers, signed_identity
 from floatkey.protocol import (
     SeatCancel,
     SeatDenied,
@@ -182,6 +182,8 @@ class Agent:
         # until it does, every seat message sent goes with another state.request.
         self._synced = False
         self._identity_asked = False
+        # The retained identity seen while the daemon's signed one was asked for.
+        self._retained_key: Ed25519PublicKey | None = None
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
         self._known_servers = KnownServers(loaded.state_path())
@@ -760,22 +762,10 @@ class Agent:
         if self._server_key is None:
             self._server_key = self._known_servers.key_of(self.topics.root)
         self._synced = False
+        self._identity_asked = False  # an answer asked for on an earlier connection is lost
         if self._server_key is None:
-            # Trust on first use: take the key from the retained identity, or from the
-            # daemon's answer on our own topic (signed by the key it announces), before
-            # anything signed is read. The answer does not need retained messages.
-            await settled(
-                client.subscribe(
-                    [(self.topics.identity, 1), (self.topics.client(self.client_id), 1)]
-                )
-            )
-            self._client = client
-            await self._ask_state()
-            async with asyncio.timeout(self.config.connect_timeout):
-                async for message in client.messages:
-                    self._handle(message.topic.value, message.payload)
-                    if self._pinned():
-                        break
+            self._retained_key = None
+            await self._trust_on_first_use(client)
         # Identity and state are retained: the broker sends them on subscribing. Once the
         # state is read, the agent unsubscribes from both and follows the events, which
         # halves what a thousand agents must read at every unlock; it reads them again
@@ -809,6 +799,37 @@ class Agent:
             await self._send(self._renewal(self._grant), "renew")
         else:
             await self._request_seat()
+
+    async def _trust_on_first_use(self, client: aiomqtt.Client) -> None:
+        """Take the server's key before anything signed is read; ``TimeoutError``.
+
+        From the daemon's answer on our own topic (signed by the key it announces; it
+        needs no retained message), asked for again halfway through ``connect_timeout``
+        in case it was lost. Only if the daemon does not answer at all, the retained
+        identity seen meanwhile is trusted (it may be an old one a broker kept).
+        """
+        await settled(
+            client.subscribe([(self.topics.identity, 1), (self.topics.client(self.client_id), 1)])
+        )
+        self._client = client
+        for _ in range(2):
+            self._identity_asked = False
+            await self._ask_state()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.connect_timeout / 2):
+                    async for message in client.messages:
+                        self._handle(message.topic.value, message.payload)
+                        if self._pinned():
+                            return
+        retained = self._retained_key
+        if retained is None:
+            raise TimeoutError
+        log.warning(
+            "no signed identity from the license server; trusting the retained one",
+            client=self.client_id,
+            key=key_id(retained),
+        )
+        self._adopt_identity(retained)
 
     async def _request_seat(self) -> None:
         self._nonce = secrets.token_hex(8)
@@ -1045,12 +1066,23 @@ class Agent:
             self._drop("bad_body", topic)
 
     def _take_identity(self, data: bytes) -> None:
+        """The retained identity."""
         try:
             identity = protocol.decode(data, protocol.Identity)
             key = parse_public_key(identity.public_key)
         except (msgspec.DecodeError, ValueError):
             self._drop("bad_identity", self.topics.identity)
             return
+        if self._server_key is None and self._identity_asked:
+            # Trusting on first use, with the daemon's signed answer asked for: that is
+            # preferred (a broker may retain an identity under an old key, or one
+            # planted there). This one is kept, to trust if the daemon does not answer.
+            self._retained_key = key
+            return
+        self._adopt_identity(key)
+
+    def _adopt_identity(self, key: Ed25519PublicKey) -> None:
+        """Pin ``key`` on first use; otherwise refuse it unless it is the pinned one."""
         if self._server_key is None:
             self._server_key = key
             self._pin_key(key)
@@ -1070,32 +1102,21 @@ class Agent:
         """Take an ``identity`` signed by the key it announces, on our own topic.
 
         Taken as the retained one is: pinned on first use, compared with the pinned key
-        otherwise. Returns whether ``data`` was such an identity (anything else goes on as usual).
-        Only the daemon may write this topic (broker ACL), as only it may retain the
-        identity; the signature shows the sender holds the key, and the topic inside it
-        that the answer was made for this client.
+        otherwise (``floatkey.pinning.signed_identity`` says why it may be trusted).
+        Returns whether ``data`` was such an identity (anything else goes on as usual).
         """
         if topic != self.topics.client(self.client_id):
             return False
-        peeked = peek(data)
-        if peeked is None:
-            return False
-        kid, body = peeked
         try:
-            identity = protocol.decode(body, protocol.Identity)
-            key = parse_public_key(identity.public_key)
-        except (msgspec.DecodeError, ValueError):
-            return False  # not an identity: a seat reply or the state
-        self._identity_asked = False
-        if kid != key_id(key) or identity.kid != kid or identity.server != self.config.server:
-            self._drop("bad_identity", topic)
-            return True
-        try:
-            open_envelope(data, topic, {kid: key})
+            key = signed_identity(data, topic, self.config.server)
         except EnvelopeError as exc:
+            self._identity_asked = False
             self._drop(exc.reason, topic)
             return True
-        self._take_identity(body)
+        if key is None:
+            return False  # not an identity: a seat reply or the state
+        self._identity_asked = False
+        self._adopt_identity(key)
         return True
 
     def _take_state(self, state: protocol.State) -> None:
