@@ -191,3 +191,51 @@ async def test_a_newer_state_from_the_daemon_stops_an_agent_whose_node_kept_an_o
         assert reason is not None
         assert reason.code == "license.activated"
         assert reason.generation == 1
+
+
+def identity_of(key, server: str = "core") -> protocol.Identity:
+    public = key.public_key()
+    return protocol.Identity(server=server, public_key=public_key_text(public), kid=key_id(public))
+
+
+async def test_the_signed_answer_wins_over_a_retained_identity_seen_first(tmp_path, link, wall):
+    """First use: a broker's retained identity under an old key comes before the daemon's
+    signed answer. The signed answer is pinned; the retained one is not."""
+    async with running(write_daemon_config(tmp_path), link, wall) as daemon:
+        agent = write_agent_config(tmp_path)
+        agent._identity_asked = True  # as _trust_on_first_use does, with a state.request
+        old = identity_of(Ed25519PrivateKey.generate())
+        agent._handle(daemon.topics.identity, protocol.encode(old))
+        assert agent._server_key is None
+        await daemon.handle(
+            request_topic(daemon, "c1"),
+            protocol.encode(protocol.StateRequest(client="c1", identity=True)),
+        )
+        for topic, payload in link.sent:
+            agent._handle(topic, payload)
+        key = next(iter(trusted(daemon).values()))
+        assert agent._server_key is not None
+        assert key_id(agent._server_key) == key_id(key)
+        assert not agent._identity_asked
+        assert agent.drops["server_key_changed"] == 0
+        pinned = KnownServers(tmp_path / "known.json").key_of(daemon.topics.root)
+        assert pinned is not None
+        assert key_id(pinned) == key_id(key)
+
+
+@pytest.mark.parametrize("asked", [False, True])
+async def test_a_pinned_agent_refuses_a_signed_identity_under_another_key(tmp_path, asked):
+    agent = write_agent_config(tmp_path)
+    pinned = Ed25519PrivateKey.generate()
+    agent._server_key = pinned.public_key()
+    agent._identity_asked = asked
+    topic = agent.topics.client("c1")
+    other = Ed25519PrivateKey.generate()
+    agent._handle(topic, Signer(other).seal(topic, protocol.encode(identity_of(other))))
+    assert key_id(agent._server_key) == key_id(pinned.public_key())
+    assert not (tmp_path / "known.json").exists()
+    if asked:  # taken for an identity and compared: refused, the application told
+        assert agent.drops["server_key_changed"] == 1
+        assert agent._key_changed.is_set()
+    else:  # not asked for: signed by a key it does not know
+        assert agent.drops["unknown_key"] == 1
