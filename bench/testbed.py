@@ -402,7 +402,11 @@ def write_agent_config(
         else f"{k} = {v!r}"
         for k, v in fields.items()
     ]
-    path.write_text("\n".join(lines) + "\n\n" + broker_toml(options))
+    section = broker_toml(options)
+    if server.kind == "rabbitmq":
+        # The shipped RabbitMQ topic permissions: replies only to ids beginning with the login.
+        section = section.replace("[broker]\n", "[broker]\nprefix_client_id = true\n", 1)
+    path.write_text("\n".join(lines) + "\n\n" + section)
     return path
 
 

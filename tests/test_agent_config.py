@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run
+from floatkey.agent import Agent
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError
 
@@ -135,3 +136,27 @@ def test_each_client_starts_at_a_node_of_its_own_and_agents_spread_over_the_node
         assert order == every[start:] + every[:start]  # then the others, in turn
         firsts.append(order[0][0])
     assert all(firsts.count(host) > 60 for host in ("mq1", "mq2", "mq3"))
+
+
+def test_prefix_client_id_begins_every_client_id_with_the_login(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'server = "s"\n[broker]\nusername = "floatkey-agent"\nprefix_client_id = true\n'
+    )
+    config = load_agent_config(path).config
+    assert config.own_client_id("flowdesigner-h1-7") == "floatkey-agent-flowdesigner-h1-7"
+    assert config.own_client_id("floatkey-agent-x") == "floatkey-agent-x"  # once only
+    agent = Agent(load_agent_config(path), app="flowdesigner")
+    assert agent.client_id.startswith("floatkey-agent-flowdesigner-")
+    assert Agent(load_agent_config(path), client_id="c1").client_id == "floatkey-agent-c1"
+    path.write_text('server = "s"\n[broker]\nusername = "lab"\n')
+    assert load_agent_config(path).config.own_client_id("c1") == "c1"  # not asked for
+
+
+@pytest.mark.parametrize("login", [None, "lab.one", "me@lab"])
+def test_prefix_client_id_needs_a_login_that_may_begin_a_client_id(tmp_path, login):
+    path = tmp_path / "agent.toml"
+    user = f'username = "{login}"\n' if login else ""
+    path.write_text(f'server = "s"\n[broker]\n{user}prefix_client_id = true\n')
+    with pytest.raises(ConfigError, match=r"prefix_client_id needs a broker\.username"):
+        load_agent_config(path)

@@ -144,7 +144,7 @@ class Agent:
         self.config = loaded.config
         self.topics = loaded.config.topics
         self.app = app if app is not None else self.config.app
-        self.client_id = client_id or default_client_id(self.app)
+        self.client_id = self.config.own_client_id(client_id or default_client_id(self.app))
         if not protocol.CLIENT_ID.fullmatch(self.client_id):
             msg = f"client id {self.client_id!r} may use only letters, digits and . _ : -"
             raise ValueError(msg)

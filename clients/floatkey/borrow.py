@@ -388,8 +388,8 @@ def held_borrow(loaded: LoadedAgentConfig, clock: BorrowClock | None = None) -> 
     return HeldBorrow(root=topics.root, token=token, envelope=entry.envelope, ends_at=ends_at)
 
 
-def _borrow_client_id() -> str:
-    return default_client_id("borrow")
+def _borrow_client_id(loaded: LoadedAgentConfig) -> str:
+    return loaded.config.own_client_id(default_client_id("borrow"))
 
 
 async def _ask(
@@ -525,7 +525,10 @@ async def borrow_seat(loaded: LoadedAgentConfig, *, days: float, app: str = "") 
     host = _may_borrow(loaded)
     # A borrow asked for before and never answered is asked for again, as the same
     # client with the same nonce: the daemon then sends the seat it lent then, if any.
-    client_id, nonce = store.pending(topics.root) or (_borrow_client_id(), secrets.token_hex(8))
+    client_id, nonce = store.pending(topics.root) or (
+        _borrow_client_id(loaded),
+        secrets.token_hex(8),
+    )
     try:
         store.hold_pending(topics.root, client_id, nonce)
     except OSError as exc:

@@ -40,6 +40,9 @@ def check_server(server: str, topic_prefix: str, server_key: str | None) -> None
 _HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
+# A login that may begin a client id (protocol.CLIENT_ID, without '.' or ':').
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 _DEFAULT_HOST = next(f.default for f in msgspec.structs.fields(BrokerOptions) if f.name == "host")
 
 
@@ -57,6 +60,10 @@ class AgentBrokerOptions(BrokerOptions, kw_only=True):
     # Empty: not set (the default address unless hosts is set; see __post_init__).
     host: str = ""
     hosts: list[str] = msgspec.field(default_factory=list)
+    #: Begin the client id with the login and ``-`` (``floatkey-agent-flowdesigner-...``):
+    #: the shipped RabbitMQ topic permissions let a login read only the replies to client
+    #: ids that begin so (config/rabbitmq/README.md).
+    prefix_client_id: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +159,12 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 "the agent's seat topics, where the broker's ACL checks it)"
             )
         check_server(self.server, self.topic_prefix, self.server_key)
+        login = self.broker.username
+        if self.broker.prefix_client_id and (login is None or not _PREFIX.fullmatch(login)):
+            raise msgspec.ValidationError(
+                "broker.prefix_client_id needs a broker.username of 1-64 letters, digits, "
+                "'_' or '-' (client ids begin with it)"
+            )
         for name in ("connect_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")
@@ -166,6 +179,16 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"shutdown hooks. Set hook_timeout to at least {self.shutdown_grace + 5:g} "
                 "(shutdown_grace + 5), or lower shutdown_grace"
             )
+
+    def own_client_id(self, client_id: str) -> str:
+        """``client_id``, beginning with the login and ``-`` if ``prefix_client_id`` says so."""
+        login = self.broker.username
+        if not self.broker.prefix_client_id or login is None:
+            return client_id
+        prefix = f"{login}-"
+        if client_id.startswith(prefix):
+            return client_id
+        return (prefix + client_id)[:128]
 
     @property
     def topics(self) -> Topics:
