@@ -499,6 +499,7 @@ class RabbitCluster:
                 stopped = subprocess.run(
                     ["epmd", "-port", str(self.epmd_port), "-kill"],
                     env=self.env(),
+                    cwd=self.workdir,
                     capture_output=True,
                     text=True,
                     timeout=10,
@@ -569,6 +570,8 @@ class RabbitNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env(),
+                # Mnesia writes its core dumps (MnesiaCore.*) to the current directory.
+                cwd=self.dir,
                 start_new_session=True,  # the whole Erlang process group is ours to stop
             )
 
@@ -614,6 +617,7 @@ class RabbitNode:
         result = subprocess.run(
             ["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, *args],
             env=self.cluster.env(),
+            cwd=self.dir,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -631,6 +635,7 @@ class RabbitNode:
         return subprocess.Popen(
             ["sh", "-c", script],
             env=self.cluster.env(),
+            cwd=self.dir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
