@@ -292,7 +292,12 @@ async def test_a_three_node_rabbitmq_cluster_grants_exactly_s_seats_and_stops_ev
         await exit_all(seated)
 
         # 5. Node 2 rejoins with the old state it retained. The sleeper reconnects there,
-        #    learns the new generation from the daemon, and stops its application.
+        #    learns the new generation from the daemon's answer to its state.request (a
+        #    license listener hears only states), and stops its application before any
+        #    seat under generation 2 (a renewal refused, a request granted anew) could
+        #    have told it.
+        heard: list[int] = []
+        sleeper.on_license_change(lambda view: heard.append(view.generation))
         await asyncio.to_thread(two.start_again)
         stale = await retained_on(two, server.topics.state)
         assert stale is not None
@@ -302,13 +307,20 @@ async def test_a_three_node_rabbitmq_cluster_grants_exactly_s_seats_and_stops_ev
         assert stale_state.generation == 1  # the broker did bring it back...
         reason = await asyncio.wait_for(sleeper.shutdown_requested.wait(), 60)
         assert (reason.code, reason.generation) == ("license.activated", 2)
+        assert 2 in heard
+        assert sleeper._last_grant is not None
+        assert sleeper._last_grant.generation == 1  # no seat under the new license
         assert sleeper.license.generation == 2
-        # ...but an agent that starts on node 2 now works under the new license.
+        # ...but an agent that starts on node 2 now works under the new license, and
+        # hears of it from the daemon (node 2 retains generation 1).
         late = cluster_agent(server, tmp_path, "late", order[two])
+        late_heard: list[int] = []
+        late.on_license_change(lambda view: late_heard.append(view.generation))
         async with late:
             assert late.licensed
             assert late.generation == 2
-            await eventually(lambda: late.license.generation == 2, within=10)
+            await eventually(lambda: 2 in late_heard, within=10)
+            assert late.license.generation == 2
             assert not late.shutdown_requested.is_set()
     finally:
         await exit_all([a for a in everyone if a._stack is not None])
