@@ -239,3 +239,53 @@ async def test_a_pinned_agent_refuses_a_signed_identity_under_another_key(tmp_pa
         assert agent._key_changed.is_set()
     else:  # not asked for: signed by a key it does not know
         assert agent.drops["unknown_key"] == 1
+
+
+class Leave:
+    """Stands in for the connection's ``asyncio.timeout``: records being brought forward."""
+
+    def __init__(self) -> None:
+        self.when: list[float | None] = []
+
+    def reschedule(self, when: float | None) -> None:
+        self.when.append(when)
+
+
+def silent_agent(tmp_path, hosts: str) -> tuple[Agent, Leave]:
+    """A seated, connected agent whose renewal went unanswered for a long time."""
+    path = tmp_path / "agent.toml"
+    path.write_text(f'server = "core"\nstate_file = "known.json"\n[broker]\nhosts = {hosts}\n')
+    agent = Agent(load_agent_config(path), app="test", client_id="c1")
+    agent._grant = protocol.SeatGranted(
+        nonce="n", lease="l" * 22, generation=1, licensed=True, features=[],
+        expires_at=0, renew_after_s=10.0, ts=0,
+    )  # fmt: skip
+    agent._connected.set()
+    leave = Leave()
+    agent._leave = leave
+    return agent, leave
+
+
+async def test_an_agent_moves_to_the_next_broker_node_when_the_daemon_is_silent(tmp_path):
+    agent, leave = silent_agent(tmp_path, '["mq1", "mq2"]')
+    agent._last_contact = agent._connected_at = 1000.0
+    agent._check_silence(1000.0 + 10 + agent.config.connect_timeout - 1)
+    assert leave.when == []  # not silent for long enough yet
+    agent._check_silence(1000.0 + 10 + agent.config.connect_timeout + 1)
+    assert len(leave.when) == 1  # the connection is dropped: the next node is tried
+    assert agent._moving_on
+    # Just connected to the next node: its renewal gets connect_timeout to be answered.
+    agent._moving_on, leave.when = False, []
+    agent._connected_at = 2000.0
+    agent._check_silence(2000.0 + agent.config.connect_timeout - 1)
+    assert leave.when == []
+    agent._check_silence(2000.0 + agent.config.connect_timeout + 1)
+    assert len(leave.when) == 1
+
+
+async def test_with_one_broker_address_a_silent_daemon_is_waited_for(tmp_path):
+    agent, leave = silent_agent(tmp_path, '["mq1"]')
+    agent._last_contact = agent._connected_at = 1000.0
+    agent._check_silence(5000.0)
+    assert leave.when == []
+    assert agent._outage.down_since == 1000.0  # said once: no answer through the broker

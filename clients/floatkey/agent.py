@@ -207,6 +207,11 @@ class Agent:
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
         self._broker_error: str | None = None  # the last failed connection's reason
+        # The current connection: cancelled (rescheduled to now) to move to the next
+        # broker address when the daemon is silent through this one; since when it is up.
+        self._leave: asyncio.Timeout | None = None
+        self._connected_at = 0.0
+        self._moving_on = False
         #: The broker address connected to now (``mqtt://host:port``), or ``None``.
         self.connected_to: str | None = None
         self._outage = OutageLog(self.client_id, self.config.broker.describe())
@@ -730,10 +735,15 @@ class Agent:
             # cluster's other nodes); with one address, that one again.
             options = self.config.broker.at(*addresses[attempt % len(addresses)])
             attempt += 1
+            self._moving_on = False
             try:
-                async with connect(
-                    options, identifier=self.client_id, base=self._loaded.base, will=will
-                ) as client:
+                async with (
+                    asyncio.timeout(None) as leave,
+                    connect(
+                        options, identifier=self.client_id, base=self._loaded.base, will=will
+                    ) as client,
+                ):
+                    self._leave, self._connected_at = leave, time.monotonic()
                     self._broker_error = None
                     self.connected_to = options.describe()
                     await self._on_connect(client)
@@ -745,14 +755,18 @@ class Agent:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
                 # use within connect_timeout (neither retained nor answered).
                 self._broker_error = (
-                    f"no license server identity on the broker ({options.describe()}) within "
-                    f"{self.config.connect_timeout:g} s"
+                    f"no answer from the license server through {options.describe()}; "
+                    "trying the next broker address"
+                    if self._moving_on
+                    else f"no license server identity on the broker ({options.describe()}) "
+                    f"within {self.config.connect_timeout:g} s"
                     if isinstance(exc, TimeoutError)
                     else f"{options.describe()}: {str(exc) or type(exc).__name__}"
                 )
                 now = time.monotonic()
                 self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
             finally:
+                self._leave = None
                 self._client = None
                 self.connected_to = None
                 self._connected.clear()
@@ -953,14 +967,7 @@ class Agent:
             await asyncio.sleep(min(grace / 4, 5.0, self.config.connect_timeout))
             now = time.monotonic()
             silent = now - self._last_contact
-            held = self._grant
-            if (
-                held is not None
-                and self._connected.is_set()
-                and silent > held.renew_after_s + self.config.connect_timeout
-            ):
-                # The broker is there, but a renewal went unanswered: floatkeyd is down.
-                self._outage.silent(self._last_contact, self._grace_left(now))
+            self._check_silence(now)
             if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
@@ -968,6 +975,36 @@ class Agent:
                     f"{grace:g} s offline grace); the application must stop.",
                 )
                 return
+
+    def _check_silence(self, now: float) -> None:
+        """Connected, with a seat, and a renewal went unanswered: floatkeyd is not heard.
+
+        The daemon may be down, or this broker node may be cut off from the daemon's
+        (a partitioned cluster). With more than one broker address, and no answer
+        either to what was sent on this connection within ``connect_timeout``, the
+        connection is dropped so that the next address is tried.
+        """
+        held = self._grant
+        if (
+            held is None
+            or not self._connected.is_set()
+            or now - self._last_contact <= held.renew_after_s + self.config.connect_timeout
+        ):
+            return
+        self._outage.silent(self._last_contact, self._grace_left(now))
+        leave = self._leave
+        if (
+            leave is not None
+            and len(self.config.broker.addresses()) > 1
+            and now - self._connected_at > self.config.connect_timeout
+        ):
+            log.warning(
+                "license server silent through this broker node; trying the next",
+                client=self.client_id,
+                broker=self.connected_to,
+            )
+            self._moving_on = True
+            leave.reschedule(asyncio.get_running_loop().time())
 
     async def _shutdown_sequence(self) -> None:
         reason = await self.shutdown_requested
