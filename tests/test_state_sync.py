@@ -8,6 +8,8 @@ in tests/test_cluster.py and tests/test_agents.py.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -17,6 +19,7 @@ from floatkey.config import load_agent_config
 from floatkey.envelope import EnvelopeError, Signer, open_envelope
 from floatkey.pinning import KnownServers
 from floatkey.signing import key_id, public_key_text
+from floatkeyd import statereplies
 from inprocess import MemoryLink, Wall, ask, product_key, running, trusted, unlock_command
 from inprocess import write_config as write_daemon_config
 
@@ -289,3 +292,28 @@ async def test_with_one_broker_address_a_silent_daemon_is_waited_for(tmp_path):
     agent._check_silence(5000.0)
     assert leave.when == []
     assert agent._outage.down_since == 1000.0  # said once: no answer through the broker
+
+
+async def test_the_identity_signed_for_a_client_is_kept_not_signed_again(monkeypatch):
+    signer = Signer(Ed25519PrivateKey.generate())
+    seals: list[str] = []
+    real_seal = signer.seal
+    signer.seal = lambda topic, body: seals.append(topic) or real_seal(topic, body)
+    sent: list[tuple[str, bytes]] = []
+    topics = protocol.Topics("floatkey", "core")
+    replies = statereplies.StateReplies(
+        topics=topics,
+        authority=SimpleNamespace(state_payload=b""),  # no state yet: the identity only
+        signer=signer,
+        link=SimpleNamespace(send=lambda topic, payload: sent.append((topic, payload))),
+        identity_body=b'{"type":"identity"}',
+    )
+    monkeypatch.setattr(statereplies, "IDENTITY_CACHE", 2)
+    for client in ("c1", "c1", "c2", "c1", "c3", "c2"):
+        replies.answer(protocol.StateRequest(client=client, identity=True))
+    # c1 signed once; c2 once, then dropped for c3 (two kept, the oldest used goes), again.
+    assert seals == [topics.client(c) for c in ("c1", "c2", "c3", "c2")]
+    assert [topic for topic, _ in sent] == [
+        topics.client(c) for c in ("c1", "c1", "c2", "c1", "c3", "c2")
+    ]
+    assert sent[0][1] == sent[1][1]
