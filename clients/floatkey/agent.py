@@ -753,7 +753,8 @@ class Agent:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
-                # use within connect_timeout (neither retained nor answered).
+                # use within connect_timeout (neither retained nor answered), or leaving a
+                # node through which the daemon is silent (_check_silence).
                 self._broker_error = (
                     f"no answer from the license server through {options.describe()}; "
                     "trying the next broker address"
