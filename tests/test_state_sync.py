@@ -8,11 +8,15 @@ in tests/test_cluster.py and tests/test_agents.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import SimpleNamespace
 
+import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from floatkey import agent as agent_module
 from floatkey import protocol
 from floatkey.agent import Agent
 from floatkey.config import load_agent_config
@@ -317,3 +321,21 @@ async def test_the_identity_signed_for_a_client_is_kept_not_signed_again(monkeyp
         topics.client(c) for c in ("c1", "c1", "c2", "c1", "c3", "c2")
     ]
     assert sent[0][1] == sent[1][1]
+
+
+async def test_an_agent_starts_at_the_node_its_client_id_chooses(tmp_path, monkeypatch):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "core"\n[broker]\nhosts = ["mq1", "mq2", "mq3"]\n')
+    agent = Agent(load_agent_config(path), app="test", client_id="lab-pc7")
+    tried: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def refused(options, **_):
+        tried.append(options.host)
+        agent._closing = len(tried) == 3
+        raise aiomqtt.MqttError("refused")
+        yield  # never reached: an async context manager all the same
+
+    monkeypatch.setattr(agent_module, "connect", refused)
+    await asyncio.wait_for(agent._connection(), 30)
+    assert tried == [host for host, _ in agent.config.broker.addresses("lab-pc7")]

@@ -728,7 +728,7 @@ class Agent:
             protocol.encode(SeatRelease(client=self.client_id)),
             qos=1,
         )
-        addresses = self.config.broker.addresses()
+        addresses = self.config.broker.addresses(self.client_id)
         attempt = 0
         while not self._closing:
             # After a failure or a lost connection, the next broker address in turn (a
