@@ -402,7 +402,11 @@ def write_agent_config(
         else f"{k} = {v!r}"
         for k, v in fields.items()
     ]
-    path.write_text("\n".join(lines) + "\n\n" + broker_toml(options))
+    section = broker_toml(options)
+    if server.kind == "rabbitmq":
+        # The shipped RabbitMQ topic permissions: replies only to ids beginning with the login.
+        section = section.replace("[broker]\n", "[broker]\nprefix_client_id = true\n", 1)
+    path.write_text("\n".join(lines) + "\n\n" + section)
     return path
 
 
@@ -495,6 +499,7 @@ class RabbitCluster:
                 stopped = subprocess.run(
                     ["epmd", "-port", str(self.epmd_port), "-kill"],
                     env=self.env(),
+                    cwd=self.workdir,
                     capture_output=True,
                     text=True,
                     timeout=10,
@@ -565,6 +570,8 @@ class RabbitNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env(),
+                # Mnesia writes its core dumps (MnesiaCore.*) to the current directory.
+                cwd=self.dir,
                 start_new_session=True,  # the whole Erlang process group is ours to stop
             )
 
@@ -610,6 +617,7 @@ class RabbitNode:
         result = subprocess.run(
             ["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, *args],
             env=self.cluster.env(),
+            cwd=self.dir,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -627,6 +635,7 @@ class RabbitNode:
         return subprocess.Popen(
             ["sh", "-c", script],
             env=self.cluster.env(),
+            cwd=self.dir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

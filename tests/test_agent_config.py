@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run
+from floatkey.agent import Agent
 from floatkey.config import load_agent_config
 from floatkey.errors import ConfigError
 
@@ -103,8 +104,59 @@ def test_a_broker_address_that_cannot_be_used_is_refused(tmp_path, hosts, words)
         load_agent_config(path)
 
 
-def test_host_and_hosts_together_are_refused(tmp_path):
+@pytest.mark.parametrize("host", ["mq1", "127.0.0.1"])  # the default too: it was set
+def test_host_and_hosts_together_are_refused(tmp_path, host):
     path = tmp_path / "agent.toml"
-    path.write_text('server = "s"\n[broker]\nhost = "mq1"\nhosts = ["mq2"]\n')
+    path.write_text(f'server = "s"\n[broker]\nhost = "{host}"\nhosts = ["mq2"]\n')
     with pytest.raises(ConfigError, match="set either host or hosts, not both"):
+        load_agent_config(path)
+
+
+def test_a_broker_described_lists_every_address_and_no_host_is_the_default(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\n[broker]\nhosts = ["mq1", "mq2:1884"]\n')
+    broker = load_agent_config(path).config.broker
+    assert broker.describe() == "mqtt://mq1:1883, mqtt://mq2:1884"
+    path.write_text('server = "s"\n')
+    broker = load_agent_config(path).config.broker
+    assert (broker.host, broker.describe()) == ("127.0.0.1", "mqtt://127.0.0.1:1883")
+
+
+def test_each_client_starts_at_a_node_of_its_own_and_agents_spread_over_the_nodes(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text('server = "s"\n[broker]\nhosts = ["mq1", "mq2", "mq3"]\n')
+    broker = load_agent_config(path).config.broker
+    every = broker.addresses()
+    assert [host for host, _ in every] == ["mq1", "mq2", "mq3"]
+    firsts = []
+    for n in range(300):
+        order = broker.addresses(f"lab-pc{n}")
+        assert order == broker.addresses(f"lab-pc{n}")  # stable for a client
+        start = every.index(order[0])
+        assert order == every[start:] + every[:start]  # then the others, in turn
+        firsts.append(order[0][0])
+    assert all(firsts.count(host) > 60 for host in ("mq1", "mq2", "mq3"))
+
+
+def test_prefix_client_id_begins_every_client_id_with_the_login(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'server = "s"\n[broker]\nusername = "floatkey-agent"\nprefix_client_id = true\n'
+    )
+    config = load_agent_config(path).config
+    assert config.own_client_id("flowdesigner-h1-7") == "floatkey-agent-flowdesigner-h1-7"
+    assert config.own_client_id("floatkey-agent-x") == "floatkey-agent-x"  # once only
+    agent = Agent(load_agent_config(path), app="flowdesigner")
+    assert agent.client_id.startswith("floatkey-agent-flowdesigner-")
+    assert Agent(load_agent_config(path), client_id="c1").client_id == "floatkey-agent-c1"
+    path.write_text('server = "s"\n[broker]\nusername = "lab"\n')
+    assert load_agent_config(path).config.own_client_id("c1") == "c1"  # not asked for
+
+
+@pytest.mark.parametrize("login", [None, "lab.one", "me@lab"])
+def test_prefix_client_id_needs_a_login_that_may_begin_a_client_id(tmp_path, login):
+    path = tmp_path / "agent.toml"
+    user = f'username = "{login}"\n' if login else ""
+    path.write_text(f'server = "s"\n[broker]\n{user}prefix_client_id = true\n')
+    with pytest.raises(ConfigError, match=r"prefix_client_id needs a broker\.username"):
         load_agent_config(path)

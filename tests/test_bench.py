@@ -43,10 +43,15 @@ def test_the_benchmarks_import_nothing_from_the_tests():
     assert result.stdout.strip() == "[]"
 
 
+def assert_passed(results) -> None:
+    """Every check of a scenario passed, and it made some (``all([])`` is true)."""
+    assert results.checks, results.table()
+    assert all(results.checks.values()), results.table()
+
+
 async def test_checkout_smoke():
     results = await scenarios.checkout("mosquitto", agents=6, rounds=3, procs=2)
-    assert results.checks
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     assert {row.metric for row in results.rows} >= {"grant latency p50", "grant latency p99"}
     assert all(row.baseline for row in results.rows)
 
@@ -54,19 +59,19 @@ async def test_checkout_smoke():
 async def test_storm_smoke():
     results = await scenarios.storm("mosquitto", agents=12, procs=2, seat_counts=(12, 5))
     assert len(results.checks) == 3  # each round's counts, and the usage history's
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
 
 
 async def test_unlock_smoke():
     results = await scenarios.unlock("mosquitto", agents=10, procs=2)
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     assert all(row.baseline for row in results.rows if row.target)
 
 
 async def test_scale_smoke():
     results = await scenarios.scale("mosquitto", leases=300)
     assert len(results.checks) == 2  # the daemon's leases, and the baseline's answers
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     metrics = {row.metric: row for row in results.rows}
     assert any(metric.startswith("start to READY") for metric in metrics)
     assert any(metric.startswith("one core's share") for metric in metrics)
@@ -79,26 +84,25 @@ async def test_scale_smoke():
 
 async def test_storm_smoke_on_the_embedded_broker():
     results = await scenarios.storm("embedded", agents=8, procs=1, seat_counts=(5,))
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
 
 
 async def test_flood_smoke():
     results = await scenarios.flood("mosquitto", agents=8)
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     assert all(row.baseline for row in results.rows if row.target)
 
 
 async def test_queue_wake_smoke():
     results = await scenarios.queue_wake("mosquitto", seats=3)
-    assert results.checks
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     assert all(row.baseline for row in results.rows)
 
 
 async def test_checkout_and_unlock_smoke_on_rabbitmq():
     rabbitmq_binary()
     results = await scenarios.checkout("rabbitmq", agents=6, rounds=3, procs=2)
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)
     assert all(row.baseline for row in results.rows)
     results = await scenarios.unlock("rabbitmq", agents=10, procs=2)
-    assert all(results.checks.values()), results.table()
+    assert_passed(results)

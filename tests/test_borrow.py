@@ -27,7 +27,14 @@ from floatkey.errors import BorrowError, NoAnswer
 from floatkey.licensefile import verify_license_file
 from floatkey.signing import b64url_decode, b64url_encode
 from licensing import ctl, issue, unlock
-from servers import clients, eventually, make_agent, required_tool, write_agent_config
+from servers import (
+    clients,
+    eventually,
+    free_port,
+    make_agent,
+    required_tool,
+    write_agent_config,
+)
 
 pytestmark = pytest.mark.broker
 CHILD = Path(__file__).with_name("child_app.py")
@@ -393,3 +400,44 @@ async def test_a_computer_without_a_machine_id_may_not_borrow(lending, tmp_path,
     assert refused.value.problem == "no_machine_id"
     assert "/etc/machine-id" in refused.value.message
     assert await asyncio.to_thread(borrowed_rows, lending) == []
+
+
+async def test_a_borrowed_agent_takes_the_daemons_state_answer(lending, tmp_path):
+    # The state.request sent with the borrow check is answered on the client topic: a
+    # borrowed agent takes that state (not a bad body), so it learns a new generation
+    # from the daemon even where the broker node retained no state.
+    await make_agent(lending, tmp_path, "lib").borrow(days=0.5)
+    async with make_agent(lending, tmp_path, "lib") as agent:
+        assert agent.borrowed is not None
+        await eventually(lambda: agent._synced, within=20)
+        assert agent.drops["bad_body"] == 0
+        assert agent.license.generation == 1
+    assert "returned" in await make_agent(lending, tmp_path, "lib").return_borrow()
+
+
+async def test_borrow_and_return_try_every_broker_address_and_trust_the_signed_identity(
+    lending, tmp_path
+):
+    # [broker] hosts: a node that is down and the broker; no key pinned yet. The borrow
+    # goes to whichever works, and trusts the daemon's signed identity.
+    config = write_agent_config(lending, tmp_path / "fresh.toml", pin=False)
+    dead = free_port()
+    text = config.read_text()
+    text = text.replace('host = "127.0.0.1"\n', "").replace(f"port = {lending.port}\n", "")
+    text = text.replace(
+        "[broker]\n", f'[broker]\nhosts = ["127.0.0.1:{dead}", "127.0.0.1:{lending.port}"]\n'
+    )
+    config.write_text(text)
+    done = agent_cli(config, "borrow", "--days", "1")
+    assert done.returncode == 0, done.stderr
+    state = json.loads((tmp_path / "fresh-known.json").read_text())
+    assert state["servers"] == {lending.topics.root: lending.server_key_text()}
+    back = agent_cli(config, "return")
+    assert back.returncode == 0, back.stderr
+    assert await asyncio.to_thread(borrowed_rows, lending) == []
+    # Every address down: the refusal names them all.
+    stop_everything(lending)
+    failed = agent_cli(config, "borrow", "--days", "1")
+    assert failed.returncode != 0
+    assert f"mqtt://127.0.0.1:{dead}" in failed.stderr
+    assert f"mqtt://127.0.0.1:{lending.port}" in failed.stderr

@@ -50,7 +50,7 @@ import structlog
 from floatkey import borrow as borrowing
 from floatkey import protocol
 from floatkey.broker import Backoff, connect, connection_advice, settled
-from floatkey.envelope import EnvelopeError, open_envelope, peek
+from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import (
     BorrowError,
     ConfigError,
@@ -69,7 +69,7 @@ from floatkey.notices import (
     ShutdownSignal,
 )
 from floatkey.outage import OutageLog
-from floatkey.pinning import KnownServers
+from floatkey.pinning import KnownServers, signed_identity
 from floatkey.protocol import (
     SeatCancel,
     SeatDenied,
@@ -113,11 +113,12 @@ log = structlog.get_logger("floatkey.agent")
 _RETRY_MIN_S, _RETRY_MAX_S = 1.0, 60.0
 _LEASE_MAX_S = 86_400.0
 _Told = TypeVar("_Told")
-# In borrowed mode the daemon answers borrow checks, and an administrator's release of
-# the borrowed seat comes as a seat.revoked (of the token's lease).
-_borrow_reply_decoder: msgspec.json.Decoder[protocol.BorrowReply | protocol.SeatRevoked] = (
-    msgspec.json.Decoder(protocol.BorrowReply | protocol.SeatRevoked)
-)
+# In borrowed mode the daemon answers borrow checks, an administrator's release of the
+# borrowed seat comes as a seat.revoked (of the token's lease), and the daemon's answer to
+# the state.request sent with the check is the state.
+_borrow_reply_decoder: msgspec.json.Decoder[
+    protocol.BorrowReply | protocol.SeatRevoked | protocol.State
+] = msgspec.json.Decoder(protocol.BorrowReply | protocol.SeatRevoked | protocol.State)
 
 
 class Agent:
@@ -143,7 +144,7 @@ class Agent:
         self.config = loaded.config
         self.topics = loaded.config.topics
         self.app = app if app is not None else self.config.app
-        self.client_id = client_id or default_client_id(self.app)
+        self.client_id = self.config.own_client_id(client_id or default_client_id(self.app))
         if not protocol.CLIENT_ID.fullmatch(self.client_id):
             msg = f"client id {self.client_id!r} may use only letters, digits and . _ : -"
             raise ValueError(msg)
@@ -181,6 +182,8 @@ class Agent:
         # until it does, every seat message sent goes with another state.request.
         self._synced = False
         self._identity_asked = False
+        # The retained identity seen while the daemon's signed one was asked for.
+        self._retained_key: Ed25519PublicKey | None = None
         self._kid_of: Ed25519PublicKey | None = None
         self._kid = ""
         self._known_servers = KnownServers(loaded.state_path())
@@ -204,6 +207,11 @@ class Agent:
         self._identity_seen = asyncio.Event()
         self._connected = asyncio.Event()
         self._broker_error: str | None = None  # the last failed connection's reason
+        # The current connection: cancelled (rescheduled to now) to move to the next
+        # broker address when the daemon is silent through this one; since when it is up.
+        self._leave: asyncio.Timeout | None = None
+        self._connected_at = 0.0
+        self._moving_on = False
         #: The broker address connected to now (``mqtt://host:port``), or ``None``.
         self.connected_to: str | None = None
         self._outage = OutageLog(self.client_id, self.config.broker.describe())
@@ -720,17 +728,22 @@ class Agent:
             protocol.encode(SeatRelease(client=self.client_id)),
             qos=1,
         )
-        addresses = self.config.broker.addresses()
+        addresses = self.config.broker.addresses(self.client_id)
         attempt = 0
         while not self._closing:
             # After a failure or a lost connection, the next broker address in turn (a
             # cluster's other nodes); with one address, that one again.
             options = self.config.broker.at(*addresses[attempt % len(addresses)])
             attempt += 1
+            self._moving_on = False
             try:
-                async with connect(
-                    options, identifier=self.client_id, base=self._loaded.base, will=will
-                ) as client:
+                async with (
+                    asyncio.timeout(None) as leave,
+                    connect(
+                        options, identifier=self.client_id, base=self._loaded.base, will=will
+                    ) as client,
+                ):
+                    self._leave, self._connected_at = leave, time.monotonic()
                     self._broker_error = None
                     self.connected_to = options.describe()
                     await self._on_connect(client)
@@ -740,16 +753,21 @@ class Agent:
                         self._handle(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ConfigError, TimeoutError) as exc:
                 # ConfigError: TLS files gone; TimeoutError: no identity to trust on first
-                # use within connect_timeout (neither retained nor answered).
+                # use within connect_timeout (neither retained nor answered), or leaving a
+                # node through which the daemon is silent (_check_silence).
                 self._broker_error = (
-                    f"no license server identity on the broker ({options.describe()}) within "
-                    f"{self.config.connect_timeout:g} s"
+                    f"no answer from the license server through {options.describe()}; "
+                    "trying the next broker address"
+                    if self._moving_on
+                    else f"no license server identity on the broker ({options.describe()}) "
+                    f"within {self.config.connect_timeout:g} s"
                     if isinstance(exc, TimeoutError)
                     else f"{options.describe()}: {str(exc) or type(exc).__name__}"
                 )
                 now = time.monotonic()
                 self._outage.connection_failed(self._broker_error, now, self._grace_left(now))
             finally:
+                self._leave = None
                 self._client = None
                 self.connected_to = None
                 self._connected.clear()
@@ -759,22 +777,10 @@ class Agent:
         if self._server_key is None:
             self._server_key = self._known_servers.key_of(self.topics.root)
         self._synced = False
+        self._identity_asked = False  # an answer asked for on an earlier connection is lost
         if self._server_key is None:
-            # Trust on first use: take the key from the retained identity, or from the
-            # daemon's answer on our own topic (signed by the key it announces), before
-            # anything signed is read. The answer does not need retained messages.
-            await settled(
-                client.subscribe(
-                    [(self.topics.identity, 1), (self.topics.client(self.client_id), 1)]
-                )
-            )
-            self._client = client
-            await self._ask_state()
-            async with asyncio.timeout(self.config.connect_timeout):
-                async for message in client.messages:
-                    self._handle(message.topic.value, message.payload)
-                    if self._pinned():
-                        break
+            self._retained_key = None
+            await self._trust_on_first_use(client)
         # Identity and state are retained: the broker sends them on subscribing. Once the
         # state is read, the agent unsubscribes from both and follows the events, which
         # halves what a thousand agents must read at every unlock; it reads them again
@@ -808,6 +814,37 @@ class Agent:
             await self._send(self._renewal(self._grant), "renew")
         else:
             await self._request_seat()
+
+    async def _trust_on_first_use(self, client: aiomqtt.Client) -> None:
+        """Take the server's key before anything signed is read; ``TimeoutError``.
+
+        From the daemon's answer on our own topic (signed by the key it announces; it
+        needs no retained message), asked for again halfway through ``connect_timeout``
+        in case it was lost. Only if the daemon does not answer at all, the retained
+        identity seen meanwhile is trusted (it may be an old one a broker kept).
+        """
+        await settled(
+            client.subscribe([(self.topics.identity, 1), (self.topics.client(self.client_id), 1)])
+        )
+        self._client = client
+        for _ in range(2):
+            self._identity_asked = False
+            await self._ask_state()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.connect_timeout / 2):
+                    async for message in client.messages:
+                        self._handle(message.topic.value, message.payload)
+                        if self._pinned():
+                            return
+        retained = self._retained_key
+        if retained is None:
+            raise TimeoutError
+        log.warning(
+            "no signed identity from the license server; trusting the retained one",
+            client=self.client_id,
+            key=key_id(retained),
+        )
+        self._adopt_identity(retained)
 
     async def _request_seat(self) -> None:
         self._nonce = secrets.token_hex(8)
@@ -931,14 +968,7 @@ class Agent:
             await asyncio.sleep(min(grace / 4, 5.0, self.config.connect_timeout))
             now = time.monotonic()
             silent = now - self._last_contact
-            held = self._grant
-            if (
-                held is not None
-                and self._connected.is_set()
-                and silent > held.renew_after_s + self.config.connect_timeout
-            ):
-                # The broker is there, but a renewal went unanswered: floatkeyd is down.
-                self._outage.silent(self._last_contact, self._grace_left(now))
+            self._check_silence(now)
             if self._last_grant is not None and silent > grace:
                 self.request_shutdown(
                     "offline",
@@ -946,6 +976,36 @@ class Agent:
                     f"{grace:g} s offline grace); the application must stop.",
                 )
                 return
+
+    def _check_silence(self, now: float) -> None:
+        """Connected, with a seat, and a renewal went unanswered: floatkeyd is not heard.
+
+        The daemon may be down, or this broker node may be cut off from the daemon's
+        (a partitioned cluster). With more than one broker address, and no answer
+        either to what was sent on this connection within ``connect_timeout``, the
+        connection is dropped so that the next address is tried.
+        """
+        held = self._grant
+        if (
+            held is None
+            or not self._connected.is_set()
+            or now - self._last_contact <= held.renew_after_s + self.config.connect_timeout
+        ):
+            return
+        self._outage.silent(self._last_contact, self._grace_left(now))
+        leave = self._leave
+        if (
+            leave is not None
+            and len(self.config.broker.addresses()) > 1
+            and now - self._connected_at > self.config.connect_timeout
+        ):
+            log.warning(
+                "license server silent through this broker node; trying the next",
+                client=self.client_id,
+                broker=self.connected_to,
+            )
+            self._moving_on = True
+            leave.reschedule(asyncio.get_running_loop().time())
 
     async def _shutdown_sequence(self) -> None:
         reason = await self.shutdown_requested
@@ -1022,7 +1082,12 @@ class Agent:
             elif topic == self.topics.events:
                 self._take_event(protocol.decode(body, protocol.Event))
             elif topic == self.topics.client(self.client_id) and self.borrowed is not None:
-                self._take_borrow_reply(_borrow_reply_decoder.decode(body))
+                borrowed = _borrow_reply_decoder.decode(body)
+                if isinstance(borrowed, protocol.State):
+                    self._synced = True
+                    self._take_state(borrowed)
+                    return
+                self._take_borrow_reply(borrowed)
             elif topic == self.topics.client(self.client_id):
                 reply = protocol.decode_client_topic(body)
                 if isinstance(reply, protocol.State):
@@ -1039,12 +1104,23 @@ class Agent:
             self._drop("bad_body", topic)
 
     def _take_identity(self, data: bytes) -> None:
+        """The retained identity."""
         try:
             identity = protocol.decode(data, protocol.Identity)
             key = parse_public_key(identity.public_key)
         except (msgspec.DecodeError, ValueError):
             self._drop("bad_identity", self.topics.identity)
             return
+        if self._server_key is None and self._identity_asked:
+            # Trusting on first use, with the daemon's signed answer asked for: that is
+            # preferred (a broker may retain an identity under an old key, or one
+            # planted there). This one is kept, to trust if the daemon does not answer.
+            self._retained_key = key
+            return
+        self._adopt_identity(key)
+
+    def _adopt_identity(self, key: Ed25519PublicKey) -> None:
+        """Pin ``key`` on first use; otherwise refuse it unless it is the pinned one."""
         if self._server_key is None:
             self._server_key = key
             self._pin_key(key)
@@ -1064,32 +1140,21 @@ class Agent:
         """Take an ``identity`` signed by the key it announces, on our own topic.
 
         Taken as the retained one is: pinned on first use, compared with the pinned key
-        otherwise. Returns whether ``data`` was such an identity (anything else goes on as usual).
-        Only the daemon may write this topic (broker ACL), as only it may retain the
-        identity; the signature shows the sender holds the key, and the topic inside it
-        that the answer was made for this client.
+        otherwise (``floatkey.pinning.signed_identity`` says why it may be trusted).
+        Returns whether ``data`` was such an identity (anything else goes on as usual).
         """
         if topic != self.topics.client(self.client_id):
             return False
-        peeked = peek(data)
-        if peeked is None:
-            return False
-        kid, body = peeked
         try:
-            identity = protocol.decode(body, protocol.Identity)
-            key = parse_public_key(identity.public_key)
-        except (msgspec.DecodeError, ValueError):
-            return False  # not an identity: a seat reply or the state
-        self._identity_asked = False
-        if kid != key_id(key) or identity.kid != kid or identity.server != self.config.server:
-            self._drop("bad_identity", topic)
-            return True
-        try:
-            open_envelope(data, topic, {kid: key})
+            key = signed_identity(data, topic, self.config.server)
         except EnvelopeError as exc:
+            self._identity_asked = False
             self._drop(exc.reason, topic)
             return True
-        self._take_identity(body)
+        if key is None:
+            return False  # not an identity: a seat reply or the state
+        self._identity_asked = False
+        self._adopt_identity(key)
         return True
 
     def _take_state(self, state: protocol.State) -> None:

@@ -50,7 +50,7 @@ from floatkey.broker import connect, settled
 from floatkey.envelope import EnvelopeError, open_envelope
 from floatkey.errors import BorrowError, ConfigError, NoAnswer
 from floatkey.hostid import HostIdentity, default_client_id, host_identity, identify_host
-from floatkey.pinning import KnownServers
+from floatkey.pinning import KnownServers, signed_identity
 from floatkey.protocol import (
     BorrowDenied,
     BorrowGranted,
@@ -59,6 +59,7 @@ from floatkey.protocol import (
     BorrowToken,
     SeatBorrow,
     SeatReturn,
+    StateRequest,
 )
 from floatkey.signing import key_id, parse_public_key
 
@@ -387,54 +388,42 @@ def held_borrow(loaded: LoadedAgentConfig, clock: BorrowClock | None = None) -> 
     return HeldBorrow(root=topics.root, token=token, envelope=entry.envelope, ends_at=ends_at)
 
 
-def _borrow_client_id() -> str:
-    return default_client_id("borrow")
+def _borrow_client_id(loaded: LoadedAgentConfig) -> str:
+    return loaded.config.own_client_id(default_client_id("borrow"))
 
 
 async def _ask(
-    loaded: LoadedAgentConfig, client_id: str, body: SeatBorrow | SeatReturn, nonce: str
+    loaded: LoadedAgentConfig, body: SeatBorrow | SeatReturn
 ) -> tuple[BorrowReply, Ed25519PublicKey]:
-    """Send ``body`` as ``client_id`` and return the daemon's verified answer.
+    """Send ``body`` as its client and return the daemon's verified answer.
 
-    Raises ``NoAnswer`` after ``connect_timeout``, ``ConfigError`` when a key to be
-    trusted on first use cannot be kept.
+    Tries each broker address in turn (``[broker] hosts``, from the one the agent would
+    start at). Raises ``NoAnswer`` after ``connect_timeout``, ``ConfigError`` when a key
+    to be trusted on first use cannot be kept.
     """
     config = loaded.config
-    topics = config.topics
     known = KnownServers(loaded.state_path())
     key = server_key(loaded)
     if key is None:
         known.check_writable()
-    reply_topic = topics.client(client_id)
-    action: Literal["borrow", "return"] = "borrow" if isinstance(body, SeatBorrow) else "return"
+    addresses = config.broker.addresses(body.client)
+    failures: list[str] = []
     try:
         async with asyncio.timeout(config.connect_timeout):
-            async with connect(config.broker, identifier=client_id, base=loaded.base) as client:
-                if key is None:
-                    key = await _first_use_key(client, topics, known)
-                await settled(client.subscribe(reply_topic, qos=1))
-                await settled(
-                    client.publish(topics.seat(client_id, action), protocol.encode(body), qos=1)
-                )
-                async for message in client.messages:
-                    if message.topic.value != reply_topic or not isinstance(
-                        message.payload, bytes | bytearray
-                    ):
-                        continue
-                    with contextlib.suppress(EnvelopeError, msgspec.DecodeError):
-                        verified = open_envelope(
-                            bytes(message.payload), reply_topic, {key_id(key): key}
-                        )
-                        reply = _reply_decoder.decode(verified)
-                        if reply.nonce == nonce:
-                            return reply, key
-    except aiomqtt.MqttError as exc:
-        raise NoAnswer(
-            f"Cannot reach the broker ({config.broker.describe()}): {exc}. Borrowing and "
-            "returning need the license server; try again on the network."
-        ) from None
+            for host, port in addresses:
+                options = config.broker.at(host, port)
+                try:
+                    async with connect(options, identifier=body.client, base=loaded.base) as client:
+                        return await _converse(loaded, client, body, key)
+                except aiomqtt.MqttError as exc:
+                    failures.append(f"{options.describe()}: {exc}")
     except TimeoutError:
         pass
+    if len(failures) >= len(addresses):
+        raise NoAnswer(
+            f"Cannot reach the broker ({'; '.join(failures)}). Borrowing and returning need "
+            "the license server; try again on the network."
+        )
     raise NoAnswer(
         f"No answer from the license server {config.server!r} within "
         f"{config.connect_timeout:g} s (connect_timeout). Borrowing and returning need the "
@@ -442,22 +431,50 @@ async def _ask(
     )
 
 
-async def _first_use_key(
-    client: aiomqtt.Client, topics: protocol.Topics, known: KnownServers
-) -> Ed25519PublicKey:
-    await settled(client.subscribe(topics.identity, qos=1))
+async def _converse(
+    loaded: LoadedAgentConfig,
+    client: aiomqtt.Client,
+    body: SeatBorrow | SeatReturn,
+    key: Ed25519PublicKey | None,
+) -> tuple[BorrowReply, Ed25519PublicKey]:
+    """One broker connection's exchange; without ``key``, the server's is trusted first.
+
+    The key to trust on first use comes as the agent's does: the daemon's answer to a
+    ``state.request`` asking for its identity, on this client's own topic, signed by the
+    key it announces (``floatkey.pinning.signed_identity``); no retained message needed.
+    """
+    config = loaded.config
+    topics = config.topics
+    client_id, nonce = body.client, body.nonce
+    reply_topic = topics.client(client_id)
+    action: Literal["borrow", "return"] = "borrow" if isinstance(body, SeatBorrow) else "return"
+    await settled(client.subscribe(reply_topic, qos=1))
+    if key is None:
+        ask = StateRequest(client=client_id, identity=True)
+        await settled(
+            client.publish(topics.seat(client_id, "request"), protocol.encode(ask), qos=1)
+        )
+    await settled(client.publish(topics.seat(client_id, action), protocol.encode(body), qos=1))
+    waiting: list[bytes] = []  # replies that came before the key to check them
     async for message in client.messages:
-        if message.topic.value != topics.identity or not isinstance(
-            message.payload, bytes | bytearray
-        ):
+        if message.topic.value != reply_topic or not isinstance(message.payload, bytes | bytearray):
             continue
-        with contextlib.suppress(msgspec.DecodeError, ValueError):
-            identity = protocol.decode(bytes(message.payload), protocol.Identity)
-            key = parse_public_key(identity.public_key)
+        waiting.append(bytes(message.payload))
+        if key is None:
+            with contextlib.suppress(EnvelopeError):
+                key = signed_identity(waiting[-1], reply_topic, config.server)
+            if key is None:
+                continue
             with contextlib.suppress(OSError):
-                known.pin(topics.root, key)
-            return key
-    raise TimeoutError
+                KnownServers(loaded.state_path()).pin(topics.root, key)
+        for payload in waiting:
+            with contextlib.suppress(EnvelopeError, msgspec.DecodeError):
+                verified = open_envelope(payload, reply_topic, {key_id(key): key})
+                reply = _reply_decoder.decode(verified)
+                if reply.nonce == nonce:
+                    return reply, key
+        waiting.clear()
+    raise aiomqtt.MqttError("the broker closed the connection")
 
 
 def _may_borrow(loaded: LoadedAgentConfig) -> HostIdentity:
@@ -508,7 +525,10 @@ async def borrow_seat(loaded: LoadedAgentConfig, *, days: float, app: str = "") 
     host = _may_borrow(loaded)
     # A borrow asked for before and never answered is asked for again, as the same
     # client with the same nonce: the daemon then sends the seat it lent then, if any.
-    client_id, nonce = store.pending(topics.root) or (_borrow_client_id(), secrets.token_hex(8))
+    client_id, nonce = store.pending(topics.root) or (
+        _borrow_client_id(loaded),
+        secrets.token_hex(8),
+    )
     try:
         store.hold_pending(topics.root, client_id, nonce)
     except OSError as exc:
@@ -526,7 +546,7 @@ async def borrow_seat(loaded: LoadedAgentConfig, *, days: float, app: str = "") 
         user=_user(),
         host=socket.gethostname(),
     )
-    reply, key = await _ask(loaded, client_id, body, nonce)
+    reply, key = await _ask(loaded, body)
     if isinstance(reply, BorrowDenied):
         store.drop_pending(topics.root)
         raise BorrowError(reply.message, problem=reply.reason)
@@ -564,7 +584,7 @@ async def borrow_seat(loaded: LoadedAgentConfig, *, days: float, app: str = "") 
 async def _give_back(loaded: LoadedAgentConfig, token: BorrowToken) -> BorrowReply:
     nonce = secrets.token_hex(8)
     body = SeatReturn(client=token.client, nonce=nonce, lease=token.lease)
-    reply, _key = await _ask(loaded, token.client, body, nonce)
+    reply, _key = await _ask(loaded, body)
     return reply
 
 

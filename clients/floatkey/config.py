@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def check_server(server: str, topic_prefix: str, server_key: str | None) -> None
 _HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
+# A login that may begin a client id (protocol.CLIENT_ID, without '.' or ':').
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 _DEFAULT_HOST = next(f.default for f in msgspec.structs.fields(BrokerOptions) if f.name == "host")
 
 
@@ -46,27 +50,46 @@ class AgentBrokerOptions(BrokerOptions, kw_only=True):
     """An agent's ``[broker]``: one address (``host``, ``port``), or several (``hosts``).
 
     ``hosts = ["mq1.example.com", "mq2.example.com:8883"]`` names the nodes of a
-    clustered broker (``port`` is the default port): the agent connects to the first,
-    and after a failed or lost connection to the next, in turn. The login and TLS
-    settings are the same for every one.
+    clustered broker (``port`` is the default port). Each agent starts at a node of its
+    own (chosen from its client id, so agents sharing one config spread over the nodes),
+    and after a failed or lost connection, or a daemon that stopped answering through
+    that node, moves to the next, in turn. The login and TLS settings are the same for
+    every one.
     """
 
+    # Empty: not set (the default address unless hosts is set; see __post_init__).
+    host: str = ""
     hosts: list[str] = msgspec.field(default_factory=list)
+    #: Begin the client id with the login and ``-`` (``floatkey-agent-flowdesigner-...``):
+    #: the shipped RabbitMQ topic permissions let a login read only the replies to client
+    #: ids that begin so (config/rabbitmq/README.md).
+    prefix_client_id: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if len(self.hosts) > 64:
             raise msgspec.ValidationError("hosts may name at most 64 broker addresses")
-        if self.hosts and self.host != _DEFAULT_HOST:
+        if self.hosts and self.host:
             raise msgspec.ValidationError("set either host or hosts, not both")
+        if not self.hosts and not self.host:
+            self.host = _DEFAULT_HOST
         for entry in self.hosts:
             _split_address(entry, self.port)
 
-    def addresses(self) -> list[tuple[str, int]]:
-        """Every broker address to try, in order: ``[(host, port), ...]``."""
+    def addresses(self, client_id: str | None = None) -> list[tuple[str, int]]:
+        """Every broker address to try, in order: ``[(host, port), ...]``.
+
+        With ``client_id``, the list starts at an address chosen from it (the same one
+        every time for that client, spread evenly over many clients), then goes on in
+        the configured order, wrapping round.
+        """
         if not self.hosts:
             return [(self.host, self.port)]
-        return [_split_address(entry, self.port) for entry in self.hosts]
+        every = [_split_address(entry, self.port) for entry in self.hosts]
+        if client_id is None:
+            return every
+        start = zlib.crc32(client_id.encode()) % len(every)
+        return every[start:] + every[:start]
 
     def at(self, host: str, port: int) -> BrokerOptions:
         """These options for one of :meth:`addresses`."""
@@ -79,6 +102,10 @@ class AgentBrokerOptions(BrokerOptions, kw_only=True):
             keepalive=self.keepalive,
             tls=self.tls,
         )
+
+    def describe(self) -> str:
+        """Every address, ``mqtt://a:1883, mqtt://b:1883`` (one: as ``BrokerOptions``)."""
+        return ", ".join(self.at(host, port).describe() for host, port in self.addresses())
 
 
 def _split_address(entry: str, default_port: int) -> tuple[str, int]:
@@ -132,6 +159,12 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 "the agent's seat topics, where the broker's ACL checks it)"
             )
         check_server(self.server, self.topic_prefix, self.server_key)
+        login = self.broker.username
+        if self.broker.prefix_client_id and (login is None or not _PREFIX.fullmatch(login)):
+            raise msgspec.ValidationError(
+                "broker.prefix_client_id needs a broker.username of 1-64 letters, digits, "
+                "'_' or '-' (client ids begin with it)"
+            )
         for name in ("connect_timeout", "offline_grace", "shutdown_grace", "hook_timeout"):
             if not 0 < getattr(self, name) <= 86_400:
                 raise msgspec.ValidationError(f"{name} must be between 0 and 86400 seconds")
@@ -146,6 +179,16 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                 f"shutdown hooks. Set hook_timeout to at least {self.shutdown_grace + 5:g} "
                 "(shutdown_grace + 5), or lower shutdown_grace"
             )
+
+    def own_client_id(self, client_id: str) -> str:
+        """``client_id``, beginning with the login and ``-`` if ``prefix_client_id`` says so."""
+        login = self.broker.username
+        if not self.broker.prefix_client_id or login is None:
+            return client_id
+        prefix = f"{login}-"
+        if client_id.startswith(prefix):
+            return client_id
+        return (prefix + client_id)[:128]
 
     @property
     def topics(self) -> Topics:

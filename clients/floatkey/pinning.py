@@ -15,9 +15,13 @@ import json
 import os
 from typing import TYPE_CHECKING, TypeVar
 
+import msgspec
+
+from floatkey import protocol
 from floatkey.configfile import private_directory_problem
+from floatkey.envelope import EnvelopeError, open_envelope, peek
 from floatkey.errors import ConfigError
-from floatkey.signing import parse_public_key, public_key_text
+from floatkey.signing import key_id, parse_public_key, public_key_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,9 +29,33 @@ if TYPE_CHECKING:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["KnownServers"]
+__all__ = ["KnownServers", "signed_identity"]
 
 _T = TypeVar("_T")
+
+
+def signed_identity(data: bytes, topic: str, server: str) -> Ed25519PublicKey | None:
+    """The key of an ``identity`` on a client's own ``topic``, signed by the key it announces.
+
+    The daemon's answer to a ``state.request`` asking for it: only the daemon may write
+    that topic (broker ACL), the signature shows the sender holds the key, and the topic
+    inside it that the answer was made for this client. ``None`` when ``data`` is no
+    identity (a seat reply, the state); raises ``EnvelopeError`` (``bad_identity``, or
+    the envelope's reason) for an identity that is refused.
+    """
+    peeked = peek(data)
+    if peeked is None:
+        return None
+    kid, body = peeked
+    try:
+        identity = protocol.decode(body, protocol.Identity)
+        key = parse_public_key(identity.public_key)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    if kid != key_id(key) or identity.kid != kid or identity.server != server:
+        raise EnvelopeError("bad_identity", kid)
+    open_envelope(data, topic, {kid: key})
+    return key
 
 
 class KnownServers:

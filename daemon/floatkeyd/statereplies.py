@@ -10,12 +10,16 @@ first, signed by the key it announces: an agent that trusts on first use needs n
 retained ``identity`` either.
 
 The request is rate-limited with the client's other seat messages (``SeatDesk``); the
-answer costs one signature, like a seat reply, and goes out through the same queue.
+answer costs one signature, like a seat reply, and goes out through the same queue. The
+identity signed for a client's topic never changes while the daemon runs: it is kept
+(for the latest ``IDENTITY_CACHE`` clients), so an agent asking at every reconnect
+costs one signature more only the first time.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final
 
 from floatkey.envelope import peek
 
@@ -25,7 +29,10 @@ if TYPE_CHECKING:
     from floatkeyd.authority import LicenseAuthority
     from floatkeyd.link import Link
 
-__all__ = ["StateReplies"]
+__all__ = ["IDENTITY_CACHE", "StateReplies"]
+
+#: How many clients' sealed identities are kept (about 300 bytes each).
+IDENTITY_CACHE: Final = 10_000
 
 
 class StateReplies:
@@ -45,6 +52,7 @@ class StateReplies:
         self._signer = signer
         self._link = link
         self._identity_body = identity_body
+        self._identities: OrderedDict[str, bytes] = OrderedDict()  # topic -> sealed
         self._sealed = b""  # the retained state the body below was taken from
         self._body = b""
 
@@ -59,7 +67,19 @@ class StateReplies:
         """Queue the answer to ``request`` (already checked: its client is the topic's)."""
         topic = self._topics.client(request.client)
         if request.identity:
-            self._link.send(topic, self._signer.seal(topic, self._identity_body))
+            self._link.send(topic, self._identity_for(topic))
         body = self._state_body()
         if body:
             self._link.send(topic, self._signer.seal(topic, body))
+
+    def _identity_for(self, topic: str) -> bytes:
+        """The identity sealed for ``topic``: kept, as it never changes while running."""
+        sealed = self._identities.get(topic)
+        if sealed is None:
+            sealed = self._signer.seal(topic, self._identity_body)
+            if len(self._identities) >= IDENTITY_CACHE:
+                self._identities.popitem(last=False)
+        else:
+            self._identities.move_to_end(topic)
+        self._identities[topic] = sealed
+        return sealed
