@@ -216,15 +216,16 @@ class SeatDesk:
 
     def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/{action}``; dropped if bad."""
-        topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
-        body = self._decode(action, payload, topic)
+        body = self._decode(action, payload, login, client_id)
         if body is None:
             return
         if body.client != client_id:
-            self._drops("client_mismatch", topic, claimed=body.client)
+            self._drops(
+                "client_mismatch", self._inbound(login, client_id, action), claimed=body.client
+            )
             return
         if self.rate_limited(client_id):
-            self._drops("rate_limited", topic)
+            self._drops("rate_limited", self._inbound(login, client_id, action))
             return
         if isinstance(body, StateRequest):
             self._answer_state(body)
@@ -233,7 +234,7 @@ class SeatDesk:
         if not isinstance(body, SeatRequest) and not self.same_login(client_id, login):
             # A client id taken over under another login (its will, say) must not touch
             # the seat its owner holds; the owner's own login is in its lease.
-            self._drops("login_mismatch", topic)
+            self._drops("login_mismatch", self._inbound(login, client_id, action))
             return
         if isinstance(body, SeatRequest):
             self._request(body, login, now)
@@ -244,10 +245,14 @@ class SeatDesk:
         elif body.lease is None:
             self._will(client_id, now)
         else:
-            self._release(body, now, topic)
+            self._release(body, now, login)
+
+    def _inbound(self, login: str, client_id: str, action: str) -> str:
+        """The topic a message came on, for the drop log (built only for a drop)."""
+        return f"{self._topics.root}/seats/{login}/{client_id}/{action}"
 
     def _decode(
-        self, action: str, payload: bytes, topic: str
+        self, action: str, payload: bytes, login: str, client_id: str
     ) -> SeatRequest | SeatRenew | SeatRelease | SeatCancel | StateRequest | None:
         try:
             if action == "request":
@@ -255,7 +260,7 @@ class SeatDesk:
                 return protocol.decode_seat_request(payload)
             return protocol.decode(payload, _BODY_OF.get(action, SeatRelease))
         except msgspec.DecodeError as exc:
-            self._drops("bad_body", topic, error=exc)
+            self._drops("bad_body", self._inbound(login, client_id, action), error=exc)
             return None
 
     def same_login(self, client_id: str, login: str) -> bool:
@@ -613,12 +618,12 @@ class SeatDesk:
             self._staged.set()
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
-    def _release(self, body: SeatRelease, now: int, topic: str) -> None:
+    def _release(self, body: SeatRelease, now: int, login: str) -> None:
         lease = self.ledger.leases.get(body.client)
         if lease is not None and lease.borrowed:
             # A borrowed seat is given back with seat.return (recorded, audited), never
             # by a seat.release: its laptop may run on under its token.
-            self._drops("borrowed_seat", topic)
+            self._drops("borrowed_seat", self._inbound(login, body.client, "release"))
             return
         released = self.ledger.release(body.client, body.lease, now)
         if released is None:
