@@ -272,7 +272,8 @@ async def test_seats_held_before_the_history_began_count_from_its_start(tmp_path
     with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
         db.executescript(
             "DROP TABLE usage_events; DROP TABLE usage_hours; DROP TABLE usage_fold;"
-            "DROP TABLE queue; DROP TABLE borrows; PRAGMA user_version = 3;"
+            "DROP TABLE queue; DROP TABLE borrows; ALTER TABLE leases DROP COLUMN renewed;"
+            "PRAGMA user_version = 3;"
         )
     wall.ms += 3_600_000
     async with running(config, link, wall, serve=False) as daemon:
