@@ -10,8 +10,9 @@ forgot is told ``seat.lost`` and asks again), so they are staged in memory, coal
 client, and written in one transaction per burst by :meth:`Store.flush_leases`, with the
 usage events of the same decisions (and the denials staged since the last burst).
 Renewals are not written one by one: the meta value ``renewals_before_ms`` bounds when
-the latest unwritten one can have been, and the leases' ends are recomputed from it at
-start (``floatkeyd.seats.restored_lease_end``); a clean stop writes every lease exactly.
+the latest unwritten one can have been, and the ends of the lease rows flagged renewed
+since written (``leases.renewed``) are recomputed from it at start
+(``floatkeyd.seats.restored_lease_end``); a clean stop writes every lease exactly.
 """
 
 from __future__ import annotations
