@@ -10,7 +10,6 @@ coordinator can compare them across processes.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import cProfile
 import json
@@ -196,22 +195,27 @@ async def echo_responder(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def signing_responder(spec: dict[str, Any]) -> dict[str, Any]:
-    """The renewal-cost baseline: a bare responder that signs each reply with Ed25519.
+    """The renewal-cost baseline: a bare responder that answers each renewal, sealed.
 
-    It reads each request (renewal-sized) from ``{root}/seats/+/+/renew``, signs a reply
-    body of the daemon's renewal-reply size for the client's reply topic (context, topic
-    and body, as the daemon signs), and publishes it, pipelined as floatkeyd pipelines
-    its replies (one queue, batches of up to 1,000, QoS 1 without waiting for each
-    PUBACK). Everything the daemon does beyond this (decoding, checks, the ledger, the
-    store, the envelope) is what the ratio measures.
+    It reads each renewal from ``{root}/seats/+/+/renew``, decodes it, seals a real
+    ``seat.renewed`` for the client's reply topic (``Signer.seal``, as the daemon: the same
+    envelope, the same size) and publishes it, pipelined as floatkeyd pipelines its
+    replies (one queue, batches of up to 1,000, QoS 1 without waiting for each PUBACK).
+    Everything the daemon does beyond this (the checks, the ledger, the store) is what
+    the ratio measures. Its public key is in the ``ready`` line, to verify the replies.
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
         Ed25519PrivateKey,
     )
 
+    from floatkey import protocol  # noqa: PLC0415
+    from floatkey.envelope import Signer  # noqa: PLC0415
+    from floatkey.signing import public_key_text  # noqa: PLC0415
+
     key = Ed25519PrivateKey.generate()
-    body = b"x" * spec["body_size"]
-    pad = b"x" * max(spec["reply_size"] - 86, 0)  # 86: a base64url Ed25519 signature
+    signer = Signer(key)
+    lease_ms = spec["lease_ms"]
+    prefix = f"{spec['root']}/clients/"
     outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     answered = 0
 
@@ -231,11 +235,12 @@ async def signing_responder(spec: dict[str, Any]) -> dict[str, Any]:
     ) as client:
         await client.subscribe(f"{spec['root']}/seats/+/+/renew", qos=1)
         sender = asyncio.create_task(send(client))
-        say(ready=True, pid=os.getpid())
+        say(ready=True, pid=os.getpid(), public_key=public_key_text(key.public_key()))
         async for message in client.messages:
-            topic = f"{spec['root']}/clients/{message.topic.value.split('/')[-2]}"
-            signature = key.sign(b"floatkey/v1\n" + topic.encode() + b"\n" + body)
-            outbox.put_nowait((topic, pad + base64.urlsafe_b64encode(signature).rstrip(b"=")))
+            renew = protocol.decode(bytes(message.payload), protocol.SeatRenew)
+            topic = prefix + renew.client
+            body = protocol.SeatRenewed(lease=renew.lease, expires_at=protocol.now_ms() + lease_ms)
+            outbox.put_nowait((topic, signer.seal(topic, protocol.encode(body))))
             answered += 1
         sender.cancel()
     return {"answered": answered}

@@ -307,8 +307,30 @@ def _stored_end(tmp_path, client: str) -> int:
         return db.execute("SELECT expires_at FROM leases WHERE client = ?", (client,)).fetchone()[0]
 
 
-async def test_renewals_are_not_written_and_a_crash_loses_no_renewed_seat(tmp_path, link, wall):
-    # Lease 30 s. A renewal is not written (issue 17): only a bound on when it was.
+def _crash(daemon) -> None:
+    """As a kill -9: nothing staged is written when the daemon's context closes."""
+    store = daemon.seats._store
+
+    async def nothing() -> int:
+        return 0
+
+    store.flush_leases = nothing
+
+
+async def _renewed(daemon, link, client: str, lease: str) -> protocol.SeatRenewed:
+    """Renew; a reply held until the next commit is sent by that flush."""
+    before = len(link.sent)
+    await daemon.handle(*_renew(daemon, client, lease))
+    if len(link.sent) == before:
+        await daemon.seats.flush_step()
+    reply = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+    assert isinstance(reply, protocol.SeatRenewed)
+    return reply
+
+
+async def test_a_renewal_answered_is_never_lost_to_a_crash(tmp_path, link, wall):
+    # Lease 30 s, renewal interval 10 s. A renewal is not written (issue 17): only a bound
+    # on when it was, committed before the renewal it covers is answered.
     config = write_config(tmp_path)
     async with running(config, link, wall, serve=False) as daemon:
         assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
@@ -317,25 +339,87 @@ async def test_renewals_are_not_written_and_a_crash_loses_no_renewed_seat(tmp_pa
         assert isinstance(grant, protocol.SeatGranted)
         await daemon.seats.flush_step()
         granted_end = _stored_end(tmp_path, "a")
-        wall.ms += 20_000
+        # Within the bound written at start: answered at once, nothing flushed after it.
+        wall.ms += 5_000
+        sent = len(link.sent)
         await daemon.handle(*_renew(daemon, "a", grant.lease))
+        assert len(link.sent) == sent + 1
         renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
         assert isinstance(renewed, protocol.SeatRenewed)
-        assert renewed.expires_at == granted_end + 20_000
-        await daemon.seats.flush_step()
+        assert renewed.expires_at == granted_end + 5_000
         assert _stored_end(tmp_path, "a") == granted_end  # the renewal was not written
-    # Not served: no clean stop wrote the leases back, as after a crash. 15 s later the
-    # stored end has passed, the renewed one has not: the seat is still held, and renews.
-    wall.ms += 15_000
+        _crash(daemon)
+    # 25 s later the stored end has passed, the renewed one has not: still held.
+    wall.ms += 25_000
     async with running(config, link, wall, serve=False) as daemon:
-        lease = daemon.seats.ledger.leases["a"]
-        assert lease.expires_at >= renewed.expires_at
+        assert daemon.seats.ledger.leases["a"].expires_at >= renewed.expires_at
         daemon.seats.settle_restored()  # what the first connection does: expire what ran out
         assert "a" in daemon.seats.ledger.leases
+        # Past the bound committed at this start (10 s): held until a commit covers it.
+        wall.ms += 12_000
+        sent = len(link.sent)
         await daemon.handle(*_renew(daemon, "a", grant.lease))
-        assert isinstance(
-            protocol.decode_to_client(_body(daemon, *link.sent[-1])), protocol.SeatRenewed
-        )
+        assert len(link.sent) == sent
+        await daemon.seats.flush_step()
+        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(renewed, protocol.SeatRenewed)
+        _crash(daemon)
+    wall.ms += 25_000
+    async with running(config, link, wall, serve=False) as daemon:
+        assert daemon.seats.ledger.leases["a"].expires_at >= renewed.expires_at
+        daemon.seats.settle_restored()
+        assert "a" in daemon.seats.ledger.leases
+
+
+async def test_a_crash_loop_does_not_keep_a_dead_agents_seat(tmp_path, link, wall):
+    # Lease 30 s; "live" renews every 10 s, "dead" never again; a crash every 20 s.
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "dead"))
+        await daemon.handle(*seat_request(daemon, "live"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        await daemon.seats.flush_step()
+        _crash(daemon)
+    for _ in range(10):
+        async with running(config, link, wall, serve=False) as daemon:
+            daemon.seats.settle_restored()
+            for _ in range(2):
+                wall.ms += 10_000
+                await _renewed(daemon, link, "live", grant.lease)
+            _crash(daemon)
+    async with running(config, link, wall, serve=False) as daemon:
+        daemon.seats.settle_restored()
+        assert "live" in daemon.seats.ledger.leases
+        assert "dead" not in daemon.seats.ledger.leases
+
+
+async def test_a_wills_grace_holds_through_a_crash(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    async with running(config, link, wall, serve=False) as daemon:
+        assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+        await daemon.handle(*seat_request(daemon, "a"))
+        grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        await daemon.seats.flush_step()
+        wall.ms += 20_000
+        await _renewed(daemon, link, "a", grant.lease)  # the bound moves past now
+        wall.ms += 1_000
+        will = protocol.encode(protocol.SeatRelease(client="a"))
+        await daemon.handle(daemon.topics.seat("a", "release"), will)  # its MQTT will
+        grace_end = wall.ms + 5_000
+        assert daemon.seats.ledger.leases["a"].expires_at == grace_end
+        await daemon.seats.flush_step()
+        _crash(daemon)
+    wall.ms += 1_000
+    async with running(config, link, wall, serve=False) as daemon:
+        # Not a lease more: the grace as written.
+        assert daemon.seats.ledger.leases["a"].expires_at == grace_end
+        # Renewed within it, the seat is kept, and a later crash extends it again.
+        renewed = await _renewed(daemon, link, "a", grant.lease)
+        _crash(daemon)
+    wall.ms += 10_000
+    async with running(config, link, wall, serve=False) as daemon:
+        assert daemon.seats.ledger.leases["a"].expires_at >= renewed.expires_at
 
 
 async def test_a_clean_stop_writes_every_renewed_lease_exactly(tmp_path, link, wall):
@@ -345,13 +429,53 @@ async def test_a_clean_stop_writes_every_renewed_lease_exactly(tmp_path, link, w
         await daemon.handle(*seat_request(daemon, "a"))
         grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
         wall.ms += 10_000
-        await daemon.handle(*_renew(daemon, "a", grant.lease))
-        renewed = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
-        assert isinstance(renewed, protocol.SeatRenewed)
+        renewed = await _renewed_served(daemon, link, "a", grant.lease)
     assert _stored_end(tmp_path, "a") == renewed.expires_at
+    wall.ms += 15_000  # a bound left behind would now extend the lease
     async with running(config, link, wall, serve=False) as daemon:
         # Written exactly, so nothing is added at start.
         assert daemon.seats.ledger.leases["a"].expires_at == renewed.expires_at
+
+
+async def _renewed_served(daemon, link, client: str, lease: str) -> protocol.SeatRenewed:
+    """Renew on a serving daemon (its flush loop sends a held reply)."""
+    await daemon.handle(*_renew(daemon, client, lease))
+
+    def answered() -> protocol.SeatRenewed | None:
+        reply = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        return reply if isinstance(reply, protocol.SeatRenewed) else None
+
+    await eventually(answered)
+    reply = answered()
+    assert reply is not None
+    return reply
+
+
+async def test_a_failing_write_back_at_stop_still_stops(tmp_path, link, wall):
+    config = write_config(tmp_path)
+    answered: list[protocol.SeatRenewed] = []
+    blockers: list[sqlite3.Connection] = []
+
+    async def stopped_while_locked() -> None:
+        async with running(config, link, wall) as daemon:
+            assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+            await daemon.handle(*seat_request(daemon, "a"))
+            grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+            wall.ms += 10_000
+            answered.append(await _renewed_served(daemon, link, "a", grant.lease))
+            blocker = sqlite3.connect(tmp_path / "state" / "floatkeyd.db", isolation_level=None)
+            blocker.execute("BEGIN EXCLUSIVE")  # the write-back at stop fails (busy)
+            blockers.append(blocker)
+
+    with pytest.raises(sqlite3.OperationalError):  # the stop's last write, as Store.close
+        await stopped_while_locked()
+    (renewed,), (blocker,) = answered, blockers
+    # The daemon stopped all the same, its database closed; the bound covers the renewal.
+    blocker.rollback()
+    blocker.close()
+    wall.ms += 15_000
+    async with running(config, link, wall, serve=False) as daemon:
+        assert daemon.seats.ledger.leases["a"].expires_at >= renewed.expires_at
 
 
 async def test_a_borrowed_seat_keeps_its_own_end_through_a_crash_and_a_clean_stop(

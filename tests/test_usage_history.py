@@ -150,6 +150,15 @@ async def test_a_flush_cancelled_after_its_commit_writes_each_event_once(tmp_pat
     assert events(tmp_path) == [("license", "licensed", ""), ("granted", "", "a")]
 
 
+async def test_a_usage_event_that_breaks_a_constraint_is_not_silently_dropped(tmp_path):
+    # The insert ignores a number already written (a re-flush), nothing else.
+    async with await Store.open(tmp_path / "floatkeyd.db") as store:
+        store.usage_log.stage(UsageEvent(at=1, kind="denied", client=None, reason="x"))  # type: ignore[arg-type]
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.flush_leases()
+        store.usage_log.take_staged()  # else the close tries again
+
+
 async def test_a_stop_whose_last_write_fails_still_closes_the_database(tmp_path):
     # Else the connection's thread outlives the stop, and the process never exits.
     path = tmp_path / "floatkeyd.db"
@@ -263,7 +272,8 @@ async def test_seats_held_before_the_history_began_count_from_its_start(tmp_path
     with contextlib.closing(sqlite3.connect(tmp_path / "state" / "floatkeyd.db")) as db:
         db.executescript(
             "DROP TABLE usage_events; DROP TABLE usage_hours; DROP TABLE usage_fold;"
-            "DROP TABLE queue; DROP TABLE borrows; PRAGMA user_version = 3;"
+            "DROP TABLE queue; DROP TABLE borrows; ALTER TABLE leases DROP COLUMN renewed;"
+            "PRAGMA user_version = 3;"
         )
     wall.ms += 3_600_000
     async with running(config, link, wall, serve=False) as daemon:

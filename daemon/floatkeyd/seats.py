@@ -20,13 +20,21 @@ While the broker is unreachable nobody can renew, so no lease expires then, and 
 time it was away is given back to every lease when it returns.
 
 A renewal is not written to the database (at 50,000 agents that was 1,250 rows a second
-for one changed column). Instead the database holds a bound, ``renewals_before_ms``,
-moved one renewal interval ahead whenever a renewal comes after it (so at most once an
-interval); at start each lease ends no earlier than one lease after that bound (or the
-start, whichever is earlier): :func:`restored_lease_end`. A clean stop writes every lease
-as it is (:meth:`SeatDesk.write_back`). What a crash may cost: a seat whose agent stopped
-renewing before it (its lease still running) is held up to one lease and one renewal
-interval longer than it would have been, never shorter; no renewed seat is lost.
+for one changed column). Instead the database holds a bound, ``renewals_before_ms``:
+written one renewal interval ahead at start, before serving, and moved one interval ahead
+of a renewal whenever one comes within half an interval of it (so it is committed before
+it is needed). A renewal is answered at once when the committed bound covers it; else (a
+commit stalled) its reply waits for the next commit. At start a lease row flagged
+"renewed since written" ends no earlier than one lease after that bound (or the start,
+whichever is earlier): :func:`restored_lease_end`; rows so extended are written back at
+once with that end and the flag cleared, and a lease's first renewal after the start
+rewrites its row flagged again (its reply, too, waits for that commit): one write per
+lease per start, none per renewal. A will's grace is written the same way, unflagged. A
+clean stop writes every lease as it is (:meth:`SeatDesk.write_back`). What a crash may
+cost: a seat whose agent stopped renewing before it (its lease still running) is held up
+to one lease and one renewal interval longer than it would have been, once, not again at
+each later start; a renewal whose reply went out is never lost. A grant whose row was not
+yet written is (its agent is told ``seat.lost`` and asks again).
 """
 
 from __future__ import annotations
@@ -153,6 +161,13 @@ class SeatDesk:
         self._renew_ms = config.lease_seconds * 1000 // 3
         # The bound on unwritten renewals staged last (0: every lease is written as is).
         self._renewals_before = 0
+        # Clients whose committed lease row says "not renewed since written" (extended at
+        # this start): the first renewal of each rewrites it, flagged renewed.
+        self._unflagged: set[str] = set()
+        # Clients whose lease row is staged flagged renewed but not yet committed.
+        self._flagging: set[str] = set()
+        # Renewal replies held until the next commit covers them (module docstring).
+        self._held: list[tuple[str, SeatRenewed]] = []
         self._will_grace_ms = config.will_grace_seconds * 1000
         self._max_rate = config.max_requests_per_client
         self._topics = topics
@@ -201,15 +216,16 @@ class SeatDesk:
 
     def handle(self, login: str, client_id: str, action: str, payload: bytes) -> None:
         """One message on ``seats/{login}/{client_id}/{action}``; dropped if bad."""
-        topic = f"{self._topics.root}/seats/{login}/{client_id}/{action}"
-        body = self._decode(action, payload, topic)
+        body = self._decode(action, payload, login, client_id)
         if body is None:
             return
         if body.client != client_id:
-            self._drops("client_mismatch", topic, claimed=body.client)
+            self._drops(
+                "client_mismatch", self._inbound(login, client_id, action), claimed=body.client
+            )
             return
         if self.rate_limited(client_id):
-            self._drops("rate_limited", topic)
+            self._drops("rate_limited", self._inbound(login, client_id, action))
             return
         if isinstance(body, StateRequest):
             self._answer_state(body)
@@ -218,7 +234,7 @@ class SeatDesk:
         if not isinstance(body, SeatRequest) and not self.same_login(client_id, login):
             # A client id taken over under another login (its will, say) must not touch
             # the seat its owner holds; the owner's own login is in its lease.
-            self._drops("login_mismatch", topic)
+            self._drops("login_mismatch", self._inbound(login, client_id, action))
             return
         if isinstance(body, SeatRequest):
             self._request(body, login, now)
@@ -229,10 +245,14 @@ class SeatDesk:
         elif body.lease is None:
             self._will(client_id, now)
         else:
-            self._release(body, now, topic)
+            self._release(body, now, login)
+
+    def _inbound(self, login: str, client_id: str, action: str) -> str:
+        """The topic a message came on, for the drop log (built only for a drop)."""
+        return f"{self._topics.root}/seats/{login}/{client_id}/{action}"
 
     def _decode(
-        self, action: str, payload: bytes, topic: str
+        self, action: str, payload: bytes, login: str, client_id: str
     ) -> SeatRequest | SeatRenew | SeatRelease | SeatCancel | StateRequest | None:
         try:
             if action == "request":
@@ -240,7 +260,7 @@ class SeatDesk:
                 return protocol.decode_seat_request(payload)
             return protocol.decode(payload, _BODY_OF.get(action, SeatRelease))
         except msgspec.DecodeError as exc:
-            self._drops("bad_body", topic, error=exc)
+            self._drops("bad_body", self._inbound(login, client_id, action), error=exc)
             return None
 
     def same_login(self, client_id: str, login: str) -> bool:
@@ -561,11 +581,21 @@ class SeatDesk:
         self._promoted_from.pop(body.client, None)  # the agent has its grant
         if lease.active_at is not None:
             self._idle_moved.set()
-        if now >= self._renewals_before:  # not written: moves the bound (module docstring)
+        # Not written: moves the bound ahead half an interval before it is reached, so it
+        # is committed before any renewal needs it (module docstring).
+        if now >= self._renewals_before - self._renew_ms // 2:
             self._renewals_before = now + self._renew_ms
             self._store.stage_renewals_before(self._renewals_before)
             self._staged.set()
-        self.reply(body.client, SeatRenewed(lease=lease.token, expires_at=lease.expires_at))
+        reply = SeatRenewed(lease=lease.token, expires_at=lease.expires_at)
+        if body.client in self._unflagged:
+            self._stage(lease)  # its row, flagged renewed: once per lease per start
+        if body.client in self._flagging or now >= self._store.renewals_before_committed:
+            # Not yet covered by what is committed: answered after the next commit.
+            self._held.append((body.client, reply))
+            self._staged.set()
+            return
+        self.reply(body.client, reply)
 
     def _will(self, client_id: str, now: int) -> None:
         # The MQTT will cannot know the lease; the agent may only have been cut off by a
@@ -574,19 +604,26 @@ class SeatDesk:
         self.ledger.orphan_waiter(client_id, now, self._will_grace_ms)
         freed = self.ledger.orphan(client_id, now, self._will_grace_ms)
         self._expiry_moved.set()
-        if client_id in self.ledger.leases:
+        if (lease := self.ledger.leases.get(client_id)) is not None:
             self._willed.add(client_id)
+            if not lease.borrowed:
+                # Its grace written, "not renewed since": a crash does not give it a lease
+                # more; a renewal within the grace rewrites it (as after a start).
+                self._store.stage_lease(lease, renewed=False)
+                self._flagging.discard(client_id)
+                self._unflagged.add(client_id)
+                self._staged.set()
         if freed is not None:
             self._store.stage_release(client_id)
             self._staged.set()
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
-    def _release(self, body: SeatRelease, now: int, topic: str) -> None:
+    def _release(self, body: SeatRelease, now: int, login: str) -> None:
         lease = self.ledger.leases.get(body.client)
         if lease is not None and lease.borrowed:
             # A borrowed seat is given back with seat.return (recorded, audited), never
             # by a seat.release: its laptop may run on under its token.
-            self._drops("borrowed_seat", topic)
+            self._drops("borrowed_seat", self._inbound(login, body.client, "release"))
             return
         released = self.ledger.release(body.client, body.lease, now)
         if released is None:
@@ -610,8 +647,15 @@ class SeatDesk:
         self._link.send(topic, self._signer.seal(topic, protocol.encode(body)))
 
     def _stage(self, lease: Lease) -> None:
-        self._store.stage_lease(lease)
+        self._store.stage_lease(lease)  # flagged renewed, as every ordinary write
+        self._unflagged.discard(lease.client)
+        self._flagging.add(lease.client)
         self._staged.set()
+
+    def restored(self, unflagged: set[str], renewals_before: int) -> None:
+        """At start: the rows written not renewed, and the bound committed before serving."""
+        self._unflagged = unflagged
+        self._renewals_before = renewals_before
 
     def write_back(self) -> None:
         """At a clean stop: stage every lease as it is, renewals and all, for the last flush.
@@ -622,7 +666,7 @@ class SeatDesk:
             return
         for lease in [*self.ledger.leases.values(), *self.ledger.revoked.values()]:
             if not lease.borrowed:  # kept in a table of their own, never renewed
-                self._store.stage_lease(lease)
+                self._stage(lease)
         self._store.stage_renewals_before(0)
         self._renewals_before = 0
 
@@ -693,7 +737,7 @@ class SeatDesk:
         outage = self._clock.now() - since
         extended = self.ledger.extend_all(outage + self._will_grace_ms)
         for lease in extended:
-            self._store.stage_lease(lease)
+            self._stage(lease)
         self._staged.set()
         log.info(
             "broker back; leases extended by the outage", outage_ms=outage, leases=len(extended)
@@ -793,13 +837,24 @@ class SeatDesk:
         await self._staged.wait()
         await asyncio.sleep(_FLUSH_DELAY)
         self._staged.clear()
+        # Taken as the store takes what is staged (no await between): the held replies
+        # are covered once this transaction commits.
+        held, self._held = self._held, []
+        flagging, self._flagging = self._flagging, set()
         try:
             await self._store.flush_leases()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            self._held = held + self._held
+            self._flagging |= flagging
+            if not isinstance(exc, sqlite3.Error):
+                raise
             # The changes stay staged (see Store.flush_leases) and go with the next try.
             log.error("database write failed; retrying", task="lease-flush", error=str(exc))
             self._staged.set()
             await asyncio.sleep(_STORE_RETRY_S)
+            return
+        for client, reply in held:
+            self.reply(client, reply)
 
     # --- reports ------------------------------------------------------------------
 

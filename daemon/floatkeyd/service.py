@@ -70,7 +70,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from floatkeyd.config import LoadedConfig
+    from floatkeyd.ledger import Lease
     from floatkeyd.link import Link
+    from floatkeyd.store import StoredState
 
 __all__ = ["Daemon", "open_daemon"]
 
@@ -254,6 +256,30 @@ class Daemon:
             await asyncio.sleep(interval)
 
 
+async def _restore_leases(
+    store: Store, stored: StoredState, ledger: SeatLedger, started: int, lease_ms: int
+) -> tuple[int, list[Lease]]:
+    """Put the stored leases into ``ledger``; the new bound on renewals and those extended.
+
+    A borrowed seat's end is fixed, and written with it; a row not renewed since it was
+    written (extended at the last start, or a will's grace) gets no bound: a dead agent's
+    seat is not pushed out again by every crash. Before serving, the extended rows are
+    written as restored, unflagged, with a bound one renewal interval ahead, so a renewal
+    answered right after the start is covered (``floatkeyd.seats``).
+    """
+    extended: list[Lease] = []
+    for lease in stored.leases:
+        if not lease.borrowed and lease.client not in stored.unrenewed:
+            end = restored_lease_end(lease.expires_at, stored.renewals_before_ms, started, lease_ms)
+            if end != lease.expires_at:
+                lease.expires_at = end
+                extended.append(lease)
+        ledger.restore(lease)
+    renewals_before = started + lease_ms // 3
+    await store.write_restored(extended, renewals_before)
+    return renewals_before, extended
+
+
 @contextlib.asynccontextmanager
 async def open_daemon(
     loaded: LoadedConfig,
@@ -319,13 +345,9 @@ async def open_daemon(
             idle_warning_ms=round(config.idle_warning * 1000),
             borrow_rules=config.borrow.rules,
         )
-        started, lease_ms = clock.now(), config.lease_seconds * 1000
-        for lease in stored.leases:
-            if not lease.borrowed:  # a borrowed seat's end is fixed, and written with it
-                lease.expires_at = restored_lease_end(
-                    lease.expires_at, stored.renewals_before_ms, started, lease_ms
-                )
-            ledger.restore(lease)
+        renewals_before, extended = await _restore_leases(
+            store, stored, ledger, clock.now(), config.lease_seconds * 1000
+        )
         for waiter in stored.queue:
             ledger.restore_waiter(waiter)
         retained = Retained(topics=loaded.topics, kid=signer.kid, link=link, drops=drops)
@@ -363,6 +385,7 @@ async def open_daemon(
             drops=drops,
             answer_state=state_replies.answer,
         )
+        seats.restored({lease.client for lease in extended} | stored.unrenewed, renewals_before)
         borrows = BorrowDesk(
             server=config.server,
             topics=loaded.topics,

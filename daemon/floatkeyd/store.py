@@ -10,8 +10,9 @@ forgot is told ``seat.lost`` and asks again), so they are staged in memory, coal
 client, and written in one transaction per burst by :meth:`Store.flush_leases`, with the
 usage events of the same decisions (and the denials staged since the last burst).
 Renewals are not written one by one: the meta value ``renewals_before_ms`` bounds when
-the latest unwritten one can have been, and the leases' ends are recomputed from it at
-start (``floatkeyd.seats.restored_lease_end``); a clean stop writes every lease exactly.
+the latest unwritten one can have been, and the ends of the lease rows flagged renewed
+since written (``leases.renewed``) are recomputed from it at start
+(``floatkeyd.seats.restored_lease_end``); a clean stop writes every lease exactly.
 """
 
 from __future__ import annotations
@@ -198,6 +199,12 @@ _MIGRATIONS: tuple[str, ...] = (
         login TEXT NOT NULL
     ) STRICT;
     """,
+    # 8: whether a lease may have been renewed since its row was written (issue 17): only
+    # such a row is extended by the bound on unwritten renewals at start. Rows already
+    # there may have been: 1.
+    """
+    ALTER TABLE leases ADD COLUMN renewed INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 _CHAIN_SCHEMA = 3  # the migration that starts the audit chain
@@ -233,6 +240,9 @@ class StoredState:
     queue: list[Waiter] = field(default_factory=list)
     #: No renewal left unwritten was later than this (Unix ms; 0: none was left unwritten).
     renewals_before_ms: int = 0
+    #: Clients whose lease row was not renewed since it was written (extended at the
+    #: last start, and not renewed since): the bound does not apply to them.
+    unrenewed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,11 +257,16 @@ class AuditEntry:
 
 
 _LEASE_COLUMNS = (
-    "client, token, generation, licensed, since, expires_at, app, user, host, pid, revoked, login"
+    "client, token, generation, licensed, since, expires_at, app, user, host, pid, revoked, "
+    "login, renewed"
 )
 
 
-def _lease_row(lease: Lease) -> tuple[object, ...]:
+def _lease_row(lease: Lease, renewed: int = 1) -> tuple[object, ...]:
+    """A lease as a row; ``renewed`` 0 only for a row written at start, its end restored.
+
+    Every ordinary write is 1: the lease may be renewed after it, unwritten.
+    """
     return (
         lease.client,
         lease.token,
@@ -265,6 +280,7 @@ def _lease_row(lease: Lease) -> tuple[object, ...]:
         lease.pid,
         int(lease.revoked),
         lease.login,
+        renewed,
     )
 
 
@@ -303,6 +319,10 @@ class Store:
         self._staged: dict[str, Lease | None] = {}
         self._staged_queue: dict[str, Waiter | None] = {}
         self._staged_renewals_before: int | None = None
+        # Staged leases to be written "not renewed since" (a will's grace): no bound.
+        self._staged_unrenewed: set[str] = set()
+        #: The bound on unwritten renewals as committed (Unix ms; 0: none).
+        self.renewals_before_committed = 0
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
         #: Transactions that failed since start (disk full, locked), for the metrics.
@@ -428,7 +448,10 @@ class Store:
                 features=tuple(json.loads(row[6])),
                 activated_at=row[7],
             )
+        unrenewed: set[str] = set()
         async with self._db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases") as cursor:  # noqa: S608 - a constant
+            rows = [r async for r in cursor]
+            unrenewed = {r[0] for r in rows if not r[12]}
             leases = [
                 Lease(
                     client=r[0],
@@ -444,7 +467,7 @@ class Store:
                     revoked=bool(r[10]),
                     login=r[11],
                 )
-                async for r in cursor
+                for r in rows
             ]
         async with self._db.execute(
             f"SELECT {_QUEUE_COLUMNS} FROM queue ORDER BY seq"  # noqa: S608 - a constant
@@ -468,7 +491,9 @@ class Store:
                 async for r in cursor
             ]
         leases += await self._borrows()
+        self.renewals_before_committed = int(meta.get("renewals_before_ms", "0"))
         return StoredState(
+            unrenewed=frozenset(unrenewed),
             queue=queue,
             generation=int(meta["generation"]),
             revision=int(meta["revision"]),
@@ -695,9 +720,17 @@ class Store:
 
     # --- leases: staged, then flushed in one transaction ---------------------------
 
-    def stage_lease(self, lease: Lease) -> None:
-        """Remember to write ``lease`` (granted, renewed or revoked)."""
+    def stage_lease(self, lease: Lease, *, renewed: bool = True) -> None:
+        """Remember to write ``lease`` (granted, renewed or revoked).
+
+        ``renewed=False``: its end is final unless it is renewed (a will's grace), so a
+        start does not extend it by the bound on unwritten renewals.
+        """
         self._staged[lease.client] = lease
+        if renewed:
+            self._staged_unrenewed.discard(lease.client)
+        else:
+            self._staged_unrenewed.add(lease.client)
 
     def stage_release(self, client: str) -> None:
         """Remember to delete ``client``'s lease."""
@@ -706,6 +739,24 @@ class Store:
     def stage_renewals_before(self, ms: int) -> None:
         """Remember to write that no renewal left unwritten is later than ``ms`` (0: none)."""
         self._staged_renewals_before = ms
+
+    async def write_restored(self, extended: list[Lease], renewals_before: int) -> None:
+        """At start, before serving: the extended leases and the new bound, in one transaction.
+
+        The leases whose end the bound extended are written as restored and marked not
+        renewed since: no later start extends them again unless they are renewed.
+        """
+        async with self._transaction():
+            await self._db.executemany(
+                f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_lease_row(lease, renewed=0) for lease in extended],
+            )
+            await self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('renewals_before_ms', ?)",
+                (str(renewals_before),),
+            )
+        self.renewals_before_committed = renewals_before
 
     def stage_waiter(self, waiter: Waiter) -> None:
         """Remember to write ``waiter`` (queued, or its queue lease renewed)."""
@@ -731,14 +782,19 @@ class Store:
         staged, self._staged = self._staged, {}
         queue, self._staged_queue = self._staged_queue, {}
         self._staged_renewals_before = None
+        unrenewed, self._staged_unrenewed = self._staged_unrenewed, set()
         events = self.usage_log.take_staged()
-        upserts = [_lease_row(lease) for lease in staged.values() if lease is not None]
+        upserts = [
+            _lease_row(lease, renewed=int(client not in unrenewed))
+            for client, lease in staged.items()
+            if lease is not None
+        ]
         deletes = [(client,) for client, lease in staged.items() if lease is None]
         try:
             async with self._transaction():
                 await self._db.executemany(
                     f"INSERT OR REPLACE INTO leases ({_LEASE_COLUMNS}) "  # noqa: S608 - a constant
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     upserts,
                 )
                 await self._db.executemany("DELETE FROM leases WHERE client = ?", deletes)
@@ -761,12 +817,15 @@ class Store:
                     )
         except BaseException:
             # Not written: stage them again, under anything staged since (newer).
+            self._staged_unrenewed = (unrenewed - self._staged.keys()) | self._staged_unrenewed
             self._staged = staged | self._staged
             self._staged_queue = queue | self._staged_queue
             if self._staged_renewals_before is None:
                 self._staged_renewals_before = renewals_before
             self.usage_log.restage(events)
             raise
+        if renewals_before is not None:
+            self.renewals_before_committed = renewals_before
         return len(staged)
 
     async def fold_usage(self, *, limit: int, cutoff: int) -> bool:

@@ -142,11 +142,12 @@ class UsageLog:
 
         Idempotent: a flush cancelled while its COMMIT ran in SQLite's thread cannot know
         whether it was written, and stages the events again. A number is given to one
-        event only, so a row already there under it is that same event.
+        event only, so a row already there under it is that same event. Only that is
+        ignored: a row that breaks another constraint (NOT NULL, a type) still fails.
         """
         await self._db.executemany(
-            f"INSERT OR IGNORE INTO usage_events ({_EVENT_COLUMNS}) "  # noqa: S608 - constants
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO usage_events ({_EVENT_COLUMNS}) "  # noqa: S608 - constants
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (seq) DO NOTHING",
             [_event_row(seq, event) for seq, event in rows],
         )
 
