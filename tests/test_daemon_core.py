@@ -371,6 +371,63 @@ async def test_a_renewal_answered_is_never_lost_to_a_crash(tmp_path, link, wall)
         assert "a" in daemon.seats.ledger.leases
 
 
+async def _held_renewal(daemon, link, wall, client: str) -> str:
+    """A granted lease, then a renewal past the committed bound: its reply held."""
+    assert (await ask(daemon, link, unlock_command(product_key(), "u1"))).ok
+    await daemon.handle(*seat_request(daemon, client))
+    grant = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+    await daemon.seats.flush_step()
+    wall.ms += 12_000  # past the bound committed at start (one renewal interval)
+    sent = len(link.sent)
+    await daemon.handle(*_renew(daemon, client, grant.lease))
+    assert len(link.sent) == sent  # held
+    return grant.lease
+
+
+async def test_a_held_renewal_is_answered_by_whichever_flush_commits_it(tmp_path, link, wall):
+    # The usage fold, a usage question and a license change flush too: the reply goes
+    # out after that commit, and not before any commit.
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await _held_renewal(daemon, link, wall, "a")
+        sent = len(link.sent)
+        await daemon.seats._store.flush_leases()  # not the seat desk's own flush
+        assert len(link.sent) == sent + 1
+        reply = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+        assert isinstance(reply, protocol.SeatRenewed)
+        assert daemon.seats._store.renewals_before_committed > wall()
+
+
+async def test_a_held_renewal_of_a_seat_released_meanwhile_is_not_sent(tmp_path, link, wall):
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        lease = await _held_renewal(daemon, link, wall, "a")
+        body = protocol.SeatRelease(client="a", lease=lease)
+        await daemon.handle(daemon.topics.seat("a", "release"), protocol.encode(body))
+        sent = len(link.sent)
+        await daemon.seats.flush_step()
+        assert len(link.sent) == sent  # no seat.renewed after the seat is gone
+
+
+async def test_a_failing_database_does_not_withhold_renewal_replies(
+    tmp_path, link, wall, monkeypatch
+):
+    # Held through a long write failure, every agent would stop its application at the
+    # end of its offline grace: the replies go out after a failed flush.
+    monkeypatch.setattr("floatkeyd.seats._STORE_RETRY_S", 0)
+    async with running(write_config(tmp_path), link, wall, serve=False) as daemon:
+        await _held_renewal(daemon, link, wall, "a")
+        blocker = sqlite3.connect(tmp_path / "state" / "floatkeyd.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # every write of the daemon now fails (busy)
+        try:
+            sent = len(link.sent)
+            await daemon.seats.flush_step()
+            assert len(link.sent) == sent + 1
+            reply = protocol.decode_to_client(_body(daemon, *link.sent[-1]))
+            assert isinstance(reply, protocol.SeatRenewed)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+
 async def test_a_crash_loop_does_not_keep_a_dead_agents_seat(tmp_path, link, wall):
     # Lease 30 s; "live" renews every 10 s, "dead" never again; a crash every 20 s.
     config = write_config(tmp_path)

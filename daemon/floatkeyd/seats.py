@@ -33,14 +33,17 @@ lease per start, none per renewal. A will's grace is written the same way, unfla
 clean stop writes every lease as it is (:meth:`SeatDesk.write_back`). What a crash may
 cost: a seat whose agent stopped renewing before it (its lease still running) is held up
 to one lease and one renewal interval longer than it would have been, once, not again at
-each later start; a renewal whose reply went out is never lost. A grant whose row was not
-yet written is (its agent is told ``seat.lost`` and asks again).
+each later start; a renewal whose reply went out is never lost while the database writes
+(held replies are sent after a failed flush: a failing disk must not stop every agent's
+application). A grant whose row was not yet written is lost (its agent is told
+``seat.lost`` and asks again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections import Counter, OrderedDict, deque
@@ -164,10 +167,9 @@ class SeatDesk:
         # Clients whose committed lease row says "not renewed since written" (extended at
         # this start): the first renewal of each rewrites it, flagged renewed.
         self._unflagged: set[str] = set()
-        # Clients whose lease row is staged flagged renewed but not yet committed.
+        # Clients whose lease row is staged flagged renewed but not yet committed (taken
+        # off by the store once a flush commits it, whichever flush that is).
         self._flagging: set[str] = set()
-        # Renewal replies held until the next commit covers them (module docstring).
-        self._held: list[tuple[str, SeatRenewed]] = []
         self._will_grace_ms = config.will_grace_seconds * 1000
         self._max_rate = config.max_requests_per_client
         self._topics = topics
@@ -591,11 +593,22 @@ class SeatDesk:
         if body.client in self._unflagged:
             self._stage(lease)  # its row, flagged renewed: once per lease per start
         if body.client in self._flagging or now >= self._store.renewals_before_committed:
-            # Not yet covered by what is committed: answered after the next commit.
-            self._held.append((body.client, reply))
+            # Not yet covered by what is committed: answered once the commit that covers
+            # it is done, by whichever flush commits it.
+            self._store.after_commit(functools.partial(self._send_held, body.client, reply))
             self._staged.set()
             return
         self.reply(body.client, reply)
+
+    def _send_held(self, client_id: str, reply: SeatRenewed) -> None:
+        # The seat may have gone (released, reclaimed, revoked) or been shortened (a
+        # will) while its reply waited: only what is still true is sent.
+        lease = self.ledger.leases.get(client_id)
+        if lease is None or lease.token != reply.lease:
+            return
+        if lease.expires_at < reply.expires_at:
+            reply = SeatRenewed(lease=reply.lease, expires_at=lease.expires_at)
+        self.reply(client_id, reply)
 
     def _will(self, client_id: str, now: int) -> None:
         # The MQTT will cannot know the lease; the agent may only have been cut off by a
@@ -614,7 +627,7 @@ class SeatDesk:
                 self._unflagged.add(client_id)
                 self._staged.set()
         if freed is not None:
-            self._store.stage_release(client_id)
+            self._stage_release(client_id)
             self._staged.set()
         log.info("client gone (will)", client=client_id, freed=freed is not None)
 
@@ -628,7 +641,7 @@ class SeatDesk:
         released = self.ledger.release(body.client, body.lease, now)
         if released is None:
             return
-        self._store.stage_release(body.client)
+        self._stage_release(body.client)
         self._willed.discard(body.client)
         if released.licensed and not released.revoked:
             self._usage.stage(usage.released(released, now, "agent"))
@@ -650,7 +663,13 @@ class SeatDesk:
         self._store.stage_lease(lease)  # flagged renewed, as every ordinary write
         self._unflagged.discard(lease.client)
         self._flagging.add(lease.client)
+        self._store.after_commit(functools.partial(self._flagging.discard, lease.client))
         self._staged.set()
+
+    def _stage_release(self, client_id: str) -> None:
+        self._store.stage_release(client_id)
+        self._unflagged.discard(client_id)
+        self._flagging.discard(client_id)
 
     def restored(self, unflagged: set[str], renewals_before: int) -> None:
         """At start: the rows written not renewed, and the bound committed before serving."""
@@ -737,7 +756,12 @@ class SeatDesk:
         outage = self._clock.now() - since
         extended = self.ledger.extend_all(outage + self._will_grace_ms)
         for lease in extended:
-            self._stage(lease)
+            if lease.client in self._unflagged:
+                # Still not renewed since its row was written (a will's grace, a start):
+                # a crash must not give it a lease more.
+                self._store.stage_lease(lease, renewed=False)
+            else:
+                self._stage(lease)
         self._staged.set()
         log.info(
             "broker back; leases extended by the outage", outage_ms=outage, leases=len(extended)
@@ -766,7 +790,7 @@ class SeatDesk:
         self._settle(now)
         self.leases_expired += len(expired)
         for lease in expired:
-            self._store.stage_release(lease.client)
+            self._stage_release(lease.client)
             willed = lease.client in self._willed
             self._willed.discard(lease.client)
             if lease.licensed and not lease.revoked:
@@ -812,7 +836,7 @@ class SeatDesk:
             )
             log.info("idle seat warned", client=lease.client, reclaim_at=reclaim_at)
         for lease in reclaimed:
-            self._store.stage_release(lease.client)
+            self._stage_release(lease.client)
             self._staged.set()
             self._usage.stage(usage.revoked(lease, now, "idle"))
             self.reply(
@@ -837,24 +861,21 @@ class SeatDesk:
         await self._staged.wait()
         await asyncio.sleep(_FLUSH_DELAY)
         self._staged.clear()
-        # Taken as the store takes what is staged (no await between): the held replies
-        # are covered once this transaction commits.
-        held, self._held = self._held, []
-        flagging, self._flagging = self._flagging, set()
         try:
             await self._store.flush_leases()
-        except BaseException as exc:
-            self._held = held + self._held
-            self._flagging |= flagging
-            if not isinstance(exc, sqlite3.Error):
-                raise
+        except sqlite3.Error as exc:
             # The changes stay staged (see Store.flush_leases) and go with the next try.
             log.error("database write failed; retrying", task="lease-flush", error=str(exc))
+            # Held renewal replies are not held through a failing database: agents would
+            # stop their applications at the end of their offline grace. Until it writes
+            # again, a crash may lose a renewal answered meanwhile (docs/PERFORMANCE.md).
+            for action in self._store.take_after_commit():
+                action()
             self._staged.set()
             await asyncio.sleep(_STORE_RETRY_S)
-            return
-        for client, reply in held:
-            self.reply(client, reply)
+        except BaseException:
+            self._staged.set()
+            raise
 
     # --- reports ------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from floatkeyd.ledger import Lease, Waiter
 from floatkeyd.usagelog import UsageLog, start_usage
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from floatkey.envelope import Signer
@@ -323,6 +323,9 @@ class Store:
         self._staged_unrenewed: set[str] = set()
         #: The bound on unwritten renewals as committed (Unix ms; 0: none).
         self.renewals_before_committed = 0
+        # Run once what is staged now has been committed, by whichever flush commits it
+        # (the seat desk's, the usage fold's, a license change's): held renewal replies.
+        self._after_commit: list[Callable[[], None]] = []
         # One connection, several tasks: transactions must not interleave.
         self._lock = asyncio.Lock()
         #: Transactions that failed since start (disk full, locked), for the metrics.
@@ -777,8 +780,10 @@ class Store:
             and not self._staged_queue
             and not self.usage_log.pending
             and renewals_before is None
+            and not self._after_commit
         ):
             return 0
+        after_commit, self._after_commit = self._after_commit, []
         staged, self._staged = self._staged, {}
         queue, self._staged_queue = self._staged_queue, {}
         self._staged_renewals_before = None
@@ -823,10 +828,22 @@ class Store:
             if self._staged_renewals_before is None:
                 self._staged_renewals_before = renewals_before
             self.usage_log.restage(events)
+            self._after_commit = after_commit + self._after_commit
             raise
         if renewals_before is not None:
             self.renewals_before_committed = renewals_before
+        for action in after_commit:
+            action()
         return len(staged)
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once everything staged so far is committed."""
+        self._after_commit.append(action)
+
+    def take_after_commit(self) -> list[Callable[[], None]]:
+        """The actions waiting for a commit, taken (the store is failing: not waited for)."""
+        actions, self._after_commit = self._after_commit, []
+        return actions
 
     async def fold_usage(self, *, limit: int, cutoff: int) -> bool:
         """Fold the next due hour of usage events, in one transaction (``UsageLog.fold_hour``)."""
