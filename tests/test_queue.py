@@ -12,6 +12,7 @@ from floatkey import protocol
 from floatkey.envelope import open_envelope
 from inprocess import MemoryLink, Wall, ask, product_key, running, trusted, unlock_command
 from inprocess import write_config as base_config
+from servers import eventually
 
 
 @pytest.fixture
@@ -358,16 +359,6 @@ def bare_agent(tmp_path, sent):
     return agent
 
 
-async def until(check, within=10.0):
-    import asyncio  # noqa: PLC0415
-
-    for _ in range(int(within / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met")
-
-
 def a_grant(nonce, lease="L1", ms=100):
     now = protocol.now_ms()
     return protocol.SeatGranted(
@@ -393,7 +384,7 @@ async def test_a_waiting_agent_that_loses_its_seat_stops_when_none_is_free(tmp_p
         assert agent.has_seat
         keeper = tasks.create_task(agent._keep_seat())
         agent._take_reply(protocol.SeatLost(lease="L1", message="forgotten"))
-        await until(lambda: any(action == "request" for action, _ in sent))
+        await eventually(lambda: any(action == "request" for action, _ in sent))
         again = next(body for action, body in sent if action == "request")
         assert not again.wait  # a seat held once is not waited for: none free, it stops
         agent._take_reply(
@@ -439,7 +430,7 @@ async def test_an_agent_whose_queue_entry_was_dropped_asks_again(tmp_path):
         agent._take_reply(protocol.SeatLost(lease="Q1", message="no such entry"))
         assert agent.queued is None
         assert agent.drops["stale_reply"] == 0
-        await until(lambda: len(sent) == 2)
+        await eventually(lambda: len(sent) == 2)
         assert sent[-1][0] == "request"
         assert sent[-1][1].wait  # never held a seat: it may wait again
         # The lost entry is no end of the wait: `run --wait` must not exit "No seat".
@@ -486,7 +477,7 @@ async def test_a_touch_while_warned_reaches_the_server_within_about_a_second(tmp
         agent._take_reply(warning)
         assert agent.idle_warned
         activity.touch()  # the user came back; no renewal is due for a long time
-        await until(lambda: any(action == "renew" for action, _ in sent), within=5)
+        await eventually(lambda: any(action == "renew" for action, _ in sent), within=5)
         assert not agent.idle_warned
         agent._closing = True
 
